@@ -1,0 +1,147 @@
+"""Residual blocks (basic, bottleneck, pre-activation) and their shortcuts.
+
+Blocks receive `conv` and `norm` already bound with dtype, initialisers and BatchNorm settings by the
+network (`functools.partial`), so no block hard-codes them. Submodule names follow torchvision's
+(`conv1`, `bn1`, ..., `downsample_conv`, `downsample_bn`) because `resnet_jax.convert` maps them.
+"""
+
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+ModuleDef = Any
+SHORTCUTS = ("projection", "zero_pad")
+
+
+def _pad(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+  # Symmetric padding as in PyTorch; "SAME" pads asymmetrically for even inputs at stride 2.
+  p = kernel_size // 2
+  return ((p, p), (p, p))
+
+
+def zero_pad_shortcut(x: jnp.ndarray, out_channels: int, strides: int) -> jnp.ndarray:
+  """Parameter-free shortcut ("option A", He et al. 2015): subsample, then zero-pad channels."""
+  if strides > 1:
+    x = x[:, ::strides, ::strides, :]
+  extra = out_channels - x.shape[-1]
+  if extra < 0:
+    raise ValueError(f"zero_pad shortcut cannot reduce channels ({x.shape[-1]} -> {out_channels}).")
+  return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+
+
+class _Block(nn.Module):
+  """Fields shared by every block; `num_filters` is the block's base width ("planes")."""
+
+  num_filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  strides: int = 1
+  groups: int = 1
+  width_per_group: int = 64
+  stride_in_1x1: bool = False
+  shortcut: str = "projection"
+  zero_init_last: bool = False
+
+  expansion: ClassVar[int] = 1
+  preactivation: ClassVar[bool] = False
+
+  @property
+  def out_channels(self) -> int:
+    return self.num_filters * self.expansion
+
+  def _shortcut(self, x: jnp.ndarray, with_norm: bool) -> jnp.ndarray:
+    if x.shape[-1] == self.out_channels and self.strides == 1:
+      return x
+    if self.shortcut == "zero_pad":
+      return zero_pad_shortcut(x, self.out_channels, self.strides)
+    x = self.conv(self.out_channels, (1, 1), strides=self.strides, padding="VALID",
+                  name="downsample_conv")(x)
+    return self.norm(name="downsample_bn")(x) if with_norm else x
+
+  def _last_norm(self, name: str) -> nn.Module:
+    init = nn.initializers.zeros if self.zero_init_last else nn.initializers.ones
+    return self.norm(scale_init=init, name=name)
+
+  def _last_conv_init(self) -> dict:
+    return {"kernel_init": nn.initializers.zeros} if self.zero_init_last else {}
+
+  def _bottleneck_width(self) -> int:
+    return int(self.num_filters * (self.width_per_group / 64.0)) * self.groups
+
+  def _check_basic(self) -> None:
+    if self.groups != 1 or self.width_per_group != 64:
+      raise ValueError(f"{type(self).__name__} supports only groups=1 and width_per_group=64 "
+                       f"(got {self.groups}, {self.width_per_group}); use a bottleneck block.")
+
+
+class BasicBlock(_Block):
+  """Two 3x3 convolutions, post-activation (He et al. 2015, figure 2 left)."""
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    self._check_basic()
+    y = self.conv(self.num_filters, (3, 3), strides=self.strides, padding=_pad(3), name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = self.conv(self.num_filters, (3, 3), padding=_pad(3), name="conv2")(y)
+    y = self._last_norm("bn2")(y)
+    return nn.relu(y + self._shortcut(x, with_norm=True))
+
+
+class Bottleneck(_Block):
+  """1x1 -> 3x3 (grouped) -> 1x1; stride on the 3x3 (v1.5) unless `stride_in_1x1` (v1)."""
+
+  expansion: ClassVar[int] = 4
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    width = self._bottleneck_width()
+    s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
+    y = self.conv(width, (1, 1), strides=s1, padding="VALID", name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = self.conv(width, (3, 3), strides=s3, padding=_pad(3), feature_group_count=self.groups,
+                  name="conv2")(y)
+    y = nn.relu(self.norm(name="bn2")(y))
+    y = self.conv(self.out_channels, (1, 1), padding="VALID", name="conv3")(y)
+    y = self._last_norm("bn3")(y)
+    return nn.relu(y + self._shortcut(x, with_norm=True))
+
+
+class PreActBasicBlock(_Block):
+  """BN-ReLU-conv3x3 twice (He et al. 2016, "Identity Mappings", figure 4e)."""
+
+  preactivation: ClassVar[bool] = True
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    self._check_basic()
+    pre = nn.relu(self.norm(name="bn1")(x))
+    # When the shape changes, the projection sees the pre-activated input, as in the paper's code.
+    shortcut = x if x.shape[-1] == self.out_channels and self.strides == 1 else pre
+    y = self.conv(self.num_filters, (3, 3), strides=self.strides, padding=_pad(3), name="conv1")(pre)
+    y = nn.relu(self.norm(name="bn2")(y))
+    y = self.conv(self.num_filters, (3, 3), padding=_pad(3), name="conv2",
+                  **self._last_conv_init())(y)
+    return y + self._shortcut(shortcut, with_norm=False)
+
+
+class PreActBottleneck(_Block):
+  """Pre-activation bottleneck (BN-ReLU before each of 1x1, 3x3, 1x1), stride on the 3x3."""
+
+  expansion: ClassVar[int] = 4
+  preactivation: ClassVar[bool] = True
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    width = self._bottleneck_width()
+    s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
+    pre = nn.relu(self.norm(name="bn1")(x))
+    shortcut = x if x.shape[-1] == self.out_channels and self.strides == 1 else pre
+    y = self.conv(width, (1, 1), strides=s1, padding="VALID", name="conv1")(pre)
+    y = nn.relu(self.norm(name="bn2")(y))
+    y = self.conv(width, (3, 3), strides=s3, padding=_pad(3), feature_group_count=self.groups,
+                  name="conv2")(y)
+    y = nn.relu(self.norm(name="bn3")(y))
+    y = self.conv(self.out_channels, (1, 1), padding="VALID", name="conv3",
+                  **self._last_conv_init())(y)
+    return y + self._shortcut(shortcut, with_norm=False)

@@ -1,0 +1,236 @@
+"""The generic ResNet (stem, stages, head, feature outputs) and the one registry of named variants."""
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from resnet_jax import blocks
+from resnet_jax.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
+
+ModuleDef = Any
+STEMS = ("imagenet", "cifar")
+
+# torchvision's initialisers: He-normal over fan_out for convolutions, and nn.Linear's default
+# (uniform in +-1/sqrt(fan_in)) for the classifier.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+class _ScanAdapter(nn.Module):
+  """Gives a block the (carry, x) -> (carry, y) signature that `nn.scan` needs."""
+
+  block: ModuleDef
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, _: Any) -> tuple[jnp.ndarray, None]:
+    return self.block(name="block")(x), None
+
+
+class ResNet(nn.Module):
+  """ResNet v1/v1.5 and pre-activation ResNet, ResNeXt and wide ResNet, with ImageNet or CIFAR stem.
+
+  Attributes:
+    stage_sizes: blocks per stage; stage `i` has base width `num_filters * 2**i`.
+    block_cls: a block class from `resnet_jax.blocks`.
+    num_classes: classifier outputs; 0 drops the head and returns pooled features.
+    num_filters: base width of the first stage (64 ImageNet, 16 CIFAR).
+    stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool) or "cifar" (3x3/1 conv, no pooling).
+    groups, width_per_group: ResNeXt cardinality and width (bottleneck blocks only).
+    stride_in_1x1: put the bottleneck's stride on its first 1x1 (ResNet v1) instead of its 3x3 (v1.5).
+    shortcut: "projection" (1x1 conv + BN where shapes change) or "zero_pad" (option A).
+    zero_init_residual: zero-init the last BN scale of each branch (last conv when pre-activation),
+      making every block the identity at initialisation (Goyal et al. 2017).
+    bn_momentum, bn_epsilon: BatchNorm's running-average decay and epsilon (PyTorch's 0.1 -> 0.9).
+    axis_name: mapped axis over which training-mode BatchNorm statistics are averaged.
+    dtype: compute dtype; parameters, BatchNorm statistics, pooling and logits stay float32.
+    param_dtype: parameter dtype.
+    conv, norm: the convolution and normalisation modules, bound by the network with `partial`.
+    scan_blocks: run each stage's repeated blocks with `nn.scan` (constant compile time in depth).
+    remat: rematerialise each block in the backward pass (memory for compute).
+  """
+
+  stage_sizes: Sequence[int]
+  block_cls: ModuleDef
+  num_classes: int = 1000
+  num_filters: int = 64
+  stem: str = "imagenet"
+  groups: int = 1
+  width_per_group: int = 64
+  stride_in_1x1: bool = False
+  shortcut: str = "projection"
+  zero_init_residual: bool = False
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  axis_name: str | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  conv: ModuleDef = nn.Conv
+  norm: ModuleDef = nn.BatchNorm
+  scan_blocks: bool = False
+  remat: bool = False
+
+  @property
+  def total_stride(self) -> int:
+    """Downsampling factor from input to the last feature map; also the smallest input size."""
+    return (4 if self.stem == "imagenet" else 1) * 2 ** (len(self.stage_sizes) - 1)
+
+  def check_input_shape(self, shape: Sequence[int]) -> None:
+    """Raises ValueError unless `shape` is an NHWC batch this network can reduce."""
+    if self.stem not in STEMS:
+      raise ValueError(f"Unknown stem {self.stem!r}; choose one of {STEMS}.")
+    if self.shortcut not in blocks.SHORTCUTS:
+      raise ValueError(f"Unknown shortcut {self.shortcut!r}; choose one of {blocks.SHORTCUTS}.")
+    if len(shape) != 4:
+      raise ValueError(f"Expected an NHWC batch of rank 4, got shape {tuple(shape)}.")
+    h, w = shape[1], shape[2]
+    if min(h, w) < self.total_stride:
+      raise ValueError(
+          f"Input {h}x{w} is too small: this network downsamples by {self.total_stride}, so images "
+          f"must be at least {self.total_stride}x{self.total_stride}; resize them (e.g. "
+          f"--config.data.image_size={self.total_stride}) or use a CIFAR-stem model.")
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False, return_features: bool = False):
+    """Runs the network on an NHWC batch.
+
+    Args:
+      x: images, shape (batch, height, width, channels), any channel count.
+      train: use batch statistics (and update `batch_stats`, which must then be mutable).
+      return_features: return a dict of every stage's feature map, the pooled features
+        ("pooled") and, when the network has a head, "logits".
+
+    Returns:
+      Logits (float32), pooled features when `num_classes == 0`, or the feature dict.
+    """
+    self.check_input_shape(x.shape)
+    conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype,
+                             param_dtype=self.param_dtype, kernel_init=conv_kernel_init)
+    norm = functools.partial(self.norm, use_running_average=not train, momentum=self.bn_momentum,
+                             epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
+                             axis_name=self.axis_name if train else None)
+    preact = self.block_cls.preactivation
+    features = {}
+
+    x = x.astype(self.dtype)
+    if self.stem == "imagenet":
+      x = conv(self.num_filters, (7, 7), strides=2, padding=((3, 3), (3, 3)), name="conv1")(x)
+      x = nn.relu(norm(name="bn1")(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    else:
+      x = conv(self.num_filters, (3, 3), padding=((1, 1), (1, 1)), name="conv1")(x)
+      if not preact:  # pre-activation blocks normalise their own input
+        x = nn.relu(norm(name="bn1")(x))
+    features["stem"] = x
+
+    block_cls = nn.remat(self.block_cls) if self.remat else self.block_cls
+    for i, num_blocks in enumerate(self.stage_sizes):
+      block = functools.partial(
+          block_cls, num_filters=self.num_filters * 2**i, conv=conv, norm=norm, groups=self.groups,
+          width_per_group=self.width_per_group, stride_in_1x1=self.stride_in_1x1,
+          shortcut=self.shortcut, zero_init_last=self.zero_init_residual)
+      x = block(strides=1 if i == 0 else 2, name=f"layer{i + 1}_0")(x)
+      if self.scan_blocks and num_blocks > 1:
+        scanned = nn.scan(_ScanAdapter, variable_axes={"params": 0, "batch_stats": 0},
+                          split_rngs={"params": True}, length=num_blocks - 1)
+        x, _ = scanned(block, name=f"layer{i + 1}_scan")(x, None)
+      else:
+        for j in range(1, num_blocks):
+          x = block(name=f"layer{i + 1}_{j}")(x)
+      features[f"stage{i + 1}"] = x
+
+    if preact:
+      x = nn.relu(norm(name="final_bn")(x))
+    # Pool in float32: a bfloat16 mean over 7x7 or 8x8 positions loses precision in the logits.
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    features["pooled"] = x
+    if self.num_classes:
+      x = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype,
+                   kernel_init=dense_kernel_init, name="fc")(x)
+      features["logits"] = x
+    return features if return_features else x
+
+
+def _imagenet(stage_sizes, block_cls, **kwargs):
+  return functools.partial(ResNet, stage_sizes=stage_sizes, block_cls=block_cls, **kwargs)
+
+
+def _cifar(stage_sizes, block_cls, **kwargs):
+  return functools.partial(ResNet, stage_sizes=stage_sizes, block_cls=block_cls, stem="cifar",
+                           num_filters=16, **kwargs)
+
+
+_BASE = {
+    # ImageNet family, v1.5 as torchvision (stride_in_1x1=True gives v1).
+    "resnet18": _imagenet((2, 2, 2, 2), BasicBlock),
+    "resnet34": _imagenet((3, 4, 6, 3), BasicBlock),
+    "resnet50": _imagenet((3, 4, 6, 3), Bottleneck),
+    "resnet101": _imagenet((3, 4, 23, 3), Bottleneck),
+    "resnet152": _imagenet((3, 8, 36, 3), Bottleneck),
+    "resnet200": _imagenet((3, 24, 36, 3), Bottleneck),
+    "resnext50_32x4d": _imagenet((3, 4, 6, 3), Bottleneck, groups=32, width_per_group=4),
+    "resnext101_32x8d": _imagenet((3, 4, 23, 3), Bottleneck, groups=32, width_per_group=8),
+    "resnext101_64x4d": _imagenet((3, 4, 23, 3), Bottleneck, groups=64, width_per_group=4),
+    "wide_resnet50_2": _imagenet((3, 4, 6, 3), Bottleneck, width_per_group=128),
+    "wide_resnet101_2": _imagenet((3, 4, 23, 3), Bottleneck, width_per_group=128),
+    # Pre-activation ResNets (He et al. 2016) with the ImageNet stem.
+    "preact_resnet18": _imagenet((2, 2, 2, 2), PreActBasicBlock),
+    "preact_resnet34": _imagenet((3, 4, 6, 3), PreActBasicBlock),
+    "preact_resnet50": _imagenet((3, 4, 6, 3), PreActBottleneck),
+    "preact_resnet101": _imagenet((3, 4, 23, 3), PreActBottleneck),
+    "preact_resnet152": _imagenet((3, 8, 36, 3), PreActBottleneck),
+    "preact_resnet200": _imagenet((3, 24, 36, 3), PreActBottleneck),
+    # CIFAR ResNets of He et al. 2015 section 4.2: 6n+2 layers, option-A shortcuts.
+    "resnet20": _cifar((3, 3, 3), BasicBlock, shortcut="zero_pad"),
+    "resnet32": _cifar((5, 5, 5), BasicBlock, shortcut="zero_pad"),
+    "resnet44": _cifar((7, 7, 7), BasicBlock, shortcut="zero_pad"),
+    "resnet56": _cifar((9, 9, 9), BasicBlock, shortcut="zero_pad"),
+    "resnet110": _cifar((18, 18, 18), BasicBlock, shortcut="zero_pad"),
+    "resnet1202": _cifar((200, 200, 200), BasicBlock, shortcut="zero_pad", scan_blocks=True),
+    # Pre-activation CIFAR bottleneck ResNets of He et al. 2016: 9n+2 layers.
+    "preact_resnet164": _cifar((18, 18, 18), PreActBottleneck),
+    "preact_resnet1001": _cifar((111, 111, 111), PreActBottleneck, scan_blocks=True),
+}
+# The ImageNet architectures with the CIFAR stem (3x3/1 conv, no max-pool) for 32x32 inputs.
+_CIFAR_STEM = {
+    f"{name}_cifar": functools.partial(_BASE[name], stem="cifar")
+    for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "preact_resnet18",
+                 "preact_resnet34", "preact_resnet50")
+}
+MODELS: dict[str, functools.partial] = {**_BASE, **_CIFAR_STEM}
+
+# Registry entries whose architecture and parameter names match torchvision.models exactly.
+TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                      "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
+                      "wide_resnet101_2")
+
+
+def list_models() -> list[str]:
+  """Names accepted by `create_model`, sorted."""
+  return sorted(MODELS)
+
+
+def create_model(name: str, *, num_classes: int = 1000, **overrides: Any) -> ResNet:
+  """Builds a registered ResNet.
+
+  Args:
+    name: a name from `list_models()`.
+    num_classes: classifier outputs; 0 returns pooled features instead of logits.
+    **overrides: any other `ResNet` attribute (dtype, axis_name, zero_init_residual,
+      stride_in_1x1, scan_blocks, remat, ...).
+
+  Returns:
+    An unbound `ResNet` module.
+  """
+  if name not in MODELS:
+    raise ValueError(f"Unknown model {name!r}. Valid names: {', '.join(list_models())}.")
+  fields = {f.name for f in dataclasses.fields(ResNet)} - {"parent", "name"}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f"Unknown ResNet option(s) {unknown}. Valid options: {sorted(fields)}.")
+  if num_classes < 0:
+    raise ValueError(f"num_classes must be >= 0 (0 for a headless backbone), got {num_classes}.")
+  return MODELS[name](num_classes=num_classes, **overrides)

@@ -1,0 +1,116 @@
+"""PyTorch twins of the registry's networks, with torchvision's parameter names.
+
+Used to check numerical equivalence (tests) and to compare speed (`experiments.benchmark
+--compare-torch`). torchvision itself is not needed: the registry also holds networks torchvision
+lacks (CIFAR, pre-activation), so the twin is built from a `ResNet`'s own attributes. Importing this
+module needs torch (`pip install -e .[dev]`).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnet_jax import blocks as flax_blocks
+from resnet_jax.models import ResNet
+
+
+class _Block(nn.Module):
+  def __init__(self, spec: ResNet, in_channels: int, planes: int, stride: int):
+    super().__init__()
+    flax_cls = spec.block_cls
+    self.preact = flax_cls.preactivation
+    self.bottleneck = flax_cls.expansion == 4
+    self.out_channels = planes * flax_cls.expansion
+    self.stride = stride
+    self.zero_pad = spec.shortcut == "zero_pad"
+    bn = lambda c: nn.BatchNorm2d(c, eps=spec.bn_epsilon, momentum=1.0 - spec.bn_momentum)
+    conv = lambda i, o, k, s=1, g=1: nn.Conv2d(i, o, k, s, padding=k // 2, groups=g, bias=False)
+    if self.bottleneck:
+      width = int(planes * (spec.width_per_group / 64.0)) * spec.groups
+      s1, s3 = (stride, 1) if spec.stride_in_1x1 else (1, stride)
+      self.conv1 = conv(in_channels, width, 1, s1)
+      self.conv2 = conv(width, width, 3, s3, spec.groups)
+      self.conv3 = conv(width, self.out_channels, 1)
+      norm_channels = [in_channels, width, width] if self.preact else [width, width, self.out_channels]
+    else:
+      self.conv1 = conv(in_channels, planes, 3, stride)
+      self.conv2 = conv(planes, planes, 3)
+      norm_channels = [in_channels, planes] if self.preact else [planes, planes]
+    for i, c in enumerate(norm_channels):
+      setattr(self, f"bn{i + 1}", bn(c))
+    self.changes_shape = in_channels != self.out_channels or stride != 1
+    self.downsample = None
+    if self.changes_shape and not self.zero_pad:
+      layers = [conv(in_channels, self.out_channels, 1, stride)]
+      if not self.preact:
+        layers.append(bn(self.out_channels))
+      self.downsample = nn.Sequential(*layers)
+
+  def _shortcut(self, x):
+    if not self.changes_shape:
+      return x
+    if self.downsample is not None:
+      return self.downsample(x)
+    x = x[:, :, ::self.stride, ::self.stride]
+    extra = self.out_channels - x.shape[1]
+    return F.pad(x, (0, 0, 0, 0, extra // 2, extra - extra // 2))
+
+  def forward(self, x):
+    convs = [self.conv1, self.conv2] + ([self.conv3] if self.bottleneck else [])
+    norms = [self.bn1, self.bn2] + ([self.bn3] if self.bottleneck else [])
+    if self.preact:
+      pre = F.relu(norms[0](x))
+      shortcut = self._shortcut(pre if self.changes_shape else x)
+      y = pre
+      for i, c in enumerate(convs):
+        y = c(y) if i == 0 else c(F.relu(norms[i](y)))
+      return y + shortcut
+    y = x
+    for i, (c, n) in enumerate(zip(convs, norms)):
+      y = n(c(y))
+      if i < len(convs) - 1:
+        y = F.relu(y)
+    return F.relu(y + self._shortcut(x))
+
+
+class TorchResNet(nn.Module):
+  """A PyTorch network computing the same function as a `ResNet` with converted weights."""
+
+  def __init__(self, spec: ResNet, in_channels: int = 3):
+    super().__init__()
+    if spec.stem not in ("imagenet", "cifar") or spec.shortcut not in flax_blocks.SHORTCUTS:
+      raise ValueError(f"Unsupported stem/shortcut {spec.stem!r}/{spec.shortcut!r}.")
+    self.preact = spec.block_cls.preactivation
+    self.imagenet_stem = spec.stem == "imagenet"
+    k = 7 if self.imagenet_stem else 3
+    self.conv1 = nn.Conv2d(in_channels, spec.num_filters, k, 2 if self.imagenet_stem else 1,
+                           padding=k // 2, bias=False)
+    self.stem_norm = self.imagenet_stem or not self.preact
+    if self.stem_norm:
+      self.bn1 = nn.BatchNorm2d(spec.num_filters, eps=spec.bn_epsilon,
+                                momentum=1.0 - spec.bn_momentum)
+    channels = spec.num_filters
+    for i, n in enumerate(spec.stage_sizes):
+      planes = spec.num_filters * 2**i
+      stage = []
+      for j in range(n):
+        stage.append(_Block(spec, channels, planes, 2 if (i > 0 and j == 0) else 1))
+        channels = stage[-1].out_channels
+      setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
+    self.num_stages = len(spec.stage_sizes)
+    if self.preact:
+      self.final_bn = nn.BatchNorm2d(channels, eps=spec.bn_epsilon, momentum=1.0 - spec.bn_momentum)
+    self.fc = nn.Linear(channels, spec.num_classes) if spec.num_classes else None
+
+  def forward(self, x):
+    x = self.conv1(x)
+    if self.stem_norm:
+      x = F.relu(self.bn1(x))
+    if self.imagenet_stem:
+      x = F.max_pool2d(x, 3, 2, 1)
+    for i in range(self.num_stages):
+      x = getattr(self, f"layer{i + 1}")(x)
+    if self.preact:
+      x = F.relu(self.final_bn(x))
+    x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+    return self.fc(x) if self.fc is not None else x
