@@ -1,0 +1,233 @@
+"""Throughput of the real train step (synthetic data), of the input pipeline, and of PyTorch's twin.
+
+Timings are medians over individually synchronised steps after warm-up; FLOPs come from XLA's
+cost analysis of the compiled step; MFU divides achieved FLOP/s by the device's published peak.
+"""
+
+import os
+import resource
+import statistics
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from resnet_jax import data, parallel, trainer
+
+# Dense peak FLOP/s per device, from the vendors' data sheets (no sparsity).
+PEAK_FLOPS = {  # device-kind substring -> {compute dtype: FLOP/s}
+    "H200": {"bfloat16": 989e12, "float16": 989e12, "float32": 67e12},
+    "H100 PCIe": {"bfloat16": 756e12, "float16": 756e12, "float32": 51e12},
+    "H100": {"bfloat16": 989e12, "float16": 989e12, "float32": 67e12},
+    "A100": {"bfloat16": 312e12, "float16": 312e12, "float32": 19.5e12},
+    "TPU v4": {"bfloat16": 275e12, "float32": 275e12 / 4},
+    "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12 / 4},
+    "TPU v5e": {"bfloat16": 197e12, "float32": 197e12 / 4},
+    "TPU v5p": {"bfloat16": 459e12, "float32": 459e12 / 4},
+    "TPU v5": {"bfloat16": 459e12, "float32": 459e12 / 4},
+}
+
+
+def peak_flops(device_kind: str, dtype: str) -> float | None:
+  """Published dense peak FLOP/s of one device, or None when the device is not in the table."""
+  for kind, peaks in PEAK_FLOPS.items():
+    if kind in device_kind:
+      return peaks.get(dtype)
+  return None
+
+
+def write_jpeg_folder(folder: str, *, num_images: int, num_classes: int = 10, seed: int = 0) -> None:
+  """Writes ImageNet-like JPEGs (about 500x375, smooth content, quality 90) as a `folder:` dataset."""
+  from PIL import Image
+  rng = np.random.RandomState(seed)
+  for split, count in (("train", num_images), ("test", max(num_classes, num_images // 8))):
+    for i in range(count):
+      label = i % num_classes
+      os.makedirs(os.path.join(folder, split, f"class{label:02d}"), exist_ok=True)
+      w, h = rng.randint(400, 600), rng.randint(300, 450)
+      coarse = rng.randint(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+      image = Image.fromarray(coarse).resize((w, h), Image.BICUBIC)
+      noisy = np.asarray(image, np.int16) + rng.randint(-12, 13, (h, w, 3))
+      Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(
+          os.path.join(folder, split, f"class{label:02d}", f"{i:05d}.jpg"), quality=90)
+
+
+def format_table(results: dict[str, Any]) -> str:
+  """A short human-readable summary of `experiments.benchmark`'s results."""
+  rows = [f"{results['model']} batch {results['batch_size']} {results['image_size']}px "
+          f"{results['dtype']} on {results['device']} ({results['runner']})"]
+  for key in ("synthetic", "with_input", "input_only", "torch"):
+    r = results.get(key)
+    if not r:
+      continue
+    line = (f"  {key:11s} {r['images_per_sec']:10.1f} img/s (min {r['images_per_sec_min']:.1f}, "
+            f"max {r['images_per_sec_max']:.1f}), step {r['step_time_ms']:.2f} ms")
+    if "compile_time_s" in r:
+      line += f", compile {r['compile_time_s']:.1f} s"
+    rows.append(line)
+  s = results["synthetic"]
+  rows.append(f"  FLOPs/image {s['flops_per_image'] / 1e9:.3f} G (XLA), achieved "
+              f"{s['achieved_flops_per_sec_per_device'] / 1e12:.2f} TFLOP/s per device, MFU "
+              + (f"{100 * s['mfu']:.1f}%" if s["mfu"] is not None else "n/a (peak unknown)")
+              + f", peak memory {s['peak_memory_bytes'] / 2**30:.2f} GiB ({s['peak_memory_kind']})")
+  for key, label in (("input_vs_synthetic", "input-fed / synthetic"),
+                     ("jax_vs_torch", "JAX / PyTorch")):
+    if key in results:
+      rows.append(f"  {label}: {results[key]:.3f}x")
+  return "\n".join(rows)
+
+
+def _summary(seconds: list[float], images_per_step: int) -> dict[str, float]:
+  rates = [images_per_step / s for s in seconds]
+  return {"images_per_sec": statistics.median(rates), "images_per_sec_min": min(rates),
+          "images_per_sec_max": max(rates), "step_time_ms": 1e3 * statistics.median(seconds)}
+
+
+def _peak_memory_bytes() -> tuple[int | None, str]:
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return int(stats["peak_bytes_in_use"]), "device"
+  # The CPU backend keeps no allocator statistics: report the process's peak resident memory.
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "host_rss"
+
+
+def synthetic_info(num_classes: int, image_size: int, channels: int) -> data.DatasetInfo:
+  """A stand-in dataset description: ImageNet-like normalisation, no files."""
+  mean = (124.0, 116.0, 104.0)[:channels] if channels <= 3 else (127.5,) * channels
+  std = (58.0, 57.0, 57.5)[:channels] if channels <= 3 else (64.0,) * channels
+  return data.DatasetInfo(name="synthetic", num_classes=num_classes,
+                          class_names=tuple(str(i) for i in range(num_classes)),
+                          image_shape=(image_size, image_size, channels), num_train=0, num_eval=0,
+                          mean=mean, std=std)
+
+
+def time_train_step(config: Any, info: data.DatasetInfo, *, steps: int, warmup: int,
+                    batches=None) -> dict[str, Any]:
+  """Compiles and times `config`'s real train step.
+
+  Args:
+    config: a run config (model, optim, train sections are used).
+    info: the dataset description the model is built for.
+    steps, warmup: timed steps and untimed warm-up steps.
+    batches: an iterator of host batches from a real pipeline; None uses one synthetic batch,
+      already on the devices, for every step.
+
+  Returns:
+    images/s (median, min, max), step time, compile time, FLOPs per image and peak memory.
+  """
+  t = config.train
+  runner = parallel.make_runner(t.runner)
+  runner.check_batch_size(t.batch_size)
+  exp = trainer.build(config, info, runner, steps_per_epoch=1000, total_steps=10**6)
+  state, rng = runner.replicate(exp.state), runner.replicate(exp.rng)
+  arrays = None
+  if batches is None:
+    local = t.batch_size // jax.process_count()
+    r = np.random.RandomState(0)
+    host = {"image": r.randint(0, 256, (local,) + tuple(info.image_shape), dtype=np.uint8),
+            "label": r.randint(0, info.num_classes, (local,)).astype(np.int32)}
+    fixed = runner.shard_batch(host)
+    next_batch = lambda: fixed
+  else:
+    pipeline_batches, arrays = batches
+    prefetched = trainer._prefetch(pipeline_batches, runner)
+    next_batch = lambda: next(prefetched)
+
+  start = time.perf_counter()
+  compiled = exp.train_fn.lower(state, next_batch(), rng, arrays).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  flops_per_device = float(cost.get("flops", 0.0)) if cost else 0.0
+
+  times = []
+  for i in range(warmup + steps):
+    batch = next_batch()
+    start = time.perf_counter()
+    state, metrics = exp.train_fn(state, batch, rng, arrays)
+    jax.block_until_ready((state, metrics))
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
+  memory, memory_kind = _peak_memory_bytes()
+  per_device_batch = t.batch_size // runner.num_replicas
+  result = {**_summary(times, t.batch_size), "compile_time_s": compile_s,
+            "flops_per_image": flops_per_device / per_device_batch,
+            "peak_memory_bytes": memory, "peak_memory_kind": memory_kind,
+            "num_devices": runner.num_replicas}
+  achieved = result["flops_per_image"] * result["images_per_sec"] / runner.num_replicas
+  peak = peak_flops(jax.devices()[0].device_kind, t.precision)
+  result.update({"achieved_flops_per_sec_per_device": achieved,
+                 "peak_flops_per_sec_per_device": peak, "mfu": achieved / peak if peak else None})
+  return result
+
+
+def time_input(pipeline: Any, *, batch_size: int, steps: int, warmup: int) -> dict[str, float]:
+  """Host input pipeline alone: images/s delivered (decode, augment, batch)."""
+  batches = pipeline.train_batches(0)
+  for _ in range(warmup):
+    next(batches)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    next(batches)
+    times.append(time.perf_counter() - start)
+  return _summary(times, batch_size)
+
+
+def time_torch(model_spec: Any, *, batch_size: int, image_size: int, channels: int,
+               precision: str, learning_rate: float, momentum: float, weight_decay: float,
+               steps: int, warmup: int, compile: bool = True) -> dict[str, Any]:
+  """The same architecture, batch, dtype and optimizer (SGD momentum) in PyTorch.
+
+  channels-last memory format, autocast to the compute dtype, and `torch.compile` when available.
+  """
+  import torch
+  from resnet_jax.torch_reference import TorchResNet
+
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  net = TorchResNet(model_spec, channels).to(device).to(memory_format=torch.channels_last)
+  opt = torch.optim.SGD(net.parameters(), lr=learning_rate, momentum=momentum,
+                        weight_decay=weight_decay)
+  x = torch.randn(batch_size, channels, image_size, image_size, device=device).to(
+      memory_format=torch.channels_last)
+  y = torch.randint(0, max(1, model_spec.num_classes), (batch_size,), device=device)
+  autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
+  scaler = torch.amp.GradScaler(device) if precision == "float16" else None
+
+  def step(model):
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast(device, dtype=autocast_dtype or torch.float32,
+                        enabled=autocast_dtype is not None):
+      loss = torch.nn.functional.cross_entropy(model(x), y)
+    if scaler is not None:
+      scaler.scale(loss).backward()
+      scaler.step(opt)
+      scaler.update()
+    else:
+      loss.backward()
+      opt.step()
+    return loss
+
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+  model = torch.compile(net) if compile and hasattr(torch, "compile") else net
+  start = time.perf_counter()
+  try:
+    step(model)
+  except Exception:  # noqa: BLE001 - e.g. no C++ compiler for inductor: measure eager instead
+    if model is net:
+      raise
+    model = net
+    step(model)
+  sync()
+  compile_s = time.perf_counter() - start
+  times = []
+  for i in range(warmup + steps):
+    start = time.perf_counter()
+    step(model)
+    sync()
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
+  return {**_summary(times, batch_size), "compile_time_s": compile_s,
+          "torch_compile": model is not net, "torch_version": torch.__version__,
+          "torch_threads": torch.get_num_threads()}

@@ -1,0 +1,92 @@
+"""Run records: WORKDIR/metrics.jsonl, TensorBoard event files, and a progress display."""
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """All records of WORKDIR/metrics.jsonl, in order."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class MetricsWriter:
+  """Appends records to metrics.jsonl and TensorBoard; a no-op on processes other than 0.
+
+  On resume from step S, records after S (written after the checkpoint the run resumes from)
+  are dropped from both, so the files read as if the run had never stopped.
+  """
+
+  def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int = 0):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self._tb = None
+    if not enabled:
+      return
+    kept = [r for r in read_metrics(workdir) if r["step"] <= resume_step]
+    with open(self.path, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in kept)
+    from tensorboardX import SummaryWriter
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                             purge_step=resume_step + 1 if resume_step else None)
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    for key, value in record.items():
+      if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+        self._tb.add_scalar(key, value, step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _plain(value: Any) -> Any:
+  if hasattr(value, "item"):
+    value = value.item()
+  return value
+
+
+class Progress:
+  """A tqdm bar with step rate and ETA on a terminal; plain log lines otherwise."""
+
+  def __init__(self, total: int, initial: int, *, mode: str = "auto", enabled: bool = True):
+    interactive = {"auto": sys.stderr.isatty(), "yes": True, "no": False}[mode]
+    self._bar = tqdm.tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True) \
+        if enabled and interactive else None
+    self.enabled, self.total, self._last = enabled, total, initial
+    self._start = time.time()
+
+  def update(self, step: int, metrics: dict[str, Any] | None = None) -> None:
+    """Advances to `step`; shows `metrics` when given."""
+    if self._bar is not None:
+      self._bar.update(step - self._last)
+      if metrics:
+        self._bar.set_postfix({k: f"{_plain(v):.4g}" for k, v in metrics.items()
+                               if isinstance(_plain(v), float)}, refresh=False)
+    elif self.enabled and metrics:
+      shown = " ".join(f"{k}={_plain(v):.4g}" for k, v in metrics.items()
+                       if isinstance(_plain(v), float))
+      logging.info("step %d/%d %s", step, self.total, shown)
+    self._last = step
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
