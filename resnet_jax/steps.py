@@ -152,7 +152,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, arrays: dict | No
     batch_stats = jax.lax.pmean(batch_stats, axis)
   loss = jax.lax.pmean(loss, axis)
   accuracy = jax.lax.pmean(jnp.mean(jnp.argmax(logits, -1) == labels), axis)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
 
   finite_loss, finite_grads = jnp.isfinite(loss), jnp.isfinite(grad_norm)
   finite = finite_loss & finite_grads

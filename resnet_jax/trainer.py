@@ -190,7 +190,10 @@ def build(config: Any, info: data.DatasetInfo, runner: parallel.Runner, *, steps
       axis_name=parallel.AXIS, label_smoothing=o.label_smoothing,
       crop_padding=config.data.crop_padding, random_flip=config.data.random_flip,
       ema_decay=o.ema_decay, on_nonfinite=on_nonfinite, sync_batchnorm=t.sync_batchnorm)
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  # Parameters are drawn with the "rbg" generator: its initialisers compile several times faster
+  # than threefry's (seconds per run). The step's key stays threefry, a plain uint32[2].
+  init_rng = jax.random.key(config.seed, impl="rbg")
+  train_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
   loss_scale = steps.LossScale.create(period=t.loss_scale_period) if t.precision == "float16" \
       else None
   state = jax.device_get(jax.jit(functools.partial(

@@ -71,7 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
       keep_checkpoints=2,         # the latest K, plus the best by eval accuracy
       keep_best=True,
       async_checkpointing=True,
-      on_nonfinite="stop",        # stop | skip (skip and count, for float16 loss scaling)
+      on_nonfinite="auto",        # stop | skip (skip and count) | auto (skip for float16)
       loss_scale_period=2000,
       progress_bar="auto",        # auto (on a terminal) | yes | no
   ))

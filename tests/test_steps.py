@@ -1,0 +1,164 @@
+"""Train/eval steps under both runners: device-count invariance, pmap == mesh, invariants."""
+
+import dataclasses
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.configs import default
+from resnet_jax import benchmark, parallel, steps, trainer
+
+
+def tiny_config(**train):
+  config = default.get_config()
+  config.model.name = "resnet20"
+  config.data.update(image_size=16, crop_padding=2, random_flip=True)
+  config.optim.update(learning_rate=0.05, warmup_epochs=0.0, schedule="constant")
+  config.train.update(batch_size=16, **train)
+  return config
+
+
+INFO = benchmark.synthetic_info(num_classes=10, image_size=16, channels=3)
+
+
+def host_batches(n, batch_size=16, seed=0):
+  rng = np.random.RandomState(seed)
+  return [{"image": rng.randint(0, 256, (batch_size, 16, 16, 3), dtype=np.uint8),
+           "label": rng.randint(0, 10, (batch_size,)).astype(np.int32)} for _ in range(n)]
+
+
+def run_steps(config, runner, batches):
+  exp = trainer.build(config, INFO, runner, steps_per_epoch=10, total_steps=100)
+  state, rng = runner.replicate(exp.state), runner.replicate(exp.rng)
+  losses = []
+  for batch in batches:
+    state, metrics = exp.train_fn(state, runner.shard_batch(batch), rng, None)
+    losses.append(float(jax.device_get(metrics["train_loss"]).reshape(-1)[0]))
+  return runner.unreplicate(state), np.array(losses)
+
+
+def assert_states_close(a, b, rtol=2e-5, atol=2e-6):
+  chex.assert_trees_all_close(a.params, b.params, rtol=rtol, atol=atol)
+  chex.assert_trees_all_close(a.batch_stats, b.batch_stats, rtol=rtol, atol=atol)
+  chex.assert_trees_all_close(a.opt_state, b.opt_state, rtol=rtol, atol=atol)
+
+
+def test_eight_devices_equal_one_device_on_the_same_global_batch():
+  # One step to float32 rounding; later steps amplify rounding like any chaotic training run.
+  batches = host_batches(1)
+  one, loss_one = run_steps(tiny_config(), parallel.MeshRunner(jax.devices()[:1]), batches)
+  eight, loss_eight = run_steps(tiny_config(), parallel.MeshRunner(jax.devices()), batches)
+  assert_states_close(one, eight, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(loss_one, loss_eight, rtol=1e-6)
+  assert int(eight.step) == 1
+
+
+def test_pmap_and_mesh_runners_compute_the_same_numbers():
+  batches = host_batches(3)
+  mesh, loss_mesh = run_steps(tiny_config(), parallel.MeshRunner(), batches)
+  pmap, loss_pmap = run_steps(tiny_config(), parallel.PmapRunner(), batches)
+  assert_states_close(mesh, pmap)
+  np.testing.assert_allclose(loss_mesh, loss_pmap, rtol=1e-5)
+
+
+def test_unsynchronised_batchnorm_still_averages_running_statistics():
+  batches = host_batches(2)
+  state, _ = run_steps(tiny_config(sync_batchnorm=False), parallel.MeshRunner(), batches)
+  chex.assert_tree_all_finite(state.batch_stats)
+
+
+def test_loss_falls_on_a_fixed_small_batch():
+  batch = host_batches(1)
+  _, losses = run_steps(tiny_config(), parallel.MeshRunner(), batch * 40)
+  assert losses[-1] < 0.3 * losses[0], losses
+
+
+def test_train_step_is_traced_once():
+  config = tiny_config()
+  runner = parallel.MeshRunner()
+  exp = trainer.build(config, INFO, runner, steps_per_epoch=10, total_steps=100)
+
+  @chex.assert_max_traces(n=1)
+  def step(state, batch, rng, arrays):
+    return steps.train_step(state, batch, rng, arrays, model=exp.model, tx=exp.tx,
+                            schedule=exp.schedule, config=exp.step_config)
+
+  train_fn = runner.train_step(step)
+  state, rng = runner.replicate(exp.state), runner.replicate(exp.rng)
+  for batch in host_batches(3):
+    state, _ = train_fn(state, runner.shard_batch(batch), rng, None)
+
+
+def make_step(exp, runner, **step_overrides):
+  step_config = dataclasses.replace(exp.step_config, **step_overrides)
+  return runner.train_step(functools.partial(steps.train_step, model=exp.model, tx=exp.tx,
+                                             schedule=exp.schedule, config=step_config))
+
+
+def test_nonfinite_step_leaves_the_state_untouched():
+  runner = parallel.MeshRunner(jax.devices()[:2])
+  config = tiny_config()
+  exp = trainer.build(config, INFO, runner, steps_per_epoch=10, total_steps=100)
+  rng = runner.replicate(exp.rng)
+  batch = runner.shard_batch(host_batches(1)[0])
+  for policy in ("stop", "skip"):
+    good_fn = make_step(exp, runner, on_nonfinite=policy)
+    bad_fn = make_step(exp, runner, on_nonfinite=policy, label_smoothing=float("nan"))
+    state, _ = good_fn(runner.replicate(exp.state), batch, rng, None)
+    before = runner.unreplicate(state)
+    state, metrics = bad_fn(state, batch, rng, None)
+    after = runner.unreplicate(state)
+    assert not np.isfinite(float(jax.device_get(metrics["train_loss"])))
+    chex.assert_trees_all_equal(before.params, after.params)
+    chex.assert_trees_all_equal(before.batch_stats, after.batch_stats)
+    chex.assert_trees_all_equal(before.opt_state, after.opt_state)
+    assert int(after.nonfinite_count) == 1 and int(after.first_nonfinite_step) == 1
+    assert int(after.first_nonfinite_kind) == steps.NONFINITE_LOSS
+    state, _ = good_fn(state, batch, rng, None)
+    later = runner.unreplicate(state)
+    changed = not np.array_equal(later.params["fc"]["kernel"], after.params["fc"]["kernel"])
+    assert changed == (policy == "skip"), policy  # "stop" freezes the run until the host stops
+    assert int(later.step) == 3
+
+
+def test_dynamic_loss_scale():
+  scale = steps.LossScale.create(initial=8.0, period=2)
+  scale = scale.update(jnp.array(False))
+  assert float(scale.scale) == 4.0 and int(scale.good_steps) == 0
+  scale = scale.update(jnp.array(True))
+  assert float(scale.scale) == 4.0 and int(scale.good_steps) == 1
+  scale = scale.update(jnp.array(True))
+  assert float(scale.scale) == 8.0 and int(scale.good_steps) == 0
+
+
+def test_float16_run_with_loss_scaling_and_ema():
+  config = tiny_config(precision="float16")
+  config.optim.ema_decay = 0.5
+  runner = parallel.MeshRunner()
+  exp = trainer.build(config, INFO, runner, steps_per_epoch=10, total_steps=100)
+  assert exp.step_config.on_nonfinite == "skip" and exp.state.loss_scale is not None
+  state, rng = runner.replicate(exp.state), runner.replicate(exp.rng)
+  state, metrics = exp.train_fn(state, runner.shard_batch(host_batches(1)[0]), rng, None)
+  host = runner.unreplicate(state)
+  assert "loss_scale" in metrics
+  # EMA after one step: decay * initial + (1 - decay) * current.
+  expected = jax.tree.map(lambda e, p: 0.5 * e + 0.5 * p, exp.state.params, host.params)
+  chex.assert_trees_all_close(host.ema_params, expected, rtol=1e-6)
+
+
+def test_eval_step_counts_exactly_with_masks():
+  config = tiny_config()
+  runner = parallel.MeshRunner()
+  exp = trainer.build(config, INFO, runner, steps_per_epoch=10, total_steps=100)
+  variables = runner.replicate(exp.state.variables())
+  batch = host_batches(1)[0]
+  batch["mask"] = np.arange(16) < 11
+  sums = jax.device_get(exp.eval_fn(variables, runner.shard_batch(batch), None))
+  assert float(sums["count"]) == 11.0
+  logits = exp.model.apply(exp.state.variables(), steps.normalize(
+      batch["image"][:11], INFO.mean, INFO.std))
+  assert float(sums["top1"]) == float(np.sum(np.argmax(logits, -1) == batch["label"][:11]))
+  assert float(sums["top1"]) <= float(sums["top5"]) <= 11.0
