@@ -18,9 +18,17 @@ flags.DEFINE_string("workdir", None, "Run folder; running again with it resumes.
                     "folder under ./runs.")
 
 
+def _quiet_libraries(record: logging.LogRecord) -> bool:
+  # Orbax and tfds log every save/read at INFO; keep their warnings, drop the chatter.
+  return record.levelno >= logging.WARNING or not any(
+      f"/{lib}/" in record.pathname for lib in ("orbax", "tensorflow_datasets", "etils"))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(_quiet_libraries)
   from resnet_jax.preemption import Preempted
   from resnet_jax.trainer import train_and_evaluate
   try:

@@ -184,6 +184,7 @@ _BASE = {
     "preact_resnet152": _imagenet((3, 8, 36, 3), PreActBottleneck),
     "preact_resnet200": _imagenet((3, 24, 36, 3), PreActBottleneck),
     # CIFAR ResNets of He et al. 2015 section 4.2: 6n+2 layers, option-A shortcuts.
+    "resnet8": _cifar((1, 1, 1), BasicBlock, shortcut="zero_pad"),  # n=1: quick experiments, tests
     "resnet20": _cifar((3, 3, 3), BasicBlock, shortcut="zero_pad"),
     "resnet32": _cifar((5, 5, 5), BasicBlock, shortcut="zero_pad"),
     "resnet44": _cifar((7, 7, 7), BasicBlock, shortcut="zero_pad"),

@@ -14,3 +14,35 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session", autouse=True)
 def _eight_devices():
   assert jax.device_count() == 8, "tests expect 8 fake CPU devices; was jax imported before conftest?"
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory):
+  """A tfds data_dir holding the prepared digits dataset, shared by the session."""
+  from experiments.configs import default
+  from resnet_jax import data
+  path = str(tmp_path_factory.mktemp("tfds"))
+  config = default.get_config().data
+  config.data_dir = path
+  data.get_info(config)
+  return path
+
+
+@pytest.fixture
+def small_config(tfds_dir):
+  """A factory of quick configs: resnet8 on the digits at 8x8, batch 64, a few steps."""
+  from experiments.configs import default
+
+  def make(num_steps=6, **sections):
+    config = default.get_config()
+    config.model.name = "resnet8"
+    config.data.update(data_dir=tfds_dir, image_size=8, crop_padding=1)
+    config.optim.update(warmup_epochs=0.0)
+    config.train.update(batch_size=64, eval_batch_size=128, num_steps=num_steps,
+                        log_every_steps=2, eval_every_epochs=0.0, checkpoint_every_steps=2,
+                        progress_bar="no")
+    for section, values in sections.items():
+      config[section].update(values)
+    return config
+
+  return make
