@@ -2,9 +2,11 @@
 
 import logging
 import os
+import shutil
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -74,17 +76,13 @@ class Checkpointer:
       try:
         meta = self.manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
         meta = meta[META]
-      except Exception as e:  # noqa: BLE001 - any read failure means this checkpoint is unusable
-        logging.warning("Checkpoint %d in %s is unreadable (%s); trying an older one.", step,
-                        self.directory, _short(e))
-        continue
-      self._check_identity(step, meta.get("identity", {}))
-      try:
+        self._check_identity(step, meta.get("identity", {}))
         restored = self.manager.restore(step, args=ocp.args.Composite(**{
             STATE: ocp.args.StandardRestore(abstract_state)}))
-      except Exception as e:  # noqa: BLE001
-        logging.warning("Checkpoint %d in %s is corrupt or incomplete (%s); trying an older one.",
-                        step, self.directory, _short(e))
+      except CheckpointMismatchError:
+        raise
+      except Exception as e:  # noqa: BLE001 - any read failure means this checkpoint is unusable
+        self._quarantine(step, e)
         continue
       if step != steps[0]:
         logging.warning("Resuming from checkpoint %d, not the newest (%d).", step, steps[0])
@@ -93,6 +91,18 @@ class Checkpointer:
       raise RuntimeError(f"None of the checkpoints {steps} in {self.directory} can be read. Move "
                          "the folder away to start afresh, or point --workdir elsewhere.")
     return None
+
+  def _quarantine(self, step: int, error: Exception) -> None:
+    """Moves an unreadable checkpoint aside (kept for inspection) so the run can save that step."""
+    target = os.path.join(self.directory, f"{step}.corrupt")
+    logging.warning("Checkpoint %d in %s is corrupt or incomplete (%s); moved to %s, trying an "
+                    "older one.", step, self.directory, _short(error), target)
+    if jax.process_index() == 0:
+      shutil.rmtree(target, ignore_errors=True)
+      os.rename(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
+    self.manager.reload()
 
   def _check_identity(self, step: int, saved: dict[str, Any]) -> None:
     diffs = [f"{k}: checkpoint {saved.get(k)!r}, this run {v!r}" for k, v in self.identity.items()
@@ -126,3 +136,26 @@ def _short(error: Exception) -> str:
 def abstract(tree: Any) -> Any:
   """Shape/dtype structure of a host tree, the restore target."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def load(directory: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Reads a checkpoint as saved (nested dicts of numpy arrays) and its metadata; no target needed.
+
+  Args:
+    directory: a run's checkpoints folder (WORKDIR/checkpoints).
+    step: which checkpoint; None for the newest.
+
+  Returns:
+    (state, meta): the train state's fields by name, and the run metadata.
+  """
+  manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=(STATE, META),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {directory}.")
+    restored = manager.restore(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardRestore(), META: ocp.args.JsonRestore()}))
+    return restored[STATE], restored[META]
+  finally:
+    manager.close()

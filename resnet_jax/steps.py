@@ -13,6 +13,7 @@ from resnet_jax.data.augment import augment_on_device, normalize
 
 NONFINITE_POLICIES = ("stop", "skip")
 NONFINITE_LOSS, NONFINITE_GRADIENTS = 1, 2
+WINDOW_METRICS = ("train_loss", "train_accuracy", "grad_norm")
 
 
 @flax.struct.dataclass
@@ -49,6 +50,9 @@ class TrainState:
   nonfinite_count: jax.Array = None  # steps whose loss or gradients were not finite
   first_nonfinite_step: jax.Array = None  # -1 until the first such step
   first_nonfinite_kind: jax.Array = None  # NONFINITE_LOSS or NONFINITE_GRADIENTS
+  # Sums of the train metrics over the current logging window (steps [m*L, (m+1)*L)). Kept in the
+  # state, so a resumed run logs exactly what an uninterrupted one logs.
+  metric_sums: dict = None
 
   def variables(self, ema: bool = False) -> dict:
     if ema:
@@ -71,6 +75,7 @@ class StepConfig:
   ema_decay: float = 0.0
   on_nonfinite: str = "stop"
   sync_batchnorm: bool = True
+  log_every_steps: int = 1
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
@@ -85,7 +90,8 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
       ema_batch_stats=batch_stats if ema else None, loss_scale=loss_scale,
       nonfinite_count=jnp.zeros((), jnp.int32),
       first_nonfinite_step=jnp.full((), -1, jnp.int32),
-      first_nonfinite_kind=jnp.zeros((), jnp.int32))
+      first_nonfinite_kind=jnp.zeros((), jnp.int32),
+      metric_sums={k: jnp.zeros((), jnp.float32) for k in WINDOW_METRICS + ("steps",)})
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
@@ -169,14 +175,19 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, arrays: dict | No
 
   first_bad = (state.first_nonfinite_step < 0) & ~finite
   kind = jnp.where(finite_loss, NONFINITE_GRADIENTS, NONFINITE_LOSS)
+  metrics = {"train_loss": loss, "train_accuracy": accuracy, "grad_norm": grad_norm,
+             "learning_rate": schedule(state.step)}
+  window_start = state.step % config.log_every_steps == 0
+  sums = {k: jnp.where(window_start, 0.0, state.metric_sums[k]) + jnp.where(finite, metrics[k], 0.0)
+          for k in WINDOW_METRICS}
+  sums["steps"] = jnp.where(window_start, 0.0, state.metric_sums["steps"]) + finite
   new = new.replace(
       step=state.step + 1,
+      metric_sums=sums,
       loss_scale=state.loss_scale.update(finite) if state.loss_scale is not None else None,
       nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32),
       first_nonfinite_step=jnp.where(first_bad, state.step, state.first_nonfinite_step),
       first_nonfinite_kind=jnp.where(first_bad, kind, state.first_nonfinite_kind))
-  metrics = {"train_loss": loss, "train_accuracy": accuracy, "grad_norm": grad_norm,
-             "learning_rate": schedule(state.step)}
   if scale is not None:
     metrics["loss_scale"] = scale
   return new, metrics

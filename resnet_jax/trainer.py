@@ -189,7 +189,8 @@ def build(config: Any, info: data.DatasetInfo, runner: parallel.Runner, *, steps
       num_classes=info.num_classes, mean=tuple(info.mean), std=tuple(info.std), dtype=dtype,
       axis_name=parallel.AXIS, label_smoothing=o.label_smoothing,
       crop_padding=config.data.crop_padding, random_flip=config.data.random_flip,
-      ema_decay=o.ema_decay, on_nonfinite=on_nonfinite, sync_batchnorm=t.sync_batchnorm)
+      ema_decay=o.ema_decay, on_nonfinite=on_nonfinite, sync_batchnorm=t.sync_batchnorm,
+      log_every_steps=t.log_every_steps)
   # Parameters are drawn with the "rbg" generator: its initialisers compile several times faster
   # than threefry's (seconds per run). The step's key stays threefry, a plain uint32[2].
   init_rng = jax.random.key(config.seed, impl="rbg")
@@ -284,26 +285,27 @@ def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any
 
   record: dict[str, Any] = {}
   eval_metrics: dict[str, float] = {}
-  pending, last_time, last_step = [], time.time(), start_step
+  last_time, last_step = time.time(), start_step
   batches = _prefetch(pipeline.train_batches(start_step), runner)
   try:
     with PreemptionWatcher() as watcher:
       for step in range(start_step, total_steps):
-        device_state, metrics = train_fn(device_state, next(batches), rng, arrays["train"])
-        pending.append(metrics)
+        device_state, _ = train_fn(device_state, next(batches), rng, arrays["train"])
         done = step + 1
         stop = watcher.should_stop(done)
         is_last = done == total_steps
-        if done % t.log_every_steps == 0 or is_last or stop:
-          host = jax.device_get(pending)
+        if done % t.log_every_steps == 0 or is_last:
+          watched = runner.unreplicate(_window_fields(device_state))
           now = time.time()
-          record = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-          record["images_per_sec"] = (done - last_step) * t.batch_size / (now - last_time)
-          record["epoch"] = done / steps_per_epoch
-          bad = _check_finite(runner.unreplicate(_nonfinite_fields(device_state)), on_nonfinite)
+          bad = _check_finite(watched, on_nonfinite)
+          sums = watched.metric_sums
+          record = {k: float(sums[k]) / float(sums["steps"]) if sums["steps"] else float("nan")
+                    for k in steps.WINDOW_METRICS}
+          record.update(learning_rate=float(exp.schedule(step)), epoch=done / steps_per_epoch,
+                        images_per_sec=(done - last_step) * t.batch_size / (now - last_time))
           if bad:
             record["nonfinite_steps"] = bad
-          pending, last_time, last_step = [], now, done
+          last_time, last_step = now, done
           progress.update(done, record)
           if not is_last:  # the last one goes into the final record
             writer.write(done, record)
@@ -332,7 +334,7 @@ def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any
   return {"step": total_steps, **final, "workdir": workdir}
 
 
-def _nonfinite_fields(state: steps.TrainState) -> steps.TrainState:
-  """The three scalars the host reads to check the run is finite (no big transfers)."""
+def _window_fields(state: steps.TrainState) -> steps.TrainState:
+  """The scalars the host reads at a log step (no big transfers)."""
   return state.replace(params=None, batch_stats=None, opt_state=None, ema_params=None,
                        ema_batch_stats=None, loss_scale=None)
