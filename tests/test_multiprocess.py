@@ -1,0 +1,78 @@
+"""Two processes x two CPU devices through jax.distributed on 127.0.0.1: same numbers as one
+process, and preemption that every process agrees on."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import chex
+import pytest
+
+from resnet_jax import checkpoint, metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def launch(workdir, tfds_dir, *flags, processes=2, devices=2):
+  port = free_port()
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+         "JAX_PLATFORMS": "cpu"}
+  common = [f"--workdir={workdir}", f"--config.data.data_dir={tfds_dir}",
+            "--config.model.name=resnet8", "--config.data.image_size=8",
+            "--config.train.batch_size=64", "--config.train.eval_batch_size=64",
+            "--config.train.progress_bar=no", *flags]
+  if processes > 1:
+    common += [f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+               f"--config.distributed.num_processes={processes}"]
+  return [subprocess.Popen(
+      [sys.executable, "-m", "experiments.train", *common] +
+      ([f"--config.distributed.process_id={i}"] if processes > 1 else []),
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(processes)]
+
+
+def finish(procs, timeout=600):
+  outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+  return [p.returncode for p in procs], outputs
+
+
+def test_two_processes_equal_one_process(tfds_dir, tmp_path):
+  flags = ["--config.train.num_steps=1", "--config.train.log_every_steps=1"]
+  codes, outputs = finish(launch(tmp_path / "multi", tfds_dir, *flags))
+  assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  codes, outputs = finish(launch(tmp_path / "single", tfds_dir, *flags, processes=1, devices=4))
+  assert codes == [0], outputs[0][-3000:]
+  multi, _ = checkpoint.load(str(tmp_path / "multi" / "checkpoints"))
+  single, _ = checkpoint.load(str(tmp_path / "single" / "checkpoints"))
+  for key in ("params", "batch_stats", "opt_state"):
+    chex.assert_trees_all_close(multi[key], single[key], rtol=1e-5, atol=1e-6)
+  a, b = metrics.read_metrics(str(tmp_path / "multi"))[-1], \
+      metrics.read_metrics(str(tmp_path / "single"))[-1]
+  assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+  assert a["eval_accuracy"] == pytest.approx(b["eval_accuracy"], abs=1e-9)
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tfds_dir, tmp_path):
+  flags = ["--config.train.num_steps=100000", "--config.train.log_every_steps=5",
+           "--config.train.eval_every_epochs=0"]
+  procs = launch(tmp_path, tfds_dir, *flags)
+  deadline = time.time() + 300
+  while len(metrics.read_metrics(str(tmp_path))) < 2:
+    assert all(p.poll() is None for p in procs), [p.stdout.read()[-2000:] for p in procs]
+    assert time.time() < deadline
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)
+  codes, outputs = finish(procs, timeout=300)
+  assert codes == [143, 143], outputs[0][-3000:] + outputs[1][-3000:]
+  steps = [int(o.split("Stopped by SIGTERM after step ")[1].split(";")[0]) for o in outputs]
+  assert steps[0] == steps[1]
+  assert checkpoint.load(str(tmp_path / "checkpoints"))[1]["step"] == steps[0]
