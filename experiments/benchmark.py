@@ -27,6 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--warmup", type=int, default=3, help="Untimed steps after compilation.")
   p.add_argument("--runner", default="mesh", choices=["mesh", "pmap"])
   p.add_argument("--compare-torch", action="store_true", help="Also time PyTorch's twin.")
+  p.add_argument("--torch-compile", default="auto", choices=["auto", "yes", "no"],
+                 help="torch.compile the twin; auto: on CUDA only (inductor's CPU compile is slow).")
   p.add_argument("--input", action="store_true",
                  help="Also time the input pipeline alone and the step fed by it.")
   p.add_argument("--data", default="", help="Dataset for --input (a data.name); default: digits "
@@ -61,7 +63,7 @@ def input_config(args, config, folder: str):
 def main(argv=None):
   args = parse_args(argv)
   import jax
-  from resnet_jax import benchmark, data, parallel
+  from resnet_jax import benchmark, data
   from resnet_jax.models import create_model
 
   config = make_config(args)
@@ -69,29 +71,29 @@ def main(argv=None):
              "image_size": args.image_size, "dtype": args.dtype, "runner": args.runner,
              "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
              "jax_version": jax.__version__}
-  info = benchmark.synthetic_info(args.num_classes, args.image_size, args.channels)
-  results["synthetic"] = benchmark.time_train_step(config, info, steps=args.steps,
-                                                   warmup=args.warmup)
-
-  if args.input:
-    with tempfile.TemporaryDirectory() as folder:
+  with tempfile.TemporaryDirectory() as folder:
+    pipeline = None
+    channels = args.channels
+    if args.input:
       if not args.data and args.image_size >= 64:
         benchmark.write_jpeg_folder(folder, num_images=max(64, 2 * args.batch_size))
       config = input_config(args, config, folder)
       real_info = data.get_info(config.data)
-      runner = parallel.make_runner(args.runner)
+      channels = real_info.image_shape[-1]  # time the synthetic step on the same input shape
       pipeline = data.create_pipeline(
           config.data, real_info, global_batch_size=args.batch_size,
           eval_batch_size=args.batch_size, seed=0, process_index=jax.process_index(),
           process_count=jax.process_count())
+    info = benchmark.synthetic_info(args.num_classes, args.image_size, channels)
+    results["synthetic"] = benchmark.time_train_step(config, info, steps=args.steps,
+                                                     warmup=args.warmup)
+    if pipeline is not None:
       results["input_only"] = benchmark.time_input(
           pipeline, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup)
       results["input_only"]["images_per_sec_per_worker"] = (
           results["input_only"]["images_per_sec"] / max(1, args.num_workers))
-      arrays = runner.replicate(pipeline.arrays["train"]) if pipeline.device_resident else None
       results["with_input"] = benchmark.time_train_step(
-          config, real_info, steps=args.steps, warmup=args.warmup,
-          batches=(pipeline.train_batches(0), arrays))
+          config, real_info, steps=args.steps, warmup=args.warmup, pipeline=pipeline)
       results["with_input"]["device_resident"] = pipeline.device_resident
       results["input_vs_synthetic"] = (results["with_input"]["images_per_sec"] /
                                        results["synthetic"]["images_per_sec"])
@@ -99,9 +101,10 @@ def main(argv=None):
   if args.compare_torch:
     spec = create_model(args.model, num_classes=args.num_classes)
     results["torch"] = benchmark.time_torch(
-        spec, batch_size=args.batch_size, image_size=args.image_size, channels=args.channels,
+        spec, batch_size=args.batch_size, image_size=args.image_size, channels=channels,
         precision=args.dtype, learning_rate=0.1, momentum=0.9, weight_decay=1e-4,
-        steps=args.steps, warmup=args.warmup)
+        steps=args.steps, warmup=args.warmup,
+        compile={"auto": None, "yes": True, "no": False}[args.torch_compile])
     results["jax_vs_torch"] = (results["synthetic"]["images_per_sec"] /
                                results["torch"]["images_per_sec"])
 

@@ -76,6 +76,8 @@ class StepConfig:
   on_nonfinite: str = "stop"
   sync_batchnorm: bool = True
   log_every_steps: int = 1
+  steps_per_epoch: int = 1  # with global_batch_size: device-resident batches from the epoch order
+  global_batch_size: int = 0
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
@@ -104,10 +106,19 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
 
 
 def _images_and_labels(batch: dict, arrays: dict | None) -> tuple[jax.Array, jax.Array]:
-  # Device-resident datasets send only indices; the images never leave the device.
+  # Device-resident evaluation sends only indices; the images never leave the device.
   if "index" in batch:
     return arrays["image"][batch["index"]], arrays["label"][batch["index"]]
   return batch["image"], batch["label"]
+
+
+def _resident_batch(arrays: dict, step: jax.Array, config: StepConfig) -> dict:
+  """This replica's rows of the global batch at `step`, sliced from the epoch's order on device,
+  so a device-resident run needs nothing from the host between epochs."""
+  local = config.global_batch_size // jax.lax.axis_size(config.axis_name)
+  start = (step % config.steps_per_epoch) * config.global_batch_size + \
+      jax.lax.axis_index(config.axis_name) * local
+  return {"index": jax.lax.dynamic_slice(arrays["order"], (start,), (local,))}
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, arrays: dict | None, *,
@@ -123,15 +134,18 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, arrays: dict | No
 
   Args:
     state: the replicated train state.
-    batch: {"image", "label"} or {"index"} (into `arrays`), this replica's rows.
+    batch: {"image", "label"}, this replica's rows; empty when the data is device-resident.
     rng: the run's base key; the step number and each example's global position are folded in.
-    arrays: device-resident {"image", "label"} of the whole train split, or None.
+    arrays: device-resident {"image", "label", "order"} (the whole train split and the current
+      epoch's order), or None.
     model, tx, schedule, config: bound with `functools.partial`.
 
   Returns:
     (new state, metrics averaged over replicas).
   """
   axis = config.axis_name
+  if arrays is not None:
+    batch = _resident_batch(arrays, state.step, config)
   images, labels = _images_and_labels(batch, arrays)
   # One key per example from its position in the global batch: the augmentation does not depend
   # on how many devices share the batch.

@@ -108,6 +108,24 @@ def _save_config(workdir: str, config: Any) -> None:
                "identity": run_identity(config)}, f, indent=2)
 
 
+def train_inputs(pipeline, runner: parallel.Runner, arrays: Any, start_step: int):
+  """(batch, train arrays) per step from `start_step`, batches moved to the devices ahead.
+
+  Device-resident data: the images stay on the devices (`arrays`, replicated once) and only
+  each epoch's order is sent, at the epoch's first step.
+  """
+  batches = _prefetch(pipeline.train_batches(start_step), runner)
+  if not pipeline.device_resident:
+    for batch in batches:
+      yield batch, None
+  epoch = None
+  for step, batch in enumerate(batches, start_step):
+    if step // pipeline.steps_per_epoch != epoch:
+      epoch = step // pipeline.steps_per_epoch
+      arrays = {**arrays, "order": runner.replicate(pipeline.epoch_order(epoch))}
+    yield batch, arrays
+
+
 def _prefetch(iterator, runner: parallel.Runner, depth: int = 2):
   """Moves batches to the devices `depth` steps ahead (the copies overlap the running step)."""
   queue = collections.deque()
@@ -190,7 +208,8 @@ def build(config: Any, info: data.DatasetInfo, runner: parallel.Runner, *, steps
       axis_name=parallel.AXIS, label_smoothing=o.label_smoothing,
       crop_padding=config.data.crop_padding, random_flip=config.data.random_flip,
       ema_decay=o.ema_decay, on_nonfinite=on_nonfinite, sync_batchnorm=t.sync_batchnorm,
-      log_every_steps=t.log_every_steps)
+      log_every_steps=t.log_every_steps, steps_per_epoch=steps_per_epoch,
+      global_batch_size=t.batch_size)
   # Parameters are drawn with the "rbg" generator: its initialisers compile several times faster
   # than threefry's (seconds per run). The step's key stays threefry, a plain uint32[2].
   init_rng = jax.random.key(config.seed, impl="rbg")
@@ -286,11 +305,12 @@ def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any
   record: dict[str, Any] = {}
   eval_metrics: dict[str, float] = {}
   last_time, last_step = time.time(), start_step
-  batches = _prefetch(pipeline.train_batches(start_step), runner)
+  inputs = train_inputs(pipeline, runner, arrays["train"], start_step)
   try:
     with PreemptionWatcher() as watcher:
       for step in range(start_step, total_steps):
-        device_state, _ = train_fn(device_state, next(batches), rng, arrays["train"])
+        batch, train_arrays = next(inputs)
+        device_state, _ = train_fn(device_state, batch, rng, train_arrays)
         done = step + 1
         stop = watcher.should_stop(done)
         is_last = done == total_steps

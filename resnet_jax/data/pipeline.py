@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import grain
+from absl import flags
 import numpy as np
 
 from resnet_jax.data import catalogue
@@ -118,15 +119,24 @@ class Pipeline:
     rows = np.arange(self.process_index * local, (self.process_index + 1) * local)
     return self._perm_cache[1][i * self.global_batch_size + rows], rows
 
+  def epoch_order(self, epoch: int) -> np.ndarray:
+    """The whole training order of `epoch`; device-resident runs slice it on the device."""
+    return epoch_permutation(self.seed, epoch, self.num_train).astype(np.int32)
+
   def train_batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """This process's batches for steps start_step, start_step + 1, ... (endless)."""
+    """This process's batches for steps start_step, start_step + 1, ... (endless).
+
+    Device-resident: empty batches; the step takes its rows of `epoch_order` on the device.
+    """
     if self.device_resident:
-      step = start_step
       while True:
-        yield {"index": self.train_indices(step)[0].astype(np.int32)}
-        step += 1
+        yield {}
     dataset = grain.MapDataset.range(start_step, 2**62).map(_TrainBatch(self)).to_iter_dataset()
     if self.num_workers > 0:
+      # grain's workers read grain's absl flags; outside an absl app nobody parsed them, so
+      # accept their defaults rather than failing in the workers.
+      if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
       dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers))
     yield from dataset
 
