@@ -73,4 +73,4 @@ def test_conv_computes_what_flax_conv_computes_gradients_included():
         variables, x) for m in (reference, mine)]
     chex.assert_trees_all_close(mine.apply(variables, x), reference.apply(variables, x),
                                 rtol=1e-6, atol=1e-6)
-    chex.assert_trees_all_close(grads[1], grads[0], rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(grads[1], grads[0], rtol=1e-5, atol=1e-4)  # sums of ~300 terms
