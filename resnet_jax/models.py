@@ -2,10 +2,12 @@
 
 import dataclasses
 import functools
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from resnet_jax import blocks
@@ -56,6 +58,9 @@ class ResNet(nn.Module):
       products) and `resnet_jax.batchnorm.BatchNorm` (a fused backward pass).
     scan_blocks: run each stage's repeated blocks with `nn.scan` (constant compile time in depth).
     remat: rematerialise each block in the backward pass (memory for compute).
+    frozen_stages: how many leading parts are frozen for fine-tuning, the stem counting as part 0
+      and stage i as part i (len(stage_sizes) + 1: the whole backbone). Frozen parts keep their
+      BatchNorm in inference mode and pass no gradient (see `part_of`).
   """
 
   stage_sizes: Sequence[int]
@@ -77,6 +82,7 @@ class ResNet(nn.Module):
   norm: ModuleDef = BatchNorm
   scan_blocks: bool = False
   remat: bool = False
+  frozen_stages: int = 0
 
   @property
   def total_stride(self) -> int:
@@ -114,27 +120,36 @@ class ResNet(nn.Module):
     self.check_input_shape(x.shape)
     conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype,
                              param_dtype=self.param_dtype, kernel_init=conv_kernel_init)
-    norm = functools.partial(self.norm, use_running_average=not train, momentum=self.bn_momentum,
-                             epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
-                             axis_name=self.axis_name if train else None)
+    def norm(part: int, **kwargs):
+      frozen = not train or part < self.frozen_stages
+      return self.norm(use_running_average=frozen, momentum=self.bn_momentum,
+                       epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
+                       axis_name=None if frozen else self.axis_name, **kwargs)
+
+    def end_of_part(part: int, x: jnp.ndarray) -> jnp.ndarray:
+      # Nothing before the last frozen part needs a gradient: stop the backward pass there.
+      return jax.lax.stop_gradient(x) if part == self.frozen_stages - 1 else x
+
     preact = self.block_cls.preactivation
+    last = len(self.stage_sizes)
     features = {}
 
     x = x.astype(self.dtype)
     if self.stem == "imagenet":
       x = conv(self.num_filters, (7, 7), strides=2, padding=((3, 3), (3, 3)), name="conv1")(x)
-      x = nn.relu(norm(name="bn1")(x))
+      x = nn.relu(norm(0, name="bn1")(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
       x = conv(self.num_filters, (3, 3), padding=((1, 1), (1, 1)), name="conv1")(x)
       if not preact:  # pre-activation blocks normalise their own input
-        x = nn.relu(norm(name="bn1")(x))
-    features["stem"] = x
+        x = nn.relu(norm(0, name="bn1")(x))
+    x = features["stem"] = end_of_part(0, x)
 
     block_cls = nn.remat(self.block_cls) if self.remat else self.block_cls
     for i, num_blocks in enumerate(self.stage_sizes):
       block = functools.partial(
-          block_cls, num_filters=self.num_filters * 2**i, conv=conv, norm=norm, groups=self.groups,
+          block_cls, num_filters=self.num_filters * 2**i, conv=conv,
+          norm=functools.partial(norm, i + 1), groups=self.groups,
           width_per_group=self.width_per_group, stride_in_1x1=self.stride_in_1x1,
           shortcut=self.shortcut, zero_init_last=self.zero_init_residual)
       x = block(strides=1 if i == 0 else 2, name=f"layer{i + 1}_0")(x)
@@ -145,10 +160,10 @@ class ResNet(nn.Module):
       else:
         for j in range(1, num_blocks):
           x = block(name=f"layer{i + 1}_{j}")(x)
-      features[f"stage{i + 1}"] = x
+      if preact and i + 1 == last:
+        x = nn.relu(norm(last, name="final_bn")(x))
+      x = features[f"stage{i + 1}"] = end_of_part(i + 1, x)
 
-    if preact:
-      x = nn.relu(norm(name="final_bn")(x))
     # Pool in float32: a bfloat16 mean over 7x7 or 8x8 positions loses precision in the logits.
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     features["pooled"] = x
@@ -157,6 +172,18 @@ class ResNet(nn.Module):
                    kernel_init=dense_kernel_init, name="fc")(x)
       features["logits"] = x
     return features if return_features else x
+
+
+def part_of(top_level_name: str, num_stages: int) -> int | None:
+  """Which part of a network a top-level parameter belongs to (see `ResNet.frozen_stages`):
+  0 for the stem, i for stage i (a pre-activation network's final BN in its last stage), None for
+  the classifier head."""
+  if top_level_name == "fc":
+    return None
+  if top_level_name == "final_bn":
+    return num_stages
+  match = re.match(r"^layer(\d+)_", top_level_name)
+  return int(match.group(1)) if match else 0
 
 
 def _imagenet(stage_sizes, block_cls, **kwargs):

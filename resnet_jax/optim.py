@@ -96,3 +96,27 @@ def make_optimizer(optim_config: Any, *, steps_per_epoch: int, total_steps: int,
                             trust_ratio_mask=mask or True, momentum=optim_config.momentum,
                             nesterov=optim_config.nesterov))
   return optax.chain(*chain), schedule
+
+
+def for_fine_tuning(tx: optax.GradientTransformation, part_of: Any, *, frozen_stages: int,
+                    backbone_lr_scale: float) -> optax.GradientTransformation:
+  """Applies `tx` to the head, `tx` scaled by `backbone_lr_scale` to the trainable backbone, and
+  nothing at all (no update, no weight decay) to the frozen parts.
+
+  Args:
+    tx: the optimizer of the head.
+    part_of: maps a top-level parameter name to its part (0 stem, i stage i, None head).
+    frozen_stages: parts [0, frozen_stages) are frozen.
+    backbone_lr_scale: learning-rate multiplier of the rest of the backbone.
+  """
+  def label(name: str) -> str:
+    part = part_of(name)
+    if part is None:
+      return "head"
+    return "frozen" if part < frozen_stages else "backbone"
+
+  labels = lambda params: {name: jax.tree.map(lambda _, n=name: label(n), sub)
+                           for name, sub in params.items()}
+  backbone = tx if backbone_lr_scale == 1.0 else optax.chain(tx, optax.scale(backbone_lr_scale))
+  return optax.multi_transform({"head": tx, "backbone": backbone, "frozen": optax.set_to_zero()},
+                               labels)

@@ -82,9 +82,12 @@ class StepConfig:
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
                        input_shape: tuple[int, ...], *, ema: bool = False,
-                       loss_scale: LossScale | None = None) -> TrainState:
-  """Initialises parameters, BatchNorm statistics and optimizer state (call under `jax.jit`)."""
-  variables = model.init(rng, jnp.zeros(input_shape, jnp.float32), train=False)
+                       loss_scale: LossScale | None = None,
+                       variables: dict | None = None) -> TrainState:
+  """Initialises parameters (or takes `variables`), BatchNorm statistics and optimizer state
+  (call under `jax.jit`)."""
+  if variables is None:
+    variables = model.init(rng, jnp.zeros(input_shape, jnp.float32), train=False)
   params, batch_stats = variables["params"], variables.get("batch_stats", {})
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,

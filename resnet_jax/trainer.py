@@ -17,11 +17,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from resnet_jax import checkpoint, data, optim, parallel, steps
+from resnet_jax import checkpoint, data, optim, parallel, pretrained, steps
 from resnet_jax.metrics import MetricsWriter, Progress
-from resnet_jax.models import MODELS, create_model
+from resnet_jax.models import MODELS, create_model, part_of
 from resnet_jax.preemption import Preempted, PreemptionWatcher
 
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -59,8 +60,11 @@ def validate_config(config: Any) -> None:
        f"{parallel.RUNNERS}.")
   need(t.on_nonfinite in ("auto",) + steps.NONFINITE_POLICIES, f"Unknown train.on_nonfinite "
        f"{t.on_nonfinite!r}; choose auto, stop or skip.")
-  need(config.model.name in MODELS, f"Unknown model.name {config.model.name!r}; valid names: "
-       f"{', '.join(sorted(MODELS))}.")
+  need(config.model.name in MODELS or (not config.model.name and config.init.checkpoint),
+       f"Unknown model.name {config.model.name!r}; valid names: {', '.join(sorted(MODELS))}.")
+  need(config.init.head in ("replace", "keep"), "init.head must be replace or keep.")
+  need(config.init.backbone_lr_scale > 0, "init.backbone_lr_scale must be positive (freeze with "
+       "init.freeze instead of a zero rate).")
   need(o.name in optim.OPTIMIZERS, f"Unknown optim.name {o.name!r}; choose one of "
        f"{optim.OPTIMIZERS}.")
   need(o.schedule in optim.SCHEDULES, f"Unknown optim.schedule {o.schedule!r}; choose one of "
@@ -75,6 +79,7 @@ def run_identity(config: Any) -> dict[str, Any]:
       "data.image_size": config.data.image_size, "optim.name": config.optim.name,
       "train.batch_size": config.train.batch_size, "train.precision": config.train.precision,
       "ema": config.optim.ema_decay > 0, "seed": config.seed,
+      "init.checkpoint": config.init.checkpoint, "init.freeze": config.init.freeze,
   }
 
 
@@ -165,6 +170,7 @@ def _check_finite(host_state: Any, policy: str) -> int:
 class Experiment:
   """What a config builds: the model, optimizer and the runner-wrapped steps, and a fresh state."""
 
+  name: str  # the registry name
   model: Any
   tx: Any
   schedule: Any
@@ -190,17 +196,30 @@ def build(config: Any, info: data.DatasetInfo, runner: parallel.Runner, *, steps
   """
   t, o = config.train, config.optim
   dtype = PRECISIONS[t.precision]
+  init = config.init
+  source = pretrained.load(init.checkpoint) if init.checkpoint else None
+  name, architecture = model_architecture(config, source)
+  num_stages = len(MODELS[name].keywords["stage_sizes"])
+  frozen_stages = frozen_parts(init.freeze, num_stages)
   model = create_model(
-      config.model.name, num_classes=info.num_classes, dtype=dtype,
+      name, num_classes=info.num_classes, dtype=dtype,
       axis_name=parallel.AXIS if t.sync_batchnorm else None,
-      zero_init_residual=config.model.zero_init_residual,
-      stride_in_1x1=config.model.stride_in_1x1, scan_blocks=config.model.scan_blocks,
-      remat=config.model.remat, bn_momentum=config.model.bn_momentum,
-      bn_epsilon=config.model.bn_epsilon)
+      zero_init_residual=config.model.zero_init_residual, remat=config.model.remat,
+      frozen_stages=frozen_stages, **architecture)
   input_shape = (1,) + tuple(info.image_shape)
   model.check_input_shape(input_shape)
+  init_rng = jax.random.key(config.seed, impl="rbg")
+  variables = None
+  if source is not None:
+    # Check the match on shapes alone, before anything is compiled.
+    shapes = jax.eval_shape(lambda: model.init(init_rng, jnp.zeros(input_shape), train=False))
+    variables = pretrained.adapt(source.variables, shapes, replace_head=init.head == "replace")
   tx, schedule = optim.make_optimizer(o, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                                       batch_size=t.batch_size)
+  if frozen_stages or init.backbone_lr_scale != 1.0:
+    tx = optim.for_fine_tuning(tx, functools.partial(part_of, num_stages=num_stages),
+                               frozen_stages=frozen_stages,
+                               backbone_lr_scale=init.backbone_lr_scale)
   on_nonfinite = t.on_nonfinite if t.on_nonfinite != "auto" else (
       "skip" if t.precision == "float16" else "stop")
   step_config = steps.StepConfig(
@@ -210,19 +229,55 @@ def build(config: Any, info: data.DatasetInfo, runner: parallel.Runner, *, steps
       ema_decay=o.ema_decay, on_nonfinite=on_nonfinite, sync_batchnorm=t.sync_batchnorm,
       log_every_steps=t.log_every_steps, steps_per_epoch=steps_per_epoch,
       global_batch_size=t.batch_size)
-  # Parameters are drawn with the "rbg" generator: its initialisers compile several times faster
-  # than threefry's (seconds per run). The step's key stays threefry, a plain uint32[2].
-  init_rng = jax.random.key(config.seed, impl="rbg")
+  # Parameters are drawn with the "rbg" generator (init_rng): its initialisers compile several
+  # times faster than threefry's (seconds per run). The step's key stays threefry, a uint32[2].
   train_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
   loss_scale = steps.LossScale.create(period=t.loss_scale_period) if t.precision == "float16" \
       else None
+  if variables is not None:  # a replaced head takes freshly initialised values
+    fresh = jax.jit(functools.partial(model.init, train=False))(init_rng, jnp.zeros(input_shape))
+    variables = jax.tree.map(lambda v, f: f if isinstance(v, jax.ShapeDtypeStruct) else v,
+                             variables, jax.device_get(fresh))
   state = jax.device_get(jax.jit(functools.partial(
       steps.create_train_state, model, tx, input_shape=input_shape, ema=o.ema_decay > 0,
-      loss_scale=loss_scale))(init_rng))
+      loss_scale=loss_scale))(init_rng, variables=variables))
   train_fn = runner.train_step(functools.partial(steps.train_step, model=model, tx=tx,
                                                  schedule=schedule, config=step_config))
   eval_fn = runner.eval_step(functools.partial(steps.eval_step, model=model, config=step_config))
-  return Experiment(model, tx, schedule, step_config, state, train_rng, train_fn, eval_fn)
+  return Experiment(name, model, tx, schedule, step_config, state, train_rng, train_fn, eval_fn)
+
+
+def model_architecture(config: Any, source: "pretrained.Pretrained | None"
+                       ) -> tuple[str, dict[str, Any]]:
+  """The registry name and variable-shaping options: the config's, or a fine-tuned checkpoint's."""
+  m = config.model
+  options = {k: m[k] for k in pretrained.ARCHITECTURE_OPTIONS}
+  if source is None:
+    return m.name, options
+  if m.name and m.name != source.model:
+    raise ValueError(f"init.checkpoint holds a {source.model}, but model.name is {m.name!r}; set "
+                     f"--config.model.name={source.model} or leave it empty.")
+  return source.model, {**options, **source.options}
+
+
+def frozen_parts(freeze: str, num_stages: int) -> int:
+  """`init.freeze` as `ResNet.frozen_stages`: none, stem, stage1..stageN, backbone."""
+  names = ["none", "stem"] + [f"stage{i}" for i in range(1, num_stages + 1)] + ["backbone"]
+  if freeze not in names:
+    raise ValueError(f"Unknown init.freeze {freeze!r}; choose one of {names}.")
+  return min(names.index(freeze), num_stages + 1)
+
+
+def model_description(config: Any, info: data.DatasetInfo, exp: "Experiment") -> dict[str, Any]:
+  """What a checkpoint needs to rebuild and feed its network (see `pretrained.Pretrained`)."""
+  model = exp.model
+  return pretrained.Pretrained(
+      variables={}, model=exp.name, num_classes=info.num_classes,
+      options={k: getattr(model, k) for k in pretrained.ARCHITECTURE_OPTIONS},
+      preprocessing=pretrained.Preprocessing(
+          image_size=info.image_shape[0], channels=info.image_shape[2],
+          crop_ratio=config.data.eval_crop_ratio, mean=info.mean, std=info.std),
+      class_names=info.class_names).describe()
 
 
 def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any]:
@@ -268,6 +323,7 @@ def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any
                t.batch_size, runner.num_replicas, jax.devices()[0].platform, runner.name, workdir)
 
   state, train_rng = exp.state, exp.rng
+  description = model_description(config, info, exp)
   checkpointer = checkpoint.Checkpointer(
       os.path.join(workdir, "checkpoints"), identity=run_identity(config),
       keep=t.keep_checkpoints, keep_best=t.keep_best, async_save=t.async_checkpointing)
@@ -299,7 +355,7 @@ def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any
     _check_finite(host_state, on_nonfinite)  # never checkpoint a poisoned run
     checkpointer.save(step, host_state,
                       {"rng": np.asarray(train_rng).tolist(), "data_position": step,
-                       "steps_per_epoch": steps_per_epoch},
+                       "steps_per_epoch": steps_per_epoch, "model": description},
                       eval_accuracy=(eval_metrics or {}).get("eval_accuracy"))
 
   record: dict[str, Any] = {}
@@ -358,3 +414,45 @@ def _window_fields(state: steps.TrainState) -> steps.TrainState:
   """The scalars the host reads at a log step (no big transfers)."""
   return state.replace(params=None, batch_stats=None, opt_state=None, ema_params=None,
                        ema_batch_stats=None, loss_scale=None)
+
+
+def load_config(workdir: str) -> Any:
+  """The resolved config a run saved in WORKDIR/config.json."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir} is not a run folder (no {CONFIG_FILE}).")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f)["config"])
+
+
+def evaluate_run(workdir: str, *, split: str = "", step: int | None = None) -> dict[str, Any]:
+  """Exact loss, top-1 and top-5 of a run's checkpoint on a split of its dataset.
+
+  Args:
+    workdir: the run folder.
+    split: a split name (default: the run's evaluation split).
+    step: which checkpoint (default: the newest).
+
+  Returns:
+    {"step", "split", "num_examples", "eval_loss", "eval_accuracy", "eval_top5"}.
+  """
+  config = load_config(workdir)
+  config.data.eval_split = split or config.data.eval_split
+  config.init.checkpoint = ""  # the run's own checkpoint replaces any starting weights
+  info = data.get_info(config.data)
+  runner = parallel.make_runner(config.train.runner)
+  runner.check_batch_size(config.train.eval_batch_size, "train.eval_batch_size")
+  pipeline = data.create_pipeline(
+      config.data, info, global_batch_size=config.train.batch_size,
+      eval_batch_size=config.train.eval_batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  state, meta = checkpoint.load(os.path.join(workdir, "checkpoints"), step)
+  config.model.name = meta["model"]["model"]
+  config.model.update(meta["model"]["options"])
+  exp = build(config, info, runner, steps_per_epoch=max(1, pipeline.steps_per_epoch),
+              total_steps=1)
+  variables = runner.replicate({"params": state["params"], "batch_stats": state["batch_stats"]})
+  arrays = runner.replicate(pipeline.arrays["eval"]) if pipeline.device_resident else None
+  metrics = evaluate(exp.eval_fn, variables, pipeline, runner, arrays)
+  return {"step": int(meta["step"]), "split": config.data.eval_split or "default",
+          "num_examples": pipeline.num_eval, **metrics}

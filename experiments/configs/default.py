@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       name="digits",              # tfds name (cifar10, mnist, ...), "digits", or "folder:DIR"
       data_dir="",                # tfds data_dir; "" = tfds's default (~/tensorflow_datasets)
+      eval_split="",              # "" = the dataset's test/validation split
       image_size=16,              # resize to this (0 = native size)
       crop_padding=2,             # on-device pad-and-crop augmentation (0 = off)
       random_flip=False,          # on-device horizontal flip (not for digits)
@@ -74,6 +75,13 @@ def get_config() -> ml_collections.ConfigDict:
       on_nonfinite="auto",        # stop | skip (skip and count) | auto (skip for float16)
       loss_scale_period=2000,
       progress_bar="auto",        # auto (on a terminal) | yes | no
+  ))
+
+  config.init = ml_collections.ConfigDict(dict(
+      checkpoint="",              # start from these weights: a converted model or a run folder
+      head="replace",             # replace | keep the checkpoint's classifier
+      freeze="none",              # none | stem | stage1 .. stage4 (and all before) | backbone
+      backbone_lr_scale=1.0,      # learning-rate multiplier for the (unfrozen) backbone
   ))
 
   config.distributed = ml_collections.ConfigDict(dict(

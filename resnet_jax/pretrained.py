@@ -1,0 +1,161 @@
+"""Weights for transfer learning and inference: exported models and training runs, and adapting
+them to a new head or input channel count."""
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import flax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from resnet_jax import checkpoint
+from resnet_jax.models import ResNet, create_model
+
+MODEL_FILE = "model.json"
+VARIABLES_DIR = "variables"
+# The ResNet options that change a network's variables or function, kept with its weights.
+ARCHITECTURE_OPTIONS = ("stride_in_1x1", "scan_blocks", "bn_momentum", "bn_epsilon")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+  """How images must be prepared for the weights: `data.eval_transform`'s arguments, then
+  (x - mean) / std per channel (0..255 units)."""
+
+  image_size: int
+  channels: int
+  crop_ratio: float
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+
+
+@dataclasses.dataclass
+class Pretrained:
+  """A network's variables with what is needed to rebuild and feed it."""
+
+  variables: dict[str, Any]  # {"params", "batch_stats"} as numpy arrays
+  model: str
+  num_classes: int
+  preprocessing: Preprocessing
+  options: dict[str, Any] = dataclasses.field(default_factory=dict)
+  class_names: tuple[str, ...] | None = None
+
+  def create_model(self, **overrides: Any) -> ResNet:
+    """The registry network these variables belong to."""
+    return create_model(self.model, num_classes=self.num_classes, **{**self.options, **overrides})
+
+  def describe(self) -> dict[str, Any]:
+    """Everything but the variables, as JSON-friendly values."""
+    return {"model": self.model, "num_classes": self.num_classes, "options": self.options,
+            "preprocessing": dataclasses.asdict(self.preprocessing),
+            "class_names": list(self.class_names) if self.class_names else None}
+
+
+def from_description(variables: dict[str, Any], description: dict[str, Any]) -> Pretrained:
+  p = description["preprocessing"]
+  return Pretrained(
+      variables=variables, model=description["model"], num_classes=description["num_classes"],
+      options=description.get("options") or {},
+      preprocessing=Preprocessing(p["image_size"], p["channels"], p["crop_ratio"],
+                                  tuple(p["mean"]), tuple(p["std"])),
+      class_names=tuple(description["class_names"]) if description.get("class_names") else None)
+
+
+def export(directory: str, pretrained: Pretrained) -> None:
+  """Writes an orbax checkpoint of the variables and model.json describing them."""
+  directory = os.path.abspath(directory)
+  if os.path.exists(os.path.join(directory, VARIABLES_DIR)):
+    raise FileExistsError(f"{directory} already holds a model; choose a new --out folder.")
+  os.makedirs(directory, exist_ok=True)
+  with ocp.StandardCheckpointer() as saver:
+    saver.save(os.path.join(directory, VARIABLES_DIR), pretrained.variables)
+  with open(os.path.join(directory, MODEL_FILE), "w") as f:
+    json.dump(pretrained.describe(), f, indent=2)
+
+
+def load(path: str) -> Pretrained:
+  """Reads an exported model (model.json) or a training run folder (its newest checkpoint).
+
+  Raises:
+    FileNotFoundError: `path` is neither.
+  """
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.exists(os.path.join(path, MODEL_FILE)):
+    with open(os.path.join(path, MODEL_FILE)) as f:
+      description = json.load(f)
+    with ocp.StandardCheckpointer() as reader:
+      variables = reader.restore(os.path.join(path, VARIABLES_DIR))
+    return from_description(variables, description)
+  checkpoints = os.path.join(path, "checkpoints")
+  if os.path.isdir(checkpoints):
+    state, meta = checkpoint.load(checkpoints)
+    if "model" not in meta:
+      raise ValueError(f"The checkpoint in {checkpoints} does not describe its model.")
+    return from_description({"params": state["params"], "batch_stats": state["batch_stats"]},
+                            meta["model"])
+  raise FileNotFoundError(f"{path} is neither an exported model (with {MODEL_FILE}) nor a "
+                          "training run folder (with checkpoints/).")
+
+
+def _stem_for_channels(kernel: np.ndarray, channels: int) -> np.ndarray:
+  """The stem kernel (H, W, in, out) for `channels` inputs.
+
+  RGB -> grayscale sums over the colour inputs, as timm's adapt_input_conv does: a gray image
+  then produces exactly the activations its RGB replica (gray in every channel) produced.
+  Grayscale -> RGB spreads the kernel evenly over the three inputs, for the same reason.
+  """
+  have = kernel.shape[2]
+  if channels == 1:
+    return kernel.sum(axis=2, keepdims=True)
+  if have == 1:
+    return np.repeat(kernel / channels, channels, axis=2)
+  raise ValueError(f"Cannot adapt a {have}-channel stem to {channels} channels; only to or from "
+                   "1 channel.")
+
+
+def adapt(source: dict[str, Any], template: dict[str, Any], *, replace_head: bool) -> dict:
+  """The `template` network's variables, taken from `source` wherever they correspond.
+
+  Args:
+    source: pretrained {"params", "batch_stats"}.
+    template: the new network's variables, or their shapes (`jax.eval_shape`) to check the match
+      before anything is initialised; a replaced head keeps the template's leaves.
+    replace_head: keep the template's classifier ("fc") instead of the source's.
+
+  Returns:
+    Variables for the template network: numpy arrays, and the template's own head leaves.
+
+  Raises:
+    ValueError: naming every missing, unexpected or mis-shaped variable.
+  """
+  src = flax.traverse_util.flatten_dict(flax.core.unfreeze(source), sep="/")
+  dst = flax.traverse_util.flatten_dict(flax.core.unfreeze(template), sep="/")
+  is_head = lambda key: key.split("/")[1] == "fc"
+  out, missing, mismatched = {}, [], []
+  for key, init in dst.items():
+    if replace_head and is_head(key):
+      out[key] = init
+    elif key not in src:
+      missing.append(key)
+    elif tuple(src[key].shape) == tuple(init.shape):
+      out[key] = np.asarray(src[key], dtype=init.dtype)
+    elif key == "params/conv1/kernel" and src[key].shape[:2] + src[key].shape[3:] == \
+        init.shape[:2] + init.shape[3:]:
+      out[key] = _stem_for_channels(np.asarray(src[key]), init.shape[2]).astype(init.dtype)
+    else:
+      hint = " (a different number of classes: use init.head=replace)" if is_head(key) else ""
+      mismatched.append(f"{key}: checkpoint {tuple(src[key].shape)}, model "
+                        f"{tuple(init.shape)}{hint}")
+  unexpected = sorted(k for k in src if k not in dst and not (replace_head and is_head(k)))
+  if missing or unexpected or mismatched:
+    lines = ["The checkpoint does not match the model."]
+    for title, keys in (("missing", missing), ("unexpected", unexpected),
+                        ("wrong shape", mismatched)):
+      if keys:
+        lines.append(f"  {len(keys)} {title}: " + ", ".join(keys[:10]) +
+                     (f", ... ({len(keys) - 10} more)" if len(keys) > 10 else ""))
+    lines.append("Use the model the checkpoint was made for (init.checkpoint's model.json).")
+    raise ValueError("\n".join(lines))
+  return flax.traverse_util.unflatten_dict(out, sep="/")

@@ -1,0 +1,159 @@
+"""Transfer learning and inference: convert, fine-tune with frozen stages, predict, features."""
+
+import os
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+import resnet_jax
+from resnet_jax import checkpoint, inference, metrics, pretrained, trainer
+
+torch = pytest.importorskip("torch")
+from resnet_jax.torch_reference import TorchResNet  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(module, *args):
+  result = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+  return result
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+  """A resnet18 with random PyTorch weights, saved as .pth and converted by the command."""
+  tmp = tmp_path_factory.mktemp("converted")
+  torch.manual_seed(0)
+  net = TorchResNet(resnet_jax.create_model("resnet18", num_classes=1000))
+  torch.save(net.state_dict(), tmp / "resnet18.pth")
+  result = run("experiments.convert", "--model=resnet18", f"--from={tmp / 'resnet18.pth'}",
+               f"--out={tmp / 'model'}", "--labels=imagenet")
+  assert result.returncode == 0, result.stderr[-3000:]
+  return tmp / "model"
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+  """Two classes told apart by colour; JPEG and PNG, grayscale and RGB, assorted sizes."""
+  root = tmp_path_factory.mktemp("images")
+  rng = np.random.RandomState(0)
+  for split, count in (("train", 12), ("test", 4)):
+    for label, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+      os.makedirs(root / split / label)
+      for i in range(count):
+        size = (int(rng.randint(24, 60)), int(rng.randint(24, 60)))
+        pixels = np.clip(np.array(colour) + rng.randint(-20, 20, size[::-1] + (3,)), 0, 255)
+        image = Image.fromarray(pixels.astype(np.uint8))
+        image.save(root / split / label / f"{i}.{'png' if i % 2 else 'jpg'}")
+  return root
+
+
+def test_converted_model_matches_pytorch_and_lists_imagenet_labels(converted):
+  source = pretrained.load(str(converted))
+  assert source.model == "resnet18" and source.num_classes == 1000
+  assert source.class_names[0] == "n01440764" and len(source.class_names) == 1000
+  assert source.preprocessing.image_size == 224 and source.preprocessing.crop_ratio == 0.875
+  torch.manual_seed(0)
+  net = TorchResNet(resnet_jax.create_model("resnet18", num_classes=1000)).eval()
+  x = np.random.RandomState(0).randn(1, 64, 64, 3).astype(np.float32)
+  with torch.no_grad():
+    expected = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  got = source.create_model().apply(source.variables, x)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def finetune_config(tfds_dir, checkpoint_dir, folder, **init):
+  from experiments.configs import finetune
+  config = finetune.get_config()
+  config.init.update(checkpoint=str(checkpoint_dir), **init)
+  config.data.update(name=f"folder:{folder}", data_dir=tfds_dir, image_size=32, num_workers=0,
+                     random_resized_crop=False, eval_crop_ratio=1.0, crop_padding=2)
+  config.optim.update(learning_rate=0.05, warmup_epochs=0.0, label_smoothing=0.0)
+  config.train.update(batch_size=8, eval_batch_size=8, num_steps=12, log_every_steps=4,
+                      eval_every_epochs=0.0, progress_bar="no")
+  return config
+
+
+def test_finetune_freezes_stages_bitwise_and_the_head_learns(converted, image_folder, tfds_dir,
+                                                              tmp_path):
+  config = finetune_config(tfds_dir, converted, image_folder, freeze="stage2",
+                           backbone_lr_scale=0.1)
+  final = trainer.train_and_evaluate(config, str(tmp_path))
+  state, _ = checkpoint.load(str(tmp_path / "checkpoints"))
+  source = pretrained.load(str(converted))
+  frozen = ("conv1", "bn1", "layer1_0", "layer1_1", "layer2_0", "layer2_1")
+  for name in frozen:
+    chex.assert_trees_all_equal(state["params"][name], source.variables["params"][name])
+    if name in source.variables["batch_stats"]:
+      chex.assert_trees_all_equal(state["batch_stats"][name],
+                                  source.variables["batch_stats"][name])
+  for name in ("layer3_0", "layer4_1"):  # trained, at a tenth of the head's rate
+    assert not np.array_equal(state["params"][name]["conv1"]["kernel"],
+                              source.variables["params"][name]["conv1"]["kernel"])
+  assert state["params"]["fc"]["kernel"].shape == (512, 2)  # the head was replaced
+  records = metrics.read_metrics(str(tmp_path))
+  assert records[-1]["train_loss"] < records[0]["train_loss"]
+  assert final["eval_accuracy"] == 1.0  # red vs blue
+  # ... and the run folder predicts, with the folder's class names.
+  images = sorted(str(p) for p in (image_folder / "test").rglob("*.*"))
+  (tmp_path / "broken.jpg").write_bytes(b"not an image")
+  result = run("experiments.predict", f"--checkpoint={tmp_path}", "--top=2", *images,
+               tmp_path / "broken.jpg")
+  assert result.returncode == 1, result.stderr[-3000:]  # one file skipped, the rest predicted
+  assert "skipped" in result.stderr and "broken.jpg" in result.stderr
+  lines = result.stdout.splitlines()
+  for path in images:
+    best = lines[lines.index(path) + 1].split()[-1]
+    assert best == os.path.basename(os.path.dirname(path))
+  evaluation = run("experiments.evaluate", f"--workdir={tmp_path}")
+  assert evaluation.returncode == 0 and '"eval_accuracy": 1.0' in evaluation.stdout
+
+
+def test_grayscale_finetuning_sums_the_stem_over_colours(converted):
+  source = pretrained.load(str(converted))
+  gray = resnet_jax.create_model("resnet18", num_classes=1000)
+  shapes = jax.eval_shape(lambda: gray.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1))))
+  variables = pretrained.adapt(source.variables, shapes, replace_head=False)
+  x = np.random.RandomState(1).randn(2, 64, 64, 1).astype(np.float32)
+  np.testing.assert_allclose(gray.apply(variables, x),
+                             source.create_model().apply(source.variables, np.repeat(x, 3, -1)),
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_mismatched_checkpoints_and_labels_are_refused(converted, image_folder, tfds_dir,
+                                                       tmp_path):
+  config = finetune_config(tfds_dir, converted, image_folder)
+  config.model.name = "resnet34"
+  with pytest.raises(ValueError, match="holds a resnet18, but model.name is 'resnet34'"):
+    trainer.train_and_evaluate(config, str(tmp_path / "a"))
+  config = finetune_config(tfds_dir, converted, image_folder, head="keep")
+  with pytest.raises(ValueError, match=r"params/fc/kernel: checkpoint \(512, 1000\), model "
+                                       r"\(512, 2\) \(a different number of classes"):
+    trainer.train_and_evaluate(config, str(tmp_path / "b"))
+  source = pretrained.load(str(converted))
+  other = resnet_jax.create_model("resnet34", num_classes=1000)
+  with pytest.raises(ValueError, match="80 missing: batch_stats/layer1_2/bn1/mean"):
+    pretrained.adapt(source.variables, jax.eval_shape(
+        lambda: other.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))), replace_head=False)
+  labels = tmp_path / "labels.txt"
+  labels.write_text("cat\ndog\n")
+  image = tmp_path / "x.png"
+  Image.new("RGB", (40, 30)).save(image)
+  result = run("experiments.predict", f"--checkpoint={converted}", f"--labels={labels}", image)
+  assert result.returncode != 0
+  assert "names 2 classes, but the network's head has 1000 outputs" in result.stderr
+
+
+def test_feature_function_gives_pooled_features_and_stage_maps(converted):
+  source = pretrained.load(str(converted))
+  model = source.create_model()
+  features = inference.feature_fn(model)(source.variables, jnp.zeros((2, 64, 64, 3)))
+  chex.assert_shape([features["pooled"], features["stage1"], features["stage4"]],
+                    [(2, 512), (2, 16, 16, 64), (2, 2, 2, 512)])
