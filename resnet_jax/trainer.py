@@ -8,6 +8,7 @@ import collections
 import dataclasses
 import datetime
 import functools
+import itertools
 import json
 import logging
 import math
@@ -119,16 +120,17 @@ def train_inputs(pipeline, runner: parallel.Runner, arrays: Any, start_step: int
   Device-resident data: the images stay on the devices (`arrays`, replicated once) and only
   each epoch's order is sent, at the epoch's first step.
   """
-  batches = _prefetch(pipeline.train_batches(start_step), runner)
   if not pipeline.device_resident:
-    for batch in batches:
+    for batch in _prefetch(pipeline.train_batches(start_step), runner):
       yield batch, None
+    return
+  empty = runner.shard_batch({})  # the step slices its rows of the epoch order on the device
   epoch = None
-  for step, batch in enumerate(batches, start_step):
+  for step in itertools.count(start_step):
     if step // pipeline.steps_per_epoch != epoch:
       epoch = step // pipeline.steps_per_epoch
       arrays = {**arrays, "order": runner.replicate(pipeline.epoch_order(epoch))}
-    yield batch, arrays
+    yield empty, arrays
 
 
 def _prefetch(iterator, runner: parallel.Runner, depth: int = 2):
@@ -225,7 +227,9 @@ def build(config: Any, info: data.DatasetInfo, runner: parallel.Runner, *, steps
   step_config = steps.StepConfig(
       num_classes=info.num_classes, mean=tuple(info.mean), std=tuple(info.std), dtype=dtype,
       axis_name=parallel.AXIS, label_smoothing=o.label_smoothing,
-      crop_padding=config.data.crop_padding, random_flip=config.data.random_flip,
+      crop_padding=config.data.crop_padding,
+      # The host's random-resized crop flips too.
+      random_flip=config.data.random_flip and not config.data.random_resized_crop,
       ema_decay=o.ema_decay, on_nonfinite=on_nonfinite, sync_batchnorm=t.sync_batchnorm,
       log_every_steps=t.log_every_steps, steps_per_epoch=steps_per_epoch,
       global_batch_size=t.batch_size)

@@ -14,7 +14,7 @@ from resnet_jax import benchmark, parallel, steps, trainer
 
 def tiny_config(**train):
   config = default.get_config()
-  config.model.name = "resnet20"
+  config.model.name = "resnet8"
   config.data.update(image_size=16, crop_padding=2, random_flip=True)
   config.optim.update(learning_rate=0.05, warmup_epochs=0.0, schedule="constant")
   config.train.update(batch_size=16, **train)

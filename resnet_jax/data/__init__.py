@@ -1,5 +1,6 @@
 """Datasets by name (tfds, the embedded digits, image folders), input pipelines, augmentation."""
 
+from resnet_jax.data import digits  # noqa: F401  (registers the "digits" tfds builder)
 from resnet_jax.data.augment import augment_on_device, normalize
 from resnet_jax.data.catalogue import DATASETS, DatasetInfo, get_info
 from resnet_jax.data.pipeline import Pipeline, create_pipeline

@@ -15,19 +15,30 @@ from resnet_jax.data.transforms import eval_transform
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 STATS_SAMPLE = 1000  # images used to estimate mean/std where none are published
+FOLDER_PREFIX = "folder:"
+NORMALIZATIONS = ("dataset", "imagenet")
+_IMAGENET_INSTRUCTIONS = (
+    "imagenet2012 needs a manual download. Get ILSVRC2012_img_train.tar and "
+    "ILSVRC2012_img_val.tar from https://image-net.org/download-images.php (after accepting its "
+    "terms) and put both files in {manual_dir}/ (missing now: {missing}). Preparing them once "
+    "needs TensorFlow: pip install -e \".[prepare]\"; then run the same command again, e.g. "
+    "python -m experiments.train --config=experiments/configs/imagenet_resnet50.py "
+    "--config.data.data_dir={data_dir} (the first run converts the archives to array_record, "
+    "which takes hours; later runs read them without TensorFlow).")
 
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
-  """How to find and read one catalogued dataset."""
+  """How to find, prepare and normalise one catalogued dataset."""
 
   tfds_name: str
   train_split: str = "train"
   eval_split: str = "test"
   mean: tuple[float, ...] | None = None  # None: estimated from the training split
   std: tuple[float, ...] | None = None
-  needs_tensorflow_to_prepare: bool = True
-  manual_files: tuple[str, ...] = ()
+  needs_tensorflow_to_prepare: bool = True  # tfds's own builders encode numpy images with TF
+  manual_files: tuple[str, ...] = ()  # files the user must place in <data_dir>/downloads/manual
+  manual_instructions: str = ""  # formatted with manual_dir, missing, data_dir
 
 
 DATASETS: dict[str, Spec] = {
@@ -40,11 +51,12 @@ DATASETS: dict[str, Spec] = {
                      std=(0.2673 * 255, 0.2564 * 255, 0.2762 * 255)),
     "imagenet2012": Spec("imagenet2012", eval_split="validation", mean=IMAGENET_MEAN,
                          std=IMAGENET_STD,
-                         manual_files=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")),
-    "imagenette": Spec("imagenette", eval_split="validation", mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                       needs_tensorflow_to_prepare=False),
+                         manual_files=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
+                         manual_instructions=_IMAGENET_INSTRUCTIONS),
+    # tfds's imagenette builder lists its files with tf.io.gfile, so preparing it needs TF too.
+    "imagenette": Spec("imagenette", eval_split="validation", mean=IMAGENET_MEAN,
+                       std=IMAGENET_STD),
 }
-FOLDER_PREFIX = "folder:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,82 +74,114 @@ class DatasetInfo:
 
 
 def valid_names() -> str:
-  return ", ".join(sorted(DATASETS)) + ", imagenette/<config>, folder:DIR"
+  """The accepted data.name values, for error messages."""
+  return (", ".join(sorted(DATASETS)) + " (also imagenette/<config>, e.g. imagenette/320px-v2), "
+          "or folder:DIR for images in DIR/train/<class>/ and DIR/test/<class>/")
 
 
 def spec_for(name: str) -> Spec:
-  """The catalogue entry for `name` (`imagenette/320px-v2` style configs included)."""
-  base = name.split("/", 1)[0]
-  if base not in DATASETS:
-    raise ValueError(f"Unknown dataset {name!r}. Valid names: {valid_names()}.")
+  """The catalogue entry for `name` (`imagenette/320px-v2` style configs included).
+
+  Args:
+    name: a tfds name from `DATASETS`, optionally with a /config or :version.
+
+  Returns:
+    The entry, its tfds_name set to `name`.
+  """
+  base = name.split("/", 1)[0].split(":", 1)[0]  # "imagenette/320px-v2", "cifar10:3.0.2"
+  if base not in DATASETS or ("/" in name and base != "imagenette"):
+    raise ValueError(f"Unknown dataset {name!r} (data.name). Valid names: {valid_names()}.")
   return dataclasses.replace(DATASETS[base], tfds_name=name)
 
 
-def _prepare(spec: Spec, data_dir: str) -> Any:
-  """The tfds builder, downloaded and prepared as array_record if it is not yet."""
-  builder = tfds.builder(spec.tfds_name, data_dir=data_dir or None,
-                         file_format="array_record")
-  if builder.is_prepared():
-    return builder
-  if spec.manual_files:
-    manual_dir = os.path.join(os.fspath(builder.data_dir_root), "downloads", "manual")
-    missing = [f for f in spec.manual_files if not os.path.exists(os.path.join(manual_dir, f))]
-    if missing:
-      raise FileNotFoundError(
-          f"{spec.tfds_name} needs a manual download: get {', '.join(spec.manual_files)} from "
-          f"https://image-net.org (after accepting its terms) and put them in {manual_dir} "
-          f"(missing: {', '.join(missing)}). Then run the same command again; preparing it once "
-          'needs TensorFlow: pip install -e ".[prepare]".')
-  if spec.needs_tensorflow_to_prepare and importlib.util.find_spec("tensorflow") is None and \
-      not _mocked():
-    raise ImportError(
-        f"Preparing {spec.tfds_name} (once, into {builder.data_dir_root}) needs TensorFlow, which "
-        'is not installed: pip install -e ".[prepare]". Reading it afterwards does not.')
-  builder.download_and_prepare(file_format="array_record")
-  return builder
-
-
 def _mocked() -> bool:
-  # Under tfds.testing.mock_data, preparing is a no-op and sources are synthetic.
+  # Under tfds.testing.mock_data preparing is a no-op and the sources are synthetic.
   return getattr(tfds.core.DatasetBuilder.download_and_prepare, "__name__", "") == \
       "mock_download_and_prepare"
 
 
-def open_splits(data_config: Any) -> tuple[Any, Any, tuple[str, ...], Spec | None]:
-  """(train source, eval source, class names, catalogue spec or None for folders)."""
-  name = data_config.name
-  if name.startswith(FOLDER_PREFIX):
-    root = os.path.expanduser(name[len(FOLDER_PREFIX):])
-    if not os.path.isdir(root):
-      raise ValueError(f"Image folder {root!r} does not exist (from data.name={name!r}).")
-    classes = folder_lib.find_classes(root)
-    return (folder_lib.FolderSource(root, "train", classes),
-            folder_lib.FolderSource(root, folder_lib.eval_folder(root), classes),
-            tuple(classes), None)
-  spec = spec_for(name)
-  builder = _prepare(spec, data_config.data_dir)
+def _prepare(spec: Spec, data_dir: str) -> Any:
+  """The tfds builder, downloaded and prepared as array_record if it is not yet."""
+  builder = tfds.builder(spec.tfds_name, data_dir=data_dir or None, file_format="array_record")
+  if builder.is_prepared() or _mocked():
+    return builder
+  root = os.fspath(builder.data_dir_root)
+  if spec.manual_files:
+    manual_dir = os.path.join(root, "downloads", "manual")
+    missing = [f for f in spec.manual_files if not os.path.exists(os.path.join(manual_dir, f))]
+    if missing:
+      raise FileNotFoundError(spec.manual_instructions.format(
+          manual_dir=manual_dir, missing=", ".join(missing), data_dir=root))
+  if spec.needs_tensorflow_to_prepare and importlib.util.find_spec("tensorflow") is None:
+    raise ImportError(
+        f"Preparing {spec.tfds_name} (once, into {root}) needs TensorFlow, which is not "
+        'installed: pip install -e ".[prepare]". Reading it afterwards does not; or set '
+        "--config.data.data_dir to a folder where it is already prepared as array_record.")
+  builder.download_and_prepare(file_format="array_record")
+  return builder
+
+
+def _tfds_source(builder: Any, split: str) -> Any:
+  plain = not any(ch in split for ch in "[+")  # split expressions are left to tfds to check
+  if plain and not _mocked() and split not in builder.info.splits:
+    raise ValueError(f"{builder.name} has no split {split!r}; it has "
+                     f"{', '.join(sorted(builder.info.splits))} (data.eval_split).")
   try:
-    train = builder.as_data_source(spec.train_split)
-    evaluation = builder.as_data_source(spec.eval_split)
+    return builder.as_data_source(split)
   except Exception as e:  # noqa: BLE001 - tfds raises several types for the same cause
     raise RuntimeError(
-        f"Cannot read {spec.tfds_name} from {builder.data_dir}: {e}. It must be prepared in the "
+        f"Cannot read {builder.name} from {builder.data_dir}: {e}. It must be prepared in the "
         "array_record format; delete that folder to have it prepared again.") from e
-  label = builder.info.features["label"]
-  return train, evaluation, tuple(label.names), spec
 
 
-def _native_shape(source: Any, spec: Spec | None, data_config: Any) -> tuple[int, int, int]:
-  if spec is None:  # a folder: look at every header
-    modes, sizes = source.scan()
-    channels = 1 if modes <= {"L", "1"} else 3
-    if len(sizes) > 1 and not data_config.image_size:
-      raise ValueError(f"Images in {source.root}/{source.split} have {len(sizes)} different sizes; "
-                       "set --config.data.image_size=N to resize them to NxN.")
-    w, h = next(iter(sizes))
-    return h, w, channels
-  shape = source[0]["image"].shape
-  return shape[0], shape[1], shape[-1] if len(shape) == 3 else 1
+def open_splits(data_config: Any) -> tuple[Any, Any, tuple[str, ...], Spec | None]:
+  """Opens (preparing it first if needed) the dataset named by `data_config.name`.
+
+  Args:
+    data_config: the config's data section (name, data_dir, and optionally eval_split).
+
+  Returns:
+    (train source, eval source, class names, catalogue entry or None for an image folder); the
+    sources give random access to records {"image": uint8 HWC, "label": int}.
+  """
+  name = data_config.name
+  eval_split = data_config.get("eval_split", "")
+  if name.startswith(FOLDER_PREFIX):
+    # Absolute: worker processes need not share this process's working directory.
+    root = os.path.abspath(os.path.expanduser(name[len(FOLDER_PREFIX):]))
+    if not os.path.isdir(root):
+      raise ValueError(f"Image folder {root!r} does not exist (from data.name={name!r}).")
+    train, evaluation, classes = folder_lib.open_folder(root, eval_split)
+    return train, evaluation, tuple(classes), None
+  spec = spec_for(name)
+  builder = _prepare(spec, data_config.data_dir)
+  train = _tfds_source(builder, spec.train_split)
+  evaluation = _tfds_source(builder, eval_split or spec.eval_split)
+  return train, evaluation, tuple(builder.info.features["label"].names), spec
+
+
+def _native_shape(data_config: Any, train: Any, evaluation: Any,
+                  spec: Spec | None) -> tuple[int, int, int]:
+  """(height, width, channels) of the stored images; height/width None where they vary."""
+  if spec is None:
+    return folder_lib.native_shape([train, evaluation], data_config.image_size)
+  h, w, c = train.dataset_info.features["image"].shape
+  if (h is None or w is None) and not data_config.image_size:
+    raise ValueError(f"{spec.tfds_name}'s images differ in size; set "
+                     "--config.data.image_size=N to resize them to NxN.")
+  return h, w, c
+
+
+def _check_config(data_config: Any) -> None:
+  if data_config.normalization not in NORMALIZATIONS:
+    raise ValueError(f"data.normalization={data_config.normalization!r}; use one of "
+                     f"{NORMALIZATIONS}.")
+  if data_config.image_size < 0:
+    raise ValueError(f"data.image_size={data_config.image_size}; use N > 0 to resize to NxN, "
+                     "or 0 for the native size.")
+  if not 0.0 < data_config.eval_crop_ratio <= 1.0:
+    raise ValueError(f"data.eval_crop_ratio={data_config.eval_crop_ratio} must be in (0, 1] "
+                     "(1: resize the whole image; 0.875: ImageNet's 256 -> 224 central crop).")
 
 
 def sample_indices(n: int, limit: int = STATS_SAMPLE) -> np.ndarray:
@@ -145,38 +189,65 @@ def sample_indices(n: int, limit: int = STATS_SAMPLE) -> np.ndarray:
   return np.arange(n) if n <= limit else np.sort(np.random.RandomState(0).choice(n, limit, False))
 
 
+def estimate_mean_std(source: Any, *, image_size: int, channels: int,
+                      crop_ratio: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """Per-channel mean and std (0..255 units) of a fixed sample of `source`, as preprocessed.
+
+  Args:
+    source: random access to records {"image", "label"}.
+    image_size, channels, crop_ratio: `eval_transform`'s arguments.
+
+  Returns:
+    (mean, std), `channels` floats each; std at least 1 so that constant data stays finite.
+  """
+  total = np.zeros(channels)
+  total_sq = np.zeros(channels)
+  count = 0
+  for i in sample_indices(len(source)):
+    image = eval_transform(source[int(i)]["image"], image_size=image_size, channels=channels,
+                           crop_ratio=crop_ratio).reshape(-1, channels).astype(np.float64)
+    total += image.sum(0)
+    total_sq += np.square(image).sum(0)
+    count += image.shape[0]
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
+  return tuple(float(m) for m in mean), tuple(float(max(s, 1.0)) for s in std)
+
+
 def get_info(data_config: Any) -> DatasetInfo:
   """Describes (and if needed prepares) the dataset named by `data_config.name`.
 
+  Every problem with the data is raised here, before anything is compiled.
+
   Args:
-    data_config: the config's data section (name, data_dir, image_size, eval_crop_ratio,
-      normalization).
+    data_config: the config's data section (name, data_dir, eval_split if present, image_size,
+      eval_crop_ratio, normalization).
 
   Returns:
     A `DatasetInfo`.
 
   Raises:
-    ValueError / FileNotFoundError / ImportError: unknown names, missing manual downloads,
-      preparation that needs TensorFlow, empty or unreadable image folders.
+    ValueError: an unknown name or split, an image folder without classes or images, images of
+      different sizes without data.image_size, a bad normalization or crop ratio.
+    FileNotFoundError: a manual download (imagenet2012) is missing; the message says what to put
+      where.
+    ImportError: preparing the dataset needs TensorFlow, which is not installed.
+    folder.ImageReadError (a ValueError): a file in an image folder is not an image.
   """
+  _check_config(data_config)
   train, evaluation, classes, spec = open_splits(data_config)
-  h, w, channels = _native_shape(train, spec, data_config)
+  h, w, channels = _native_shape(data_config, train, evaluation, spec)
   size = data_config.image_size
   shape = (size, size, channels) if size else (h, w, channels)
   if data_config.normalization == "imagenet":
-    mean = IMAGENET_MEAN if channels == 3 else (float(np.mean(IMAGENET_MEAN)),)
-    std = IMAGENET_STD if channels == 3 else (float(np.mean(IMAGENET_STD)),)
-  elif data_config.normalization != "dataset":
-    raise ValueError(f"Unknown data.normalization {data_config.normalization!r}; use dataset or "
-                     "imagenet.")
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if channels == 1:  # grey images: one channel with ImageNet's average statistics
+      mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)
   elif spec is not None and spec.mean is not None:
     mean, std = spec.mean, spec.std
   else:
-    images = np.stack([eval_transform(train[int(i)]["image"], image_size=shape[0] if size else 0,
-                                      channels=channels, crop_ratio=data_config.eval_crop_ratio)
-                       for i in sample_indices(len(train))]).astype(np.float64)
-    mean = tuple(float(m) for m in images.mean(axis=(0, 1, 2)))
-    std = tuple(float(max(s, 1.0)) for s in images.std(axis=(0, 1, 2)))
+    mean, std = estimate_mean_std(train, image_size=size, channels=channels,
+                                  crop_ratio=data_config.eval_crop_ratio)
   return DatasetInfo(name=data_config.name, num_classes=len(classes), class_names=classes,
                      image_shape=shape, num_train=len(train), num_eval=len(evaluation),
                      mean=tuple(map(float, mean)), std=tuple(map(float, std)))

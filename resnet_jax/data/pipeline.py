@@ -2,64 +2,154 @@
 
 The order is a pure function of (seed, epoch): step s of the run reads the same examples however
 often the run was interrupted, and each process reads only its own rows of every global batch.
+Host augmentation draws from (seed, global example position), so it does not depend on the
+number of worker processes either.
 """
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grain
-from absl import flags
 import numpy as np
+from absl import flags
 
 from resnet_jax.data import catalogue
 from resnet_jax.data.catalogue import DatasetInfo
 from resnet_jax.data.transforms import eval_transform, random_resized_crop
 
 DEVICE_RESIDENT = ("auto", "yes", "no")
+# Tags the augmentation's random streams so that they never coincide with the epoch orders'
+# (default_rng([seed, epoch])) for any position.
+AUGMENT_STREAM = 1
+LOAD_CHUNK = 1024  # examples per task when loading a whole split for device residency
+# Starting worker processes takes seconds (spawn, imports): more than decoding a few thousand
+# small images in this process, so small splits are loaded without them.
+MIN_WORKER_LOAD = 16 * LOAD_CHUNK
+MAX_STEP = 2**62  # "endless" for grain's range dataset
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-  """The training order of epoch `epoch`."""
+  """The training order of epoch `epoch`: a permutation of range(n)."""
   return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-class _Loader:
-  """Decodes and transforms rows of a source into a batch; picklable for grain's workers."""
+class _Reader:
+  """Decodes and preprocesses rows of a source into batches; picklable for grain's workers."""
 
   def __init__(self, source: Any, *, image_size: int, channels: int, crop_ratio: float,
-               random_crop: bool, seed: int):
+               crop_size: tuple[int, int] | None = None, random_flip: bool = False,
+               seed: int = 0):
     self.source, self.image_size, self.channels = source, image_size, channels
-    self.crop_ratio, self.random_crop, self.seed = crop_ratio, random_crop, seed
-
-  def image(self, index: int, position: int | None = None) -> tuple[np.ndarray, int]:
-    record = self.source[int(index)]
-    if self.random_crop and position is not None:
-      rng = np.random.default_rng([self.seed, position])  # independent of worker count
-      return random_resized_crop(record["image"], rng, image_size=self.image_size,
-                                 channels=self.channels), record["label"]
-    return eval_transform(record["image"], image_size=self.image_size, channels=self.channels,
-                          crop_ratio=self.crop_ratio), record["label"]
+    self.crop_ratio, self.crop_size, self.random_flip, self.seed = (
+        crop_ratio, crop_size, random_flip, seed)
 
   def batch(self, indices: np.ndarray, positions: np.ndarray | None = None) -> dict:
-    pairs = [self.image(i, None if positions is None else p)
-             for i, p in zip(indices, positions if positions is not None else indices)]
-    return {"image": np.stack([p[0] for p in pairs]),
-            "label": np.asarray([p[1] for p in pairs], np.int32)}
+    """{"image", "label"} for `indices`; random crops when given the examples' positions."""
+    # One record at a time: as fast as tfds's __getitems__ here, and tfds's mock_data breaks that.
+    records = [self.source[int(i)] for i in indices]
+    if positions is not None and self.crop_size is not None:
+      images = [random_resized_crop(
+          r["image"], np.random.default_rng([self.seed, AUGMENT_STREAM, int(p)]),
+          size=self.crop_size, channels=self.channels, random_flip=self.random_flip)
+                for r, p in zip(records, positions)]
+    else:
+      images = [eval_transform(r["image"], image_size=self.image_size, channels=self.channels,
+                               crop_ratio=self.crop_ratio) for r in records]
+    return {"image": np.stack(images), "label": np.asarray([r["label"] for r in records],
+                                                             np.int32)}
+
+
+class _TrainIndices:
+  """step -> this process's example indices and their positions in the run; picklable."""
+
+  def __init__(self, *, seed: int, num_train: int, global_batch_size: int,
+               process_index: int, process_count: int):
+    self.seed, self.num_train, self.global_batch_size = seed, num_train, global_batch_size
+    self.steps_per_epoch = num_train // global_batch_size
+    local = global_batch_size // process_count
+    self.rows = np.arange(process_index * local, (process_index + 1) * local)
+    self._cache: tuple[int, np.ndarray] | None = None
+
+  def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    epoch, i = divmod(int(step), self.steps_per_epoch)
+    if self._cache is None or self._cache[0] != epoch:
+      self._cache = (epoch, epoch_permutation(self.seed, epoch, self.num_train))
+    indices = self._cache[1][i * self.global_batch_size + self.rows]
+    return indices, int(step) * self.global_batch_size + self.rows
 
 
 class _TrainBatch:
-  """grain map function: step number -> this process's training batch."""
+  """grain map function: step -> this process's decoded training batch."""
 
-  def __init__(self, pipeline: "Pipeline"):
-    self.indices = pipeline.train_indices
-    self.loader = pipeline._train_loader
-    self.global_batch = pipeline.global_batch_size
+  def __init__(self, indices: _TrainIndices, reader: _Reader):
+    self.indices, self.reader = indices, reader
 
   def __call__(self, step: int) -> dict:
-    indices, rows = self.indices(step)
-    positions = step * self.global_batch + rows
-    return self.loader.batch(indices, positions)
+    indices, positions = self.indices(step)
+    return self.reader.batch(indices, positions)
+
+
+class _EvalBatch:
+  """grain map function: global eval batch number -> this process's rows, padding masked."""
+
+  def __init__(self, *, num_eval: int, eval_batch_size: int, process_index: int,
+               process_count: int, reader: _Reader | None):
+    self.num_eval, self.eval_batch_size, self.reader = num_eval, eval_batch_size, reader
+    self.local = eval_batch_size // process_count
+    self.offset = process_index * self.local
+
+  def __call__(self, batch: int) -> dict:
+    start = int(batch) * self.eval_batch_size + self.offset
+    positions = np.arange(start, start + self.local)
+    mask = positions < self.num_eval
+    indices = np.where(mask, positions, 0)  # padding repeats example 0; the mask drops it
+    if self.reader is None:
+      return {"index": indices.astype(np.int32), "mask": mask}
+    return {**self.reader.batch(indices), "mask": mask}
+
+
+class _LoadChunk:
+  """grain map function: chunk number -> preprocessed examples of a whole split."""
+
+  def __init__(self, reader: _Reader, n: int):
+    self.reader, self.n = reader, n
+
+  def __call__(self, chunk: int) -> dict:
+    return self.reader.batch(np.arange(chunk * LOAD_CHUNK, min((chunk + 1) * LOAD_CHUNK, self.n)))
+
+
+def _allow_grain_workers() -> None:
+  # grain's worker start-up reads its absl flags; outside an absl app nobody parsed them, and
+  # grain fails instead of using the defaults. Marking them parsed keeps every default.
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def _stream(fn: Callable[[int], dict], start: int, stop: int, num_workers: int) -> Iterator[dict]:
+  """fn(start), fn(start + 1), ... fn(stop - 1) in order, computed ahead by grain.
+
+  Args:
+    fn: a picklable function of the element number.
+    start, stop: the element numbers.
+    num_workers: worker processes (each computes whole elements); 0: one background thread.
+
+  Returns:
+    An iterator over the elements.
+  """
+  if num_workers > 0:
+    # The workers are the parallelism; threads inside them would only multiply the memory held
+    # in flight (grain's default is 16 threads and 500 buffered elements per process).
+    dataset = grain.MapDataset.range(start, stop).map(fn).to_iter_dataset(
+        grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+    _allow_grain_workers()
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=num_workers, per_worker_buffer_size=2))
+  else:
+    # One thread decodes the next batches while the device runs (Pillow releases the GIL).
+    dataset = grain.MapDataset.range(start, stop).map(fn).to_iter_dataset(
+        grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+  return iter(dataset)
 
 
 class Pipeline:
@@ -67,9 +157,11 @@ class Pipeline:
 
   Attributes:
     device_resident: the whole dataset lives on the devices; batches carry only indices.
-    arrays: when device-resident, {"train", "eval"} -> {"image", "label"} numpy arrays.
+    arrays: when device-resident, {"train", "eval"} -> {"image": uint8 [N, H, W, C],
+      "label": int32 [N]} numpy arrays, preprocessed by `eval_transform`; else None.
     steps_per_epoch: full global batches per epoch (training drops the last partial one).
-    num_eval: examples in the eval split; num_eval_batches: global eval batches.
+    num_train, num_eval: examples in the splits.
+    num_eval_batches: global eval batches (the last one padded).
   """
 
   def __init__(self, data_config: Any, info: DatasetInfo, *, global_batch_size: int,
@@ -78,10 +170,16 @@ class Pipeline:
                        ("train.eval_batch_size", eval_batch_size)):
       if size <= 0 or size % process_count:
         raise ValueError(f"{what}={size} must be a positive multiple of the process count "
-                         f"({process_count}).")
+                         f"({process_count}); each process reads an equal share of every batch.")
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index={process_index} is not in [0, {process_count}).")
     mode = data_config.device_resident
     if mode not in DEVICE_RESIDENT:
       raise ValueError(f"data.device_resident must be one of {DEVICE_RESIDENT}, got {mode!r}.")
+    random_crop = data_config.random_resized_crop
+    if mode == "yes" and random_crop:
+      raise ValueError("data.random_resized_crop runs on the host, on every read; set "
+                       "data.device_resident to auto or no (or turn the crop off).")
     self.info, self.seed = info, seed
     self.global_batch_size, self.eval_batch_size = global_batch_size, eval_batch_size
     self.process_index, self.process_count = process_index, process_count
@@ -89,79 +187,100 @@ class Pipeline:
     self.num_train, self.num_eval = info.num_train, info.num_eval
     self.steps_per_epoch = info.num_train // global_batch_size
     self.num_eval_batches = -(-info.num_eval // eval_batch_size)
+    self._train_indices = _TrainIndices(
+        seed=seed, num_train=info.num_train, global_batch_size=global_batch_size,
+        process_index=process_index, process_count=process_count)
+
     train, evaluation, _, _ = catalogue.open_splits(data_config)
-    h, _, channels = info.image_shape
-    size = h if data_config.image_size else 0
-    common = dict(image_size=size, channels=channels, crop_ratio=data_config.eval_crop_ratio,
-                  seed=seed)
-    self._train_loader = _Loader(train, random_crop=data_config.random_resized_crop, **common)
-    self._eval_loader = _Loader(evaluation, random_crop=False, **common)
-    nbytes = (info.num_train + info.num_eval) * int(np.prod(info.image_shape))
+    if (len(train), len(evaluation)) != (info.num_train, info.num_eval):
+      raise ValueError(f"{info.name} now has {len(train)}/{len(evaluation)} train/eval examples, "
+                       f"but the DatasetInfo says {info.num_train}/{info.num_eval}; call "
+                       "get_info again.")
+    h, w, channels = info.image_shape
+    common = dict(image_size=data_config.image_size, channels=channels,
+                  crop_ratio=data_config.eval_crop_ratio)
+    self._train_reader = _Reader(train, crop_size=(h, w) if random_crop else None,
+                                 random_flip=data_config.random_flip, seed=seed, **common)
+    self._eval_reader = _Reader(evaluation, **common)
+
+    nbytes = (info.num_train + info.num_eval) * h * w * channels
     self.device_resident = mode == "yes" or (
-        mode == "auto" and not data_config.random_resized_crop and
-        nbytes <= data_config.max_device_bytes)
-    if self.device_resident and data_config.random_resized_crop:
-      raise ValueError("data.random_resized_crop runs on the host; set data.device_resident to "
-                       "auto or no.")
+        mode == "auto" and not random_crop and nbytes <= data_config.max_device_bytes)
     self.arrays = None
     if self.device_resident:
       logging.info("Loading %s into device memory (%.1f MB).", info.name, nbytes / 1e6)
-      self.arrays = {"train": self._train_loader.batch(np.arange(info.num_train)),
-                     "eval": self._eval_loader.batch(np.arange(info.num_eval))}
-    self._perm_cache: tuple[int, np.ndarray] | None = None
+      self.arrays = {"train": self._load(self._train_reader, info.num_train),
+                     "eval": self._load(self._eval_reader, info.num_eval)}
 
-  def train_indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-    """(example indices, their rows in the global batch) of this process at `step`."""
-    epoch, i = divmod(step, self.steps_per_epoch)
-    if self._perm_cache is None or self._perm_cache[0] != epoch:
-      self._perm_cache = (epoch, epoch_permutation(self.seed, epoch, self.num_train))
-    local = self.global_batch_size // self.process_count
-    rows = np.arange(self.process_index * local, (self.process_index + 1) * local)
-    return self._perm_cache[1][i * self.global_batch_size + rows], rows
+  def _load(self, reader: _Reader, n: int) -> dict[str, np.ndarray]:
+    workers = self.num_workers if n >= MIN_WORKER_LOAD else 0
+    chunks = list(_stream(_LoadChunk(reader, n), 0, -(-n // LOAD_CHUNK), workers))
+    return {k: np.concatenate([c[k] for c in chunks]) for k in ("image", "label")}
+
+  def train_indices(self, step: int) -> np.ndarray:
+    """This process's example indices (rows of the train split) at `step`."""
+    self._check_steps()
+    return self._train_indices(step)[0]
 
   def epoch_order(self, epoch: int) -> np.ndarray:
-    """The whole training order of `epoch`; device-resident runs slice it on the device."""
+    """The whole global training order of `epoch` (int32); resident runs may slice it on device."""
     return epoch_permutation(self.seed, epoch, self.num_train).astype(np.int32)
+
+  def _check_steps(self) -> None:
+    if self.steps_per_epoch < 1:
+      raise ValueError(f"The global batch size {self.global_batch_size} exceeds the "
+                       f"{self.num_train} training examples; lower train.batch_size.")
 
   def train_batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """This process's batches for steps start_step, start_step + 1, ... (endless).
 
-    Device-resident: empty batches; the step takes its rows of `epoch_order` on the device.
-    """
-    if self.device_resident:
-      while True:
-        yield {}
-    dataset = grain.MapDataset.range(start_step, 2**62).map(_TrainBatch(self)).to_iter_dataset()
-    if self.num_workers > 0:
-      # grain's workers read grain's absl flags; outside an absl app nobody parsed them, so
-      # accept their defaults rather than failing in the workers.
-      if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
-      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers))
-    yield from dataset
+    Args:
+      start_step: the first step; the batches equal those of an iterator started at 0.
 
-  def eval_indices(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """(example indices, mask) of this process for global eval batch `batch`, padding masked."""
-    local = self.eval_batch_size // self.process_count
-    start = batch * self.eval_batch_size + self.process_index * local
-    positions = np.arange(start, start + local)
-    mask = positions < self.num_eval
-    return np.where(mask, positions, 0), mask
+    Returns:
+      An iterator of {"index": int32 [B_local]} when device-resident, else of
+      {"image": uint8 [B_local, H, W, C], "label": int32 [B_local]}.
+    """
+    self._check_steps()
+    if self.device_resident:
+      return ({"index": self._train_indices(step)[0].astype(np.int32)}
+              for step in range(start_step, MAX_STEP))
+    return _stream(_TrainBatch(self._train_indices, self._train_reader), start_step, MAX_STEP,
+                   self.num_workers)
 
   def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
-    """Every eval example exactly once, in order; the last batch is padded and masked."""
-    for b in range(self.num_eval_batches):
-      indices, mask = self.eval_indices(b)
-      if self.device_resident:
-        yield {"index": indices.astype(np.int32), "mask": mask}
-      else:
-        yield {**self._eval_loader.batch(indices), "mask": mask}
+    """Every eval example exactly once, in order; the last global batch is padded and masked.
+
+    Returns:
+      An iterator of this process's rows of each global batch: {"index", "mask"} when
+      device-resident, else {"image", "label", "mask"}; mask is False on padding.
+    """
+    fn = _EvalBatch(num_eval=self.num_eval, eval_batch_size=self.eval_batch_size,
+                    process_index=self.process_index, process_count=self.process_count,
+                    reader=None if self.device_resident else self._eval_reader)
+    if self.device_resident:
+      return (fn(b) for b in range(self.num_eval_batches))
+    return _stream(fn, 0, self.num_eval_batches, self.num_workers)
 
 
 def create_pipeline(data_config: Any, info: DatasetInfo, *, global_batch_size: int,
                     eval_batch_size: int, seed: int, process_index: int = 0,
                     process_count: int = 1) -> Pipeline:
-  """The input pipeline of a run (see `Pipeline`)."""
+  """The input pipeline of a run (see `Pipeline`).
+
+  Args:
+    data_config: the config's data section (name, data_dir, eval_split if present, image_size,
+      eval_crop_ratio, random_resized_crop, random_flip, device_resident, max_device_bytes,
+      num_workers).
+    info: `get_info(data_config)`.
+    global_batch_size: training examples per step over all processes.
+    eval_batch_size: evaluation examples per batch over all processes.
+    seed: decides the epoch orders and the host augmentation.
+    process_index, process_count: this process and how many share each batch.
+
+  Returns:
+    A `Pipeline`.
+  """
   return Pipeline(data_config, info, global_batch_size=global_batch_size,
                   eval_batch_size=eval_batch_size, seed=seed, process_index=process_index,
                   process_count=process_count)

@@ -1,0 +1,373 @@
+"""Datasets and pipelines: the digits builder, folders, mock tfds, order, sharding, exact eval,
+host transforms and on-device augmentation."""
+
+import os
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from resnet_jax import data
+from resnet_jax.data import catalogue, digits, transforms
+
+
+def make_config(**overrides) -> ml_collections.ConfigDict:
+  values = dict(name="digits", data_dir="", image_size=0, crop_padding=0, random_flip=False,
+                random_resized_crop=False, eval_crop_ratio=1.0, device_resident="auto",
+                max_device_bytes=2 * 1024**3, normalization="dataset", num_workers=0)
+  values.update(overrides)
+  return ml_collections.ConfigDict(values)
+
+
+def pipeline_for(config, *, batch=64, eval_batch=100, seed=0, process_index=0, process_count=1,
+                 info=None):
+  info = info or data.get_info(config)
+  return data.create_pipeline(config, info, global_batch_size=batch, eval_batch_size=eval_batch,
+                              seed=seed, process_index=process_index,
+                              process_count=process_count)
+
+
+def take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def assert_batches_equal(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    chex.assert_trees_all_equal(x, y)
+
+
+def save(path, array, mode=None, fmt=None):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  image = Image.fromarray(array)
+  (image.convert(mode) if mode else image).save(path, format=fmt)
+
+
+def noise(shape, seed):
+  return np.random.RandomState(seed).randint(0, 256, shape, np.uint8)
+
+
+# The embedded digits dataset.
+def test_digits_builder_prepares_without_tensorflow(tmp_path):
+  from sklearn.datasets import load_digits
+  builder = tfds.builder("digits", data_dir=str(tmp_path))
+  builder.download_and_prepare(file_format="array_record")
+  assert "tensorflow" not in sys.modules  # prepared and read with Pillow and array_record only
+  assert str(builder.info.version) == "1.0.0"
+  assert builder.info.features["label"].names == [str(i) for i in range(10)]
+  train, test = builder.as_data_source("train"), builder.as_data_source("test")
+  assert (len(train), len(test)) == (1438, 359)  # 80/20 of 1797, stratified
+  records = [train[i] for i in range(len(train))] + [test[i] for i in range(len(test))]
+  images = np.stack([r["image"] for r in records])
+  assert images.shape == (1797, 8, 8, 1) and images.dtype == np.uint8 and images.max() == 255
+  reference = load_digits()
+  expected = np.round(reference.images * 255 / 16).astype(np.uint8)
+  assert images.astype(np.int64).sum() == expected.astype(np.int64).sum()
+  test_counts = np.bincount([r["label"] for r in records[len(train):]], minlength=10)
+  all_counts = np.bincount(reference.target, minlength=10)
+  np.testing.assert_allclose(test_counts / all_counts, 0.2, atol=0.01)
+  # The split is a fixed function of the labels: the same on every machine.
+  first, second = digits.split_indices(reference.target), digits.split_indices(reference.target)
+  np.testing.assert_array_equal(first[0], second[0])
+  assert not set(first[0]) & set(first[1]) and len(first[0]) + len(first[1]) == 1797
+
+
+def test_get_info_for_the_digits(tfds_dir):
+  info = data.get_info(make_config(data_dir=tfds_dir))
+  assert info.name == "digits" and info.num_classes == 10 and len(info.class_names) == 10
+  assert info.image_shape == (8, 8, 1)
+  assert (info.num_train, info.num_eval) == (1438, 359)
+  assert len(info.mean) == len(info.std) == 1 and 50 < info.mean[0] < 110 and info.std[0] > 50
+  assert data.get_info(make_config(data_dir=tfds_dir)) == info  # deterministic statistics
+  resized = data.get_info(make_config(data_dir=tfds_dir, image_size=16, normalization="imagenet"))
+  assert resized.image_shape == (16, 16, 1)
+  np.testing.assert_allclose(resized.mean, [np.mean(catalogue.IMAGENET_MEAN)])
+  np.testing.assert_allclose(resized.std, [np.mean(catalogue.IMAGENET_STD)])
+
+
+# Image folders.
+def test_grayscale_folder_has_one_channel(tmp_path):
+  save(str(tmp_path / "train/b/one.png"), noise((6, 5), 0))
+  save(str(tmp_path / "train/b/two.jpg"), noise((6, 5), 1), fmt="JPEG")
+  save(str(tmp_path / "train/a/bilevel.png"), noise((6, 5), 2), mode="1")
+  # A 16-bit PNG: its grey levels are scaled to 0..255, not clipped.
+  save(str(tmp_path / "train/a/deep.png"), np.full((6, 5), 65535, np.uint16))
+  save(str(tmp_path / "val/a/x.png"), noise((6, 5), 3))
+  (tmp_path / "train/b/.DS_Store").write_bytes(b"hidden files are skipped")
+  config = make_config(name=f"folder:{tmp_path}")
+  info = data.get_info(config)
+  assert info.image_shape == (6, 5, 1) and info.class_names == ("a", "b")
+  assert (info.num_train, info.num_eval) == (4, 1)
+  pipeline = pipeline_for(config, batch=4, eval_batch=2)
+  arrays = pipeline.arrays["train"]
+  assert arrays["image"].shape == (4, 6, 5, 1)
+  np.testing.assert_array_equal(arrays["label"], [0, 0, 1, 1])  # a/*, then b/*, sorted
+  assert arrays["image"][1].min() == 255  # deep.png
+  np.testing.assert_array_equal(arrays["image"][2, ..., 0], noise((6, 5), 0))
+
+
+def test_mixed_folder_has_three_channels_and_needs_image_size(tmp_path):
+  save(str(tmp_path / "train/cat/grey.png"), noise((10, 12), 0))
+  save(str(tmp_path / "train/cat/rgba.png"), noise((9, 7, 4), 1))
+  save(str(tmp_path / "train/dog/palette.png"), noise((8, 8, 3), 2), mode="P")
+  save(str(tmp_path / "train/dog/cmyk.jpg"), noise((8, 8, 3), 3), mode="CMYK", fmt="JPEG")
+  save(str(tmp_path / "test/dog/rgb.jpg"), noise((20, 16, 3), 4), fmt="JPEG")
+  with pytest.raises(ValueError, match=r"different sizes.*--config.data.image_size=N"):
+    data.get_info(make_config(name=f"folder:{tmp_path}"))
+  config = make_config(name=f"folder:{tmp_path}", image_size=10, device_resident="no")
+  info = data.get_info(config)
+  assert info.image_shape == (10, 10, 3) and info.class_names == ("cat", "dog")
+  assert len(info.mean) == 3
+  pipeline = pipeline_for(config, info=info, batch=2, eval_batch=2)
+  assert not pipeline.device_resident
+  batch = next(pipeline.train_batches(0))
+  assert batch["image"].shape == (2, 10, 10, 3) and batch["image"].dtype == np.uint8
+  (evaluation,) = list(pipeline.eval_batches())
+  np.testing.assert_array_equal(evaluation["mask"], [True, False])
+  np.testing.assert_array_equal(evaluation["label"], [1, 1])
+
+
+def test_folder_errors(tmp_path):
+  (tmp_path / "empty/train").mkdir(parents=True)
+  with pytest.raises(ValueError, match="no class subfolders"):
+    data.get_info(make_config(name=f"folder:{tmp_path / 'empty'}"))
+  (tmp_path / "empty/train/cat").mkdir()
+  (tmp_path / "empty/test/cat").mkdir(parents=True)
+  with pytest.raises(ValueError, match="No images under .*empty/train"):
+    data.get_info(make_config(name=f"folder:{tmp_path / 'empty'}"))
+  with pytest.raises(ValueError, match="does not exist"):
+    data.get_info(make_config(name=f"folder:{tmp_path / 'missing'}"))
+  bad = tmp_path / "bad"
+  save(str(bad / "train/cat/ok.png"), noise((8, 8, 3), 0))
+  save(str(bad / "test/cat/ok.png"), noise((8, 8, 3), 0))
+  (bad / "train/cat/notes.jpg").write_bytes(b"not an image")
+  with pytest.raises(ValueError, match="Cannot read image .*notes.jpg"):
+    data.get_info(make_config(name=f"folder:{bad}"))
+  os.remove(bad / "train/cat/notes.jpg")
+  save(str(bad / "test/bird/x.png"), noise((8, 8, 3), 0))
+  with pytest.raises(ValueError, match=r"\['bird'\].*train lacks"):
+    data.get_info(make_config(name=f"folder:{bad}"))
+  os.remove(bad / "test/bird/x.png")
+  os.rmdir(bad / "test/bird")
+  # A file whose header reads but whose pixels do not: named when its pixels are decoded (here
+  # by the first batch, as imagenet statistics need no pass over the images).
+  save(str(bad / "train/cat/zz.png"), noise((8, 8, 3), 1))
+  raw = (bad / "train/cat/zz.png").read_bytes()
+  (bad / "train/cat/zz.png").write_bytes(raw[:len(raw) // 2])
+  config = make_config(name=f"folder:{bad}", device_resident="no", normalization="imagenet")
+  pipeline = pipeline_for(config, batch=2, eval_batch=2)
+  with pytest.raises(ValueError, match="Cannot read image .*zz.png"):
+    next(pipeline.train_batches(0))
+  config.normalization = "dataset"
+  with pytest.raises(ValueError, match="Cannot read image .*zz.png"):
+    data.get_info(config)
+
+
+# tfds datasets through the same pipeline, without TensorFlow.
+def test_mock_cifar10_through_the_pipeline(tmp_path):
+  config = make_config(name="cifar10", data_dir=str(tmp_path), device_resident="no")
+  with tfds.testing.mock_data(num_examples=40):
+    info = data.get_info(config)
+    assert info.image_shape == (32, 32, 3) and info.num_classes == 10
+    assert (info.num_train, info.num_eval) == (40, 40)
+    assert info.mean == catalogue.DATASETS["cifar10"].mean
+    pipeline = pipeline_for(config, info=info, batch=16, eval_batch=24)
+    batch = next(pipeline.train_batches(0))
+    assert batch["image"].shape == (16, 32, 32, 3) and batch["label"].dtype == np.int32
+    evaluation = list(pipeline.eval_batches())
+    assert sum(int(b["mask"].sum()) for b in evaluation) == 40
+    config.device_resident = "yes"
+    resident = pipeline_for(config, info=info, batch=16, eval_batch=24)
+    assert resident.arrays["train"]["image"].shape == (40, 32, 32, 3)
+    np.testing.assert_array_equal(resident.arrays["train"]["image"][batch_indices(resident, 0)],
+                                  batch["image"])
+  assert "tensorflow" not in sys.modules
+
+
+def batch_indices(pipeline, step):
+  return next(pipeline.train_batches(step))["index"]
+
+
+def test_errors_for_unknown_names_missing_downloads_and_missing_tensorflow(tmp_path):
+  with pytest.raises(ValueError, match=r"Unknown dataset 'cifar11'.*cifar10.*digits.*folder:DIR"):
+    data.get_info(make_config(name="cifar11"))
+  with pytest.raises(FileNotFoundError,
+                     match="ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar.*"
+                     f"{tmp_path}/downloads/manual"):
+    data.get_info(make_config(name="imagenet2012", data_dir=str(tmp_path)))
+  if "tensorflow" not in sys.modules:
+    with pytest.raises(ImportError, match=r'needs TensorFlow.*pip install -e "\.\[prepare\]"'):
+      data.get_info(make_config(name="cifar10", data_dir=str(tmp_path)))
+  with pytest.raises(ValueError, match="normalization"):
+    data.get_info(make_config(normalization="per_image"))
+
+
+# Order: a pure function of (seed, epoch, step), sharded over processes.
+def test_training_order_is_deterministic_and_resumable(tfds_dir):
+  config = make_config(data_dir=tfds_dir)
+  pipeline = pipeline_for(config)
+  assert pipeline.device_resident and pipeline.steps_per_epoch == 1438 // 64
+  steps = 3 * pipeline.steps_per_epoch
+  full = take(pipeline.train_batches(0), steps)
+  assert_batches_equal(full, take(pipeline_for(config).train_batches(0), steps))
+  assert_batches_equal(full[7:], take(pipeline.train_batches(7), steps - 7))
+  first_epoch = np.concatenate([b["index"] for b in full[:pipeline.steps_per_epoch]])
+  assert len(set(first_epoch)) == len(first_epoch)  # without replacement within an epoch
+  np.testing.assert_array_equal(first_epoch, np.random.default_rng([0, 0]).permutation(1438)[
+      :len(first_epoch)])
+  np.testing.assert_array_equal(first_epoch, pipeline.epoch_order(0)[:len(first_epoch)])
+  assert not np.array_equal(pipeline.epoch_order(0), pipeline.epoch_order(1))
+  other_seed = take(pipeline_for(config, seed=1).train_batches(0), 1)
+  assert not np.array_equal(other_seed[0]["index"], full[0]["index"])
+
+
+def test_processes_share_each_global_batch(tfds_dir):
+  for mode in ("yes", "no"):
+    config = make_config(data_dir=tfds_dir, device_resident=mode)
+    whole = pipeline_for(config)
+    parts = [pipeline_for(config, process_index=p, process_count=2) for p in range(2)]
+    start = whole.steps_per_epoch - 1  # across an epoch boundary
+    expected = take(whole.train_batches(start), 2)
+    shares = [take(p.train_batches(start), 2) for p in parts]
+    for step in range(2):
+      chex.assert_trees_all_equal(
+          expected[step], jax.tree.map(lambda *x: np.concatenate(x), *[s[step] for s in shares]))
+    for a, b, c in zip(whole.eval_batches(), *[p.eval_batches() for p in parts]):
+      chex.assert_trees_all_equal(a, jax.tree.map(lambda *x: np.concatenate(x), b, c))
+  with pytest.raises(ValueError, match="multiple of the process count"):
+    pipeline_for(config, batch=63, process_count=2)
+
+
+def test_eval_is_exact_and_padded_at_the_end(tfds_dir):
+  config = make_config(data_dir=tfds_dir)
+  pipeline = pipeline_for(config, eval_batch=100)
+  assert pipeline.num_eval_batches == 4  # 359 examples: 3 full batches and 59 + 41 padding
+  batches = list(pipeline.eval_batches())
+  assert len(batches) == 4
+  mask = np.concatenate([b["mask"] for b in batches])
+  index = np.concatenate([b["index"] for b in batches])
+  assert mask.sum() == 359 and mask[:359].all() and not mask[359:].any()
+  np.testing.assert_array_equal(index[mask], np.arange(359))
+  assert (index[~mask] == 0).all()
+  host = pipeline_for(make_config(data_dir=tfds_dir, device_resident="no"), eval_batch=100)
+  host_batches = list(host.eval_batches())
+  labels = np.concatenate([b["label"][b["mask"]] for b in host_batches])
+  np.testing.assert_array_equal(labels, pipeline.arrays["eval"]["label"])
+  images = np.concatenate([b["image"][b["mask"]] for b in host_batches])
+  np.testing.assert_array_equal(images, pipeline.arrays["eval"]["image"])
+
+
+def test_device_residency_choice(tfds_dir):
+  assert pipeline_for(make_config(data_dir=tfds_dir)).device_resident
+  assert not pipeline_for(make_config(data_dir=tfds_dir, max_device_bytes=1000)).device_resident
+  crop = make_config(data_dir=tfds_dir, random_resized_crop=True, image_size=8)
+  assert not pipeline_for(crop).device_resident
+  crop.device_resident = "yes"
+  with pytest.raises(ValueError, match="random_resized_crop"):
+    pipeline_for(crop)
+  with pytest.raises(ValueError, match="exceeds the 1438 training examples"):
+    pipeline_for(make_config(data_dir=tfds_dir), batch=2048).train_batches(0)
+
+
+def test_host_batches_match_resident_arrays_and_do_not_depend_on_workers(tfds_dir):
+  resident = pipeline_for(make_config(data_dir=tfds_dir, image_size=12))
+  host = make_config(data_dir=tfds_dir, image_size=12, device_resident="no")
+  serial = take(pipeline_for(host).train_batches(5), 3)
+  for batch, expected in zip(serial, take(resident.train_batches(5), 3)):
+    np.testing.assert_array_equal(batch["image"], resident.arrays["train"]["image"][
+        expected["index"]])
+    np.testing.assert_array_equal(batch["label"], resident.arrays["train"]["label"][
+        expected["index"]])
+  # Inception crops: randomness from (seed, position), so worker processes change nothing.
+  crop = make_config(data_dir=tfds_dir, image_size=12, random_resized_crop=True,
+                     random_flip=True)
+  serial = take(pipeline_for(crop).train_batches(5), 4)
+  crop.num_workers = 2
+  parallel = take(pipeline_for(crop).train_batches(5), 4)
+  assert_batches_equal(serial, parallel)
+  assert serial[0]["image"].shape == (64, 12, 12, 1)
+  assert not np.array_equal(serial[0]["image"], resident.arrays["train"]["image"][
+      batch_indices(resident, 5)])
+
+
+# Host transforms.
+def test_eval_transform_sizes_and_channels():
+  image = noise((300, 400, 3), 0)
+  plain = data.eval_transform(image, image_size=224, channels=3, crop_ratio=1.0)
+  assert plain.shape == (224, 224, 3) and plain.dtype == np.uint8
+  expected = np.asarray(Image.fromarray(image).resize((224, 224), Image.Resampling.BILINEAR))
+  np.testing.assert_array_equal(plain, expected)
+  cropped = data.eval_transform(image, image_size=224, channels=3, crop_ratio=0.875)
+  resized = Image.fromarray(image).resize((341, 256), Image.Resampling.BILINEAR)  # short -> 256
+  np.testing.assert_array_equal(cropped, np.asarray(resized)[16:240, 58:282])
+  grey = data.eval_transform(image, image_size=0, channels=1, crop_ratio=1.0)
+  assert grey.shape == (300, 400, 1)
+  np.testing.assert_array_equal(grey[..., 0], np.asarray(Image.fromarray(image).convert("L")))
+  colour = data.eval_transform(grey, image_size=8, channels=3, crop_ratio=0.875)
+  assert colour.shape == (8, 8, 3)
+  np.testing.assert_array_equal(colour[..., 0], colour[..., 2])
+  with pytest.raises(ValueError, match="crop_ratio"):
+    data.eval_transform(image, image_size=8, channels=3, crop_ratio=1.5)
+
+
+def test_random_resized_crop_follows_torchvision():
+  image = noise((40, 60, 3), 0)
+  a = transforms.random_resized_crop(image, np.random.default_rng(1), size=(16, 16), channels=3,
+                                     random_flip=True)
+  b = transforms.random_resized_crop(image, np.random.default_rng(1), size=(16, 16), channels=3,
+                                     random_flip=True)
+  assert a.shape == (16, 16, 3) and a.dtype == np.uint8
+  np.testing.assert_array_equal(a, b)
+  for seed in range(50):
+    left, top, w, h = transforms.crop_box(60, 40, np.random.default_rng(seed))
+    assert 0 <= left and left + w <= 60 and 0 <= top and top + h <= 40
+    assert 0.08 * 2400 * 0.8 <= w * h <= 2400 and 0.7 < w / h < 1.45
+  # Impossible areas fall back to the central crop at the nearest allowed aspect ratio.
+  assert transforms.crop_box(100, 10, np.random.default_rng(0), scale=(2, 3)) == (43, 0, 13, 10)
+  assert transforms.crop_box(30, 30, np.random.default_rng(0), scale=(2, 3)) == (0, 0, 30, 30)
+  whole = transforms.random_resized_crop(image, np.random.default_rng(0), size=(40, 60),
+                                         channels=3, random_flip=False, scale=(1, 1),
+                                         ratio=(1.5, 1.5))
+  np.testing.assert_array_equal(whole, image)
+
+
+# On-device augmentation.
+def test_augment_on_device():
+  images = jnp.asarray(noise((64, 6, 5, 3), 0))
+  key = jax.random.key(0)
+  assert data.augment_on_device(images, key, crop_padding=0, random_flip=False) is images
+  augment = jax.jit(data.augment_on_device, static_argnames=("crop_padding", "random_flip"))
+  flipped = np.asarray(augment(images, key, crop_padding=0, random_flip=True))
+  is_flipped = [np.array_equal(f, i[:, ::-1]) for f, i in zip(flipped, np.asarray(images))]
+  is_same = [np.array_equal(f, i) for f, i in zip(flipped, np.asarray(images))]
+  assert all(f != s for f, s in zip(is_flipped, is_same)) and 10 < sum(is_flipped) < 54
+  p = 2
+  cropped = np.asarray(augment(images, key, crop_padding=p, random_flip=False))
+  assert cropped.shape == images.shape and cropped.dtype == np.uint8
+  padded = np.pad(np.asarray(images), ((0, 0), (p, p), (p, p), (0, 0)))
+  shifts = []
+  for out, pad in zip(cropped, padded):
+    matches = [(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)
+               if np.array_equal(out, pad[dy:dy + 6, dx:dx + 5])]
+    assert matches, "every crop is a shifted copy of the zero-padded image"
+    shifts.append(matches[0])
+  assert len(set(shifts)) > 10 and any(s != (p, p) for s in shifts)
+  # One key per example (as the train step passes them) works too, and decides each example.
+  keys = jax.random.split(key, 64)
+  per_example = augment(images, keys, crop_padding=p, random_flip=True)
+  again = augment(images[:8], keys[:8], crop_padding=p, random_flip=True)
+  np.testing.assert_array_equal(per_example[:8], again)
+
+
+def test_normalize():
+  images = jnp.asarray(noise((2, 4, 4, 3), 0))
+  out = data.normalize(images, (10.0, 20.0, 30.0), (2.0, 4.0, 8.0), jnp.bfloat16)
+  assert out.dtype == jnp.bfloat16
+  expected = (np.asarray(images, np.float32) - [10, 20, 30]) / [2, 4, 8]
+  np.testing.assert_allclose(np.asarray(out, np.float32), expected, rtol=1e-2)
