@@ -90,6 +90,7 @@ def _timed(step: Callable[[], Any], sync: Callable[[Any], Any], *, steps: int, w
            window: int = 5) -> list[float]:
   """Seconds per step: one value per window of `window` steps dispatched back to back (so host
   work overlaps device work, as in training) and synchronised at the window's end."""
+  window = max(1, min(window, steps))
   out = None
   for _ in range(warmup):
     out = step()

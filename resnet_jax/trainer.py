@@ -255,7 +255,7 @@ def model_architecture(config: Any, source: "pretrained.Pretrained | None"
                        ) -> tuple[str, dict[str, Any]]:
   """The registry name and variable-shaping options: the config's, or a fine-tuned checkpoint's."""
   m = config.model
-  options = {k: m[k] for k in pretrained.ARCHITECTURE_OPTIONS}
+  options = {k: m[k] for k in pretrained.ARCHITECTURE_OPTIONS if m[k] is not None}  # None: default
   if source is None:
     return m.name, options
   if m.name and m.name != source.model:

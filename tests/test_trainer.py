@@ -57,3 +57,14 @@ def test_default_command_reaches_97_percent_on_the_digits(tmp_path, tfds_dir):
   final = metrics.read_metrics(str(tmp_path))[-1]
   assert final["final"] and final["eval_accuracy"] >= 0.97, final
   assert "Finished step 330" in result.stdout
+
+
+def test_config_keeps_the_registry_choices_unless_set():
+  config = default.get_config()
+  config.model.name = "resnet1202"
+  name, options = trainer.model_architecture(config, None)
+  model = trainer.create_model(name, num_classes=10, **options)
+  assert model.scan_blocks  # the registry scans the thousand-layer networks
+  config.model.scan_blocks = False
+  name, options = trainer.model_architecture(config, None)
+  assert not trainer.create_model(name, num_classes=10, **options).scan_blocks

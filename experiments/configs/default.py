@@ -17,7 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
       name="resnet20",            # any name from resnet_jax.list_models()
       zero_init_residual=False,   # zero-init each branch's last BN scale (Goyal et al. 2017)
       stride_in_1x1=False,        # True: ResNet v1 (stride on the bottleneck's first 1x1)
-      scan_blocks=False,          # nn.scan over repeated blocks (bounded compile time)
+      # nn.scan over repeated blocks (compile time independent of depth; on CPU the backward
+      # pass runs slower); None: the registry's choice (on for resnet1202, preact_resnet1001).
+      scan_blocks=ml_collections.config_dict.placeholder(bool),
       remat=False,                # rematerialise blocks in the backward pass (saves memory)
       bn_momentum=0.9,
       bn_epsilon=1e-5,
