@@ -217,11 +217,6 @@ class Pipeline:
     chunks = list(_stream(_LoadChunk(reader, n), 0, -(-n // LOAD_CHUNK), workers))
     return {k: np.concatenate([c[k] for c in chunks]) for k in ("image", "label")}
 
-  def train_indices(self, step: int) -> np.ndarray:
-    """This process's example indices (rows of the train split) at `step`."""
-    self._check_steps()
-    return self._train_indices(step)[0]
-
   def epoch_order(self, epoch: int) -> np.ndarray:
     """The whole global training order of `epoch` (int32); resident runs may slice it on device."""
     return epoch_permutation(self.seed, epoch, self.num_train).astype(np.int32)
