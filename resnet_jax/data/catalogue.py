@@ -149,8 +149,6 @@ def open_splits(data_config: Any) -> tuple[Any, Any, tuple[str, ...], Spec | Non
   if name.startswith(FOLDER_PREFIX):
     # Absolute: worker processes need not share this process's working directory.
     root = os.path.abspath(os.path.expanduser(name[len(FOLDER_PREFIX):]))
-    if not os.path.isdir(root):
-      raise ValueError(f"Image folder {root!r} does not exist (from data.name={name!r}).")
     train, evaluation, classes = folder_lib.open_folder(root, eval_split)
     return train, evaluation, tuple(classes), None
   spec = spec_for(name)
