@@ -33,6 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="Also time the input pipeline alone and the step fed by it.")
   p.add_argument("--data", default="", help="Dataset for --input (a data.name); default: digits "
                  "for images under 64 pixels, else a generated folder of ImageNet-like JPEGs.")
+  p.add_argument("--data-dir", default="", help="tfds data_dir for --data (default: tfds's).")
   p.add_argument("--num-workers", type=int, default=0, help="Decoding processes for --input.")
   p.add_argument("--json", default="", help="Results file (default runs/benchmark/...json).")
   return p.parse_args(argv)
@@ -54,7 +55,7 @@ def input_config(args, config, folder: str):
   """Points the data section at the dataset to read for --input."""
   name = args.data or ("digits" if args.image_size < 64 else f"folder:{folder}")
   imagenet_like = args.image_size >= 64
-  config.data.update(name=name, random_resized_crop=imagenet_like, device_resident="auto",
+  config.data.update(name=name, data_dir=args.data_dir, random_resized_crop=imagenet_like, device_resident="auto",
                      eval_crop_ratio=0.875 if imagenet_like else 1.0,
                      crop_padding=0 if imagenet_like else config.data.crop_padding)
   return config

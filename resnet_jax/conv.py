@@ -6,6 +6,13 @@ its Eigen kernels run at a few GFLOP/s: for a CIFAR ResNet-18's first stage (bat
 gradient is a sum over kernel taps of (shifted input)^T @ (output gradient), one matrix product
 per tap, which runs an order of magnitude faster there. `lax.platform_dependent` applies this form
 only when lowering for CPU; GPUs and TPUs keep XLA's own (cuDNN, TPU) convolution gradients.
+
+A stride-2 convolution over a few input channels (the ImageNet stem's 7x7/2 over RGB) runs as a
+stride-1 convolution over 2x2 space-to-depth blocks: the same sums (the kernel is zero-padded to an
+even size and regrouped), with 4x the input channels. Tensor-core convolutions pad three channels to
+eight and run the stem at a few percent of peak; on an H100 (ResNet-50, bfloat16, batch 256) the
+stem's forward, weight gradient and padding passes drop from about 2.9 to 1.4 ms of GPU time
+per step (forward 1.54 -> 0.66 ms, weight gradient 0.88 -> 0.43 ms).
 """
 
 import functools
@@ -21,6 +28,8 @@ Array = jax.Array
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 # Below this many input/output channels XLA's own weight gradient is as fast or faster (measured).
 MIN_CHANNELS_FOR_TAPS = 32
+# Stride-2 convolutions with fewer input channels than this run over space-to-depth blocks.
+MAX_CHANNELS_FOR_SPACE_TO_DEPTH = 8
 
 
 def _conv(x, w, strides, padding, groups):
@@ -75,6 +84,31 @@ def _conv_bwd(strides, padding, groups, residuals, dy):
 conv2d.defvjp(_conv_fwd, _conv_bwd)
 
 
+def space_to_depth_conv2d(x: Array, w: Array, padding: tuple[tuple[int, int], ...]) -> Array:
+  """`conv2d(x, w, (2, 2), padding)` computed as a stride-1 convolution over 2x2 blocks.
+
+  Output row o sums w[k] * xpad[2o + k] over taps k = 2a + b (b in {0, 1}); with blocks
+  X[m, b] = xpad[2m + b] that is sum over a, b of w[2a + b] * X[o + a, b], a stride-1
+  convolution over X whose kernel is w zero-padded to an even size and regrouped.
+  """
+  n, h, wd, c = x.shape
+  kh, kw, _, out = w.shape
+  (pt, pb), (pl, pr) = padding
+  ho, wo = (h + pt + pb - kh) // 2 + 1, (wd + pl + pr - kw) // 2 + 1
+  bh, bw = (kh + 1) // 2, (kw + 1) // 2  # kernel size in blocks
+  rows, cols = 2 * (ho + bh - 1), 2 * (wo + bw - 1)  # the padded input the blocks cover
+  x = lax.pad(x, jnp.zeros((), x.dtype),
+              ((0, 0, 0), (pt, rows - h - pt, 0), (pl, cols - wd - pl, 0), (0, 0, 0)))
+  x = x.reshape(n, rows // 2, 2, cols // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+  # Zero channels up to a multiple of 8 keep tensor-core kernels aligned (no padding pass).
+  extra = -4 * c % 8
+  x = jnp.pad(x.reshape(n, rows // 2, cols // 2, 4 * c), ((0, 0), (0, 0), (0, 0), (0, extra)))
+  w = jnp.pad(w, ((0, 2 * bh - kh), (0, 2 * bw - kw), (0, 0), (0, 0)))
+  w = w.reshape(bh, 2, bw, 2, c, out).transpose(0, 2, 1, 3, 4, 5).reshape(bh, bw, 4 * c, out)
+  w = jnp.pad(w, ((0, 0), (0, 0), (0, extra), (0, 0)))
+  return conv2d(x, w, (1, 1), ((0, 0), (0, 0)), 1)
+
+
 def _explicit_padding(padding: Any, kernel_size: Sequence[int], strides: Sequence[int],
                       spatial: Sequence[int]) -> tuple[tuple[int, int], ...]:
   if not isinstance(padding, str):
@@ -97,6 +131,7 @@ class Conv(nn.Module):
   param_dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros
+  space_to_depth: bool = True  # stride-2 convolutions over few channels as 2x2 blocks (same sums)
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -113,5 +148,9 @@ class Conv(nn.Module):
         if self.use_bias else None
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     padding = _explicit_padding(self.padding, kernel_size, strides, x.shape[1:3])
-    y = conv2d(x, kernel, strides, padding, self.feature_group_count)
+    if (self.space_to_depth and strides == (2, 2) and self.feature_group_count == 1
+        and max(kernel_size) > 2 and in_features < MAX_CHANNELS_FOR_SPACE_TO_DEPTH):
+      y = space_to_depth_conv2d(x, kernel, padding)
+    else:
+      y = conv2d(x, kernel, strides, padding, self.feature_group_count)
     return y + bias if bias is not None else y

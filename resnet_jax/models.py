@@ -14,6 +14,7 @@ from resnet_jax import blocks
 from resnet_jax.batchnorm import BatchNorm
 from resnet_jax.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 from resnet_jax.conv import Conv
+from resnet_jax.pooling import max_pool2d
 
 ModuleDef = Any
 STEMS = ("imagenet", "cifar")
@@ -138,7 +139,7 @@ class ResNet(nn.Module):
     if self.stem == "imagenet":
       x = conv(self.num_filters, (7, 7), strides=2, padding=((3, 3), (3, 3)), name="conv1")(x)
       x = nn.relu(norm(0, name="bn1")(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = max_pool2d(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
       x = conv(self.num_filters, (3, 3), padding=((1, 1), (1, 1)), name="conv1")(x)
       if not preact:  # pre-activation blocks normalise their own input

@@ -1,4 +1,5 @@
-"""The default layers (fused-gradient BatchNorm, CPU-gradient Conv) compute what flax's compute."""
+"""The default layers (fused-gradient BatchNorm, CPU-gradient and space-to-depth Conv, max-pool)
+compute what flax's compute, gradients included."""
 
 import chex
 import flax.linen as nn
@@ -74,3 +75,55 @@ def test_conv_computes_what_flax_conv_computes_gradients_included():
     chex.assert_trees_all_close(mine.apply(variables, x), reference.apply(variables, x),
                                 rtol=1e-6, atol=1e-6)
     chex.assert_trees_all_close(grads[1], grads[0], rtol=1e-5, atol=1e-4)  # sums of ~300 terms
+
+
+@pytest.mark.parametrize("channels, kernel, padding, size", [
+    (3, 7, ((3, 3), (3, 3)), (20, 20)),   # the ImageNet stem, as torchvision pads it
+    (3, 7, "SAME", (21, 18)),             # odd sizes, uneven padding
+    (1, 3, ((1, 0), (2, 1)), (9, 10)),
+    (4, 4, "VALID", (12, 11)),
+])
+def test_few_channel_stride_two_conv_runs_as_space_to_depth_with_the_same_sums(
+    channels, kernel, padding, size):
+  from resnet_jax import conv
+  x = jax.random.normal(jax.random.key(0), (2, *size, channels))
+  kwargs = dict(features=16, kernel_size=(kernel, kernel), strides=2, padding=padding,
+                use_bias=False)
+  reference, mine = nn.Conv(**kwargs), conv.Conv(**kwargs)
+  variables = reference.init(jax.random.key(1), x)
+  # The blocked form is what runs: a stride-1 convolution over 4x the channels (rounded up to 8).
+  jaxpr = str(jax.make_jaxpr(lambda v, x: mine.apply(v, x))(variables, x))
+  assert "window_strides=(1, 1)" in jaxpr and "window_strides=(2, 2)" not in jaxpr, jaxpr
+  assert f"{-(-4 * channels // 8) * 8},16]" in jaxpr, jaxpr  # the regrouped HWIO kernel
+  grads = [jax.jit(jax.grad(lambda v, x, m=m: jnp.sum(jnp.sin(m.apply(v, x))), argnums=(0, 1)))(
+      variables, x) for m in (reference, mine)]
+  chex.assert_trees_all_close(mine.apply(variables, x), reference.apply(variables, x),
+                              rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(grads[1], grads[0], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("window, strides, padding, size", [
+    ((3, 3), (2, 2), ((1, 1), (1, 1)), (12, 11)),  # the ImageNet stem's pool
+    ((2, 2), (2, 2), ((0, 0), (0, 0)), (7, 7)),
+    ((3, 2), (1, 2), ((1, 0), (0, 1)), (10, 6)),
+    ((2, 2), (3, 3), ((0, 0), (0, 0)), (8, 9)),    # stride over the window: positions no window sees
+    ((5, 5), (2, 2), ((2, 2), (2, 2)), (9, 9)),
+    ((12, 12), (1, 1), ((0, 0), (0, 0)), (13, 14)),  # 144 taps: winners beyond int8
+])
+def test_max_pool_has_flax_values_and_autodiff_gradients_ties_included(
+    window, strides, padding, size, dtype):
+  from resnet_jax.pooling import max_pool2d
+  # Rectified integers: most windows hold several equal maxima (zeros above all), so the test
+  # fails unless each window's gradient goes to the same (first) winner as autodiff's.
+  x = jnp.maximum(jax.random.randint(jax.random.key(0), (2, *size, 3), -3, 4), 0).astype(dtype)
+  reference = lambda x: nn.max_pool(x, window, strides, padding)
+  mine = lambda x: max_pool2d(x, window, strides, padding)
+  y = reference(x)
+  chex.assert_trees_all_equal(mine(x), y)
+  dy = jax.random.normal(jax.random.key(1), y.shape).astype(dtype)
+  expected = jax.vjp(reference, x.astype(jnp.float32))[1](dy.astype(jnp.float32))[0]
+  got = jax.jit(jax.vjp(mine, x)[1])(dy)[0]
+  assert got.dtype == dtype
+  tol = 1e-6 if dtype == jnp.float32 else 1e-2  # bfloat16: the rounding of sums of 1-4 terms
+  chex.assert_trees_all_close(got.astype(jnp.float32), expected, rtol=tol, atol=tol)

@@ -126,6 +126,10 @@ def _allow_grain_workers() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
+# Elements (batches) each worker process, or the one decoding thread, computes ahead.
+BATCHES_AHEAD = 2
+
+
 def _stream(fn: Callable[[int], dict], start: int, stop: int, num_workers: int) -> Iterator[dict]:
   """fn(start), fn(start + 1), ... fn(stop - 1) in order, computed ahead by grain.
 
@@ -144,11 +148,11 @@ def _stream(fn: Callable[[int], dict], start: int, stop: int, num_workers: int) 
         grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     _allow_grain_workers()
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=num_workers, per_worker_buffer_size=2))
+        num_workers=num_workers, per_worker_buffer_size=BATCHES_AHEAD))
   else:
     # One thread decodes the next batches while the device runs (Pillow releases the GIL).
     dataset = grain.MapDataset.range(start, stop).map(fn).to_iter_dataset(
-        grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+        grain.ReadOptions(num_threads=1, prefetch_buffer_size=BATCHES_AHEAD))
   return iter(dataset)
 
 
