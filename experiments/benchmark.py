@@ -55,7 +55,8 @@ def input_config(args, config, folder: str):
   """Points the data section at the dataset to read for --input."""
   name = args.data or ("digits" if args.image_size < 64 else f"folder:{folder}")
   imagenet_like = args.image_size >= 64
-  config.data.update(name=name, data_dir=args.data_dir, random_resized_crop=imagenet_like, device_resident="auto",
+  config.data.update(name=name, data_dir=args.data_dir, random_resized_crop=imagenet_like,
+                     device_resident="auto",
                      eval_crop_ratio=0.875 if imagenet_like else 1.0,
                      crop_padding=0 if imagenet_like else config.data.crop_padding)
   return config

@@ -174,8 +174,8 @@ def train_flops_per_image(model: Any, image_shape: tuple[int, ...]) -> float:
   The usual convention: three times the forward pass's multiply-adds, 2 FLOPs each (torchvision's
   published counts; tested), kernel taps over padding included. Counted on the jaxpr rather than
   taken from XLA's cost analysis, which on GPUs does not see the convolutions (they become cuDNN
-  calls) and on CPU skips the taps over padding (a few percent for a CIFAR ResNet-20, a quarter
-  for a ResNet-18 at 64x64; tested).
+  calls) and on CPU skips the taps over padding (a few percent for a CIFAR ResNet-8, tested; a
+  quarter for a ResNet-18 at 64x64).
   """
   model = model.clone(axis_name=None)
   if model.conv is conv.Conv:  # count the model's multiply-adds, not the stem's zero-padded taps
