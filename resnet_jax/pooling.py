@@ -21,17 +21,14 @@ Array = jax.Array
 
 
 def _taps(x: Array, window: tuple[int, int], strides: tuple[int, int],
-          padding: tuple[tuple[int, int], ...], out_hw: tuple[int, int]) -> list[Array]:
+          padding: tuple[tuple[int, int], ...]) -> list[Array]:
   """The k*k strided views of the (-inf padded) input whose elementwise max is the pool's output."""
   (pt, pb), (pl, pr) = padding
   xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
-  (ho, wo), (sh, sw) = out_hw, strides
+  (sh, sw), (kh, kw) = strides, window
+  ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
   return [xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
-          for i in range(window[0]) for j in range(window[1])]
-
-
-def _output_hw(x: Array, window, strides, padding) -> tuple[int, int]:
-  return tuple((x.shape[1 + d] + sum(padding[d]) - window[d]) // strides[d] + 1 for d in range(2))
+          for i in range(kh) for j in range(kw)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
@@ -43,7 +40,7 @@ def max_pool(x: Array, window: tuple[int, int], strides: tuple[int, int],
 
 
 def _max_pool_fwd(x, window, strides, padding):
-  taps = _taps(x, window, strides, padding, _output_hw(x, window, strides, padding))
+  taps = _taps(x, window, strides, padding)
   y = functools.reduce(jnp.maximum, taps)
   index = jnp.int8 if len(taps) <= jnp.iinfo(jnp.int8).max else jnp.int32
   winner = jnp.zeros(y.shape, index)

@@ -32,7 +32,8 @@ def test_benchmark_reports_every_field_with_input_and_torch(tmp_path, tfds_dir, 
                 "--dtype=float32", "--input", "--compare-torch", f"--data-dir={tfds_dir}")
   for key in ("synthetic", "with_input"):
     assert set(STEP) <= set(results[key]), results[key]
-    assert_positive(results[key], TIMING + ("compile_time_s", "flops_per_image", "peak_memory_bytes",
+    assert_positive(results[key], TIMING + ("compile_time_s", "flops_per_image",
+                                            "peak_memory_bytes",
                                             "achieved_flops_per_sec_per_device"))
     assert results[key]["num_devices"] == jax.device_count()
     assert results[key]["images_per_sec_min"] <= results[key]["images_per_sec"] \

@@ -107,7 +107,7 @@ def test_few_channel_stride_two_conv_runs_as_space_to_depth_with_the_same_sums(
     ((3, 3), (2, 2), ((1, 1), (1, 1)), (12, 11)),  # the ImageNet stem's pool
     ((2, 2), (2, 2), ((0, 0), (0, 0)), (7, 7)),
     ((3, 2), (1, 2), ((1, 0), (0, 1)), (10, 6)),
-    ((2, 2), (3, 3), ((0, 0), (0, 0)), (8, 9)),    # stride over the window: positions no window sees
+    ((2, 2), (3, 3), ((0, 0), (0, 0)), (8, 9)),    # stride > window: positions no window sees
     ((5, 5), (2, 2), ((2, 2), (2, 2)), (9, 9)),
     ((12, 12), (1, 1), ((0, 0), (0, 0)), (13, 14)),  # 144 taps: winners beyond int8
 ])
