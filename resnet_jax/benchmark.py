@@ -178,8 +178,12 @@ def train_flops_per_image(model: Any, image_shape: tuple[int, ...]) -> float:
   quarter for a ResNet-18 at 64x64).
   """
   model = model.clone(axis_name=None)
-  if model.conv is conv.Conv:  # count the model's multiply-adds, not the stem's zero-padded taps
-    model = model.clone(conv=functools.partial(conv.Conv, space_to_depth=False))
+  base = model.conv
+  while isinstance(base, functools.partial):
+    base = base.func
+  if isinstance(base, type) and issubclass(base, conv.Conv):
+    # Count the model's multiply-adds, not the stem's zero-padded space-to-depth taps.
+    model = model.clone(conv=functools.partial(model.conv, space_to_depth=False))
   x = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
 

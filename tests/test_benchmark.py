@@ -1,5 +1,6 @@
 """The benchmark command runs end to end and reports every field (no timing assertions)."""
 
+import functools
 import json
 
 import jax
@@ -7,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from experiments import benchmark as command
-from resnet_jax import benchmark
+from resnet_jax import benchmark, conv
 from resnet_jax.models import create_model
 
 TIMING = ("images_per_sec", "images_per_sec_min", "images_per_sec_max", "step_time_ms")
@@ -69,6 +70,9 @@ def test_flops_per_image_are_three_forward_passes_of_torchvisions_published_coun
   # Forward, input gradient and weight gradient each do the forward's multiply-adds, 2 FLOPs each.
   counted = benchmark.train_flops_per_image(create_model(name), (224, 224, 3))
   assert round(counted / 6e9, 2) == gmacs, counted
+  # A configured convolution (a partial of ours) is counted the same, without space-to-depth taps.
+  model = create_model(name).clone(conv=functools.partial(conv.Conv, space_to_depth=True))
+  assert benchmark.train_flops_per_image(model, (224, 224, 3)) == counted
 
 
 def test_flops_per_image_count_what_xla_counts_except_padding_taps():
