@@ -133,6 +133,35 @@ def test_mixed_folder_has_three_channels_and_needs_image_size(tmp_path):
   np.testing.assert_array_equal(evaluation["label"], [1, 1])
 
 
+def test_folder_jpegs_decode_to_pillows_pixels(tmp_path):
+  # OpenCV decodes grey and colour JPEGs (faster); the pixels must be Pillow's, EXIF orientation
+  # ignored as Pillow ignores it; other JPEGs (CMYK) and formats stay with Pillow.
+  y, x = np.mgrid[0:37, 0:53]
+  photo = np.stack([(x * 5 + y) % 256, (x * y) % 256, (y * 7) % 256], -1).astype(np.uint8)
+  photo = np.clip(photo.astype(int) + noise(photo.shape, 0) // 8, 0, 255).astype(np.uint8)
+  save(str(tmp_path / "train/a/subsampled.jpg"), photo, fmt="JPEG")
+  Image.fromarray(photo).save(tmp_path / "train/a/full.jpg", quality=95, subsampling=0)
+  exif = Image.Exif()
+  exif[0x0112] = 6  # "rotate 90 degrees to display"
+  Image.fromarray(photo).save(tmp_path / "train/a/rotated.jpg", exif=exif)
+  save(str(tmp_path / "train/a/grey.jpg"), photo[..., 0], fmt="JPEG")
+  save(str(tmp_path / "train/a/cmyk.jpg"), photo, mode="CMYK", fmt="JPEG")
+  save(str(tmp_path / "train/a/plain.png"), photo)
+  source, _, _ = data.folder.open_folder(str(tmp_path), "train")
+  assert len(source) == 6
+  for index, path in enumerate(source.files):
+    with Image.open(path) as image:
+      expected = data.folder.to_uint8(image)
+    chex.assert_trees_all_equal(source[index]["image"], expected)
+  assert source[source.files.index(str(tmp_path / "train/a/rotated.jpg"))]["image"].shape == \
+      (37, 53, 3)
+  # A truncated JPEG, which OpenCV declines, still raises the error that names the file.
+  path = tmp_path / "train/a/subsampled.jpg"
+  path.write_bytes(path.read_bytes()[:-200])
+  with pytest.raises(data.folder.ImageReadError, match="subsampled.jpg"):
+    source[source.files.index(str(path))]
+
+
 def test_folder_errors(tmp_path):
   (tmp_path / "empty/train").mkdir(parents=True)
   with pytest.raises(ValueError, match="no class subfolders"):

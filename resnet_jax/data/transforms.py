@@ -24,7 +24,8 @@ def to_pil(image: np.ndarray | Image.Image, channels: int) -> Image.Image:
     elif not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 3)):
       raise ValueError(f"Expected an (H, W, C) image with 1-4 channels, got shape {image.shape}.")
     pil = Image.fromarray(image)
-  return pil.convert("L" if channels == 1 else "RGB")
+  mode = "L" if channels == 1 else "RGB"
+  return pil if pil.mode == mode else pil.convert(mode)  # convert() copies even to its own mode
 
 
 def to_array(pil: Image.Image) -> np.ndarray:
