@@ -150,7 +150,8 @@ def _stream(fn: Callable[[int], dict], start: int, stop: int, num_workers: int) 
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=num_workers, per_worker_buffer_size=BATCHES_AHEAD))
   else:
-    # One thread decodes the next batches while the device runs (Pillow releases the GIL).
+    # One thread decodes the next batches while the device runs (Pillow and OpenCV release the
+    # GIL).
     dataset = grain.MapDataset.range(start, stop).map(fn).to_iter_dataset(
         grain.ReadOptions(num_threads=1, prefetch_buffer_size=BATCHES_AHEAD))
   return iter(dataset)
