@@ -75,16 +75,39 @@ def wait_for_records(workdir, count, process, timeout=300):
     time.sleep(0.2)
 
 
+def wait_for_checkpoint(workdir, process, timeout=300):
+  """Waits until a checkpoint is committed (saves are asynchronous, so a logged step may not be)."""
+  deadline = time.time() + timeout
+  while True:
+    try:
+      return final_state(workdir)[1]["step"]
+    except FileNotFoundError:
+      assert process.poll() is None, process.stdout.read()[-3000:]
+      assert time.time() < deadline, "no checkpoint was committed in time"
+      time.sleep(0.2)
+
+
+SIGNAL_RUN_FLAGS = ["--config.train.num_steps=40", "--config.train.log_every_steps=2",
+                    "--config.train.checkpoint_every_steps=4", "--config.train.eval_every_epochs=0"]
+
+
+@pytest.fixture(scope="module")
+def straight_command_run(tfds_dir, tmp_path_factory):
+  """The uninterrupted run both signals are compared with (run once)."""
+  workdir = tmp_path_factory.mktemp("straight")
+  straight = run_command(workdir, tfds_dir, *SIGNAL_RUN_FLAGS)
+  assert straight.wait(timeout=600) == 0, straight.stdout.read()[-3000:]
+  return str(workdir)
+
+
 # 1 and 2. Real signals: SIGTERM checkpoints and exits 143; a crash (SIGKILL) loses only the work
 # since the last checkpoint; both resume to the uninterrupted result.
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
-def test_killed_command_resumes_to_the_uninterrupted_result(tfds_dir, tmp_path, signum):
-  flags = ["--config.train.num_steps=40", "--config.train.log_every_steps=2",
-           "--config.train.checkpoint_every_steps=4", "--config.train.eval_every_epochs=0"]
-  straight = run_command(tmp_path / "straight", tfds_dir, *flags)
-  assert straight.wait(timeout=600) == 0, straight.stdout.read()[-3000:]
-  interrupted = run_command(tmp_path / "run", tfds_dir, *flags)
+def test_killed_command_resumes_to_the_uninterrupted_result(tfds_dir, tmp_path, signum,
+                                                           straight_command_run):
+  interrupted = run_command(tmp_path / "run", tfds_dir, *SIGNAL_RUN_FLAGS)
   wait_for_records(tmp_path / "run", 3, interrupted)
+  wait_for_checkpoint(tmp_path / "run", interrupted)
   interrupted.send_signal(signum)
   output = interrupted.communicate(timeout=120)[0]
   if signum == signal.SIGTERM:
@@ -94,11 +117,11 @@ def test_killed_command_resumes_to_the_uninterrupted_result(tfds_dir, tmp_path, 
     assert interrupted.returncode == -signal.SIGKILL
   stopped_at = checkpoint.load(str(tmp_path / "run" / "checkpoints"))[1]["step"]
   assert stopped_at < 40
-  resumed = run_command(tmp_path / "run", tfds_dir, *flags)
+  resumed = run_command(tmp_path / "run", tfds_dir, *SIGNAL_RUN_FLAGS)
   output = resumed.communicate(timeout=600)[0]
   assert resumed.returncode == 0, output[-3000:]
   assert f"Resumed from step {stopped_at}" in output
-  assert_same_run(str(tmp_path / "straight"), str(tmp_path / "run"))
+  assert_same_run(straight_command_run, str(tmp_path / "run"))
 
 
 # 2. A second signal stops at once, without a checkpoint.
