@@ -67,24 +67,21 @@ def run_command(workdir, tfds_dir, *flags):
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for_records(workdir, count, process, timeout=300):
+def wait_for(ready, process, what, timeout=300):
+  """Polls `ready()` until it is true; fails if `process` exits or `timeout` passes first."""
   deadline = time.time() + timeout
-  while len(metrics.read_metrics(workdir)) < count:
+  while not ready():
     assert process.poll() is None, process.stdout.read()[-3000:]
-    assert time.time() < deadline, "the run did not start in time"
+    assert time.time() < deadline, f"{what} in time"
     time.sleep(0.2)
 
 
-def wait_for_checkpoint(workdir, process, timeout=300):
-  """Waits until a checkpoint is committed (saves are asynchronous, so a logged step may not be)."""
-  deadline = time.time() + timeout
-  while True:
-    try:
-      return final_state(workdir)[1]["step"]
-    except FileNotFoundError:
-      assert process.poll() is None, process.stdout.read()[-3000:]
-      assert time.time() < deadline, "no checkpoint was committed in time"
-      time.sleep(0.2)
+def has_checkpoint(workdir):
+  try:
+    final_state(workdir)
+  except FileNotFoundError:
+    return False
+  return True
 
 
 SIGNAL_RUN_FLAGS = ["--config.train.num_steps=40", "--config.train.log_every_steps=2",
@@ -101,16 +98,18 @@ def straight_command_run(tfds_dir, tmp_path_factory):
 
 
 # 1 and 2. Real signals: SIGTERM checkpoints and exits 143; a crash (SIGKILL) loses only the work
-# since the last checkpoint; both resume to the uninterrupted result. The SIGTERM case is slow-marked:
-# test_multiprocess sends a real SIGTERM (exit 143, checkpoint at the stopped step) and
-# test_interrupted_and_resumed_run_is_bitwise_identical resumes from such a stop.
+# since the last checkpoint; both resume to the uninterrupted result. The SIGTERM case is
+# slow-marked: test_multiprocess sends a real SIGTERM (exit 143, checkpoint at the stopped step)
+# and test_interrupted_and_resumed_run_is_bitwise_identical resumes from such a stop.
 @pytest.mark.parametrize("signum", [pytest.param(signal.SIGTERM, marks=pytest.mark.slow),
                                     signal.SIGKILL])
 def test_killed_command_resumes_to_the_uninterrupted_result(tfds_dir, tmp_path, signum,
                                                            straight_command_run):
   interrupted = run_command(tmp_path / "run", tfds_dir, *SIGNAL_RUN_FLAGS)
-  wait_for_records(tmp_path / "run", 3, interrupted)
-  wait_for_checkpoint(tmp_path / "run", interrupted)
+  wait_for(lambda: len(metrics.read_metrics(tmp_path / "run")) >= 3, interrupted,
+           "the run did not log 3 records")
+  # Saves are asynchronous: a logged step may not have a committed checkpoint yet.
+  wait_for(lambda: has_checkpoint(tmp_path / "run"), interrupted, "no checkpoint was committed")
   interrupted.send_signal(signum)
   output = interrupted.communicate(timeout=120)[0]
   if signum == signal.SIGTERM:
