@@ -117,7 +117,7 @@ def test_killed_command_resumes_to_the_uninterrupted_result(tfds_dir, tmp_path, 
     assert "SIGTERM received" in output and "resumes from this checkpoint" in output
   else:
     assert interrupted.returncode == -signal.SIGKILL
-  stopped_at = checkpoint.load(str(tmp_path / "run" / "checkpoints"))[1]["step"]
+  stopped_at = final_state(tmp_path / "run")[1]["step"]
   assert stopped_at < 40
   resumed = run_command(tmp_path / "run", tfds_dir, *SIGNAL_RUN_FLAGS)
   output = resumed.communicate(timeout=600)[0]
