@@ -7,12 +7,14 @@ Prints a table and writes every field as JSON (--json).
 Example on CPU:  python -m experiments.benchmark --model=resnet20 --batch-size=64 --image-size=32 --dtype=float32 --steps=5
 """
 
+import argparse
 import datetime
 import json
 import os
+import sys
 import tempfile
 
-import argparse
+from experiments import cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,7 +38,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--data-dir", default="", help="tfds data_dir for --data (default: tfds's).")
   p.add_argument("--num-workers", type=int, default=0, help="Decoding processes for --input.")
   p.add_argument("--json", default="", help="Results file (default runs/benchmark/...json).")
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  for name, least in (("batch_size", 1), ("image_size", 1), ("channels", 1), ("num_classes", 1),
+                      ("steps", 1), ("warmup", 0), ("num_workers", 0)):
+    if getattr(args, name) < least:
+      p.error(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(args, name)}")
+  return args
 
 
 def make_config(args):
@@ -62,12 +69,29 @@ def input_config(args, config, folder: str):
   return config
 
 
-def main(argv=None):
+def main(argv=None) -> int:
   args = parse_args(argv)
+  with cli.command():
+    results = run(args)
+  path = args.json or os.path.join(
+      "runs", "benchmark",
+      f"{args.model}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(results, f, indent=2, default=lambda x: x.item() if hasattr(x, "item") else str(x))
+  from resnet_jax import benchmark
+  print(benchmark.format_table(results))
+  print(f"Wrote {path}")
+  return 0
+
+
+def run(args) -> dict:
+  """Every timing the flags ask for, as one results dict."""
   import jax
   from resnet_jax import benchmark, data
   from resnet_jax.models import create_model
 
+  create_model(args.model, num_classes=args.num_classes)  # an unknown name fails here, listing all
   config = make_config(args)
   results = {"model": args.model, "batch_size": args.batch_size,
              "image_size": args.image_size, "dtype": args.dtype, "runner": args.runner,
@@ -109,16 +133,8 @@ def main(argv=None):
         compile={"auto": None, "yes": True, "no": False}[args.torch_compile])
     results["jax_vs_torch"] = (results["synthetic"]["images_per_sec"] /
                                results["torch"]["images_per_sec"])
-
-  path = args.json or os.path.join(
-      "runs", "benchmark",
-      f"{args.model}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(results, f, indent=2, default=lambda x: x.item() if hasattr(x, "item") else str(x))
-  print(benchmark.format_table(results))
-  print(f"Wrote {path}")
+  return results
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from experiments import cli
+
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -16,8 +18,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  from resnet_jax.trainer import evaluate_run
-  result = evaluate_run(args.workdir, split=args.split, step=args.step)
+  with cli.command():
+    from resnet_jax.trainer import evaluate_run
+    result = evaluate_run(args.workdir, split=args.split, step=args.step)
   print(f"step {result['step']} on {result['split']}: top-1 {result['eval_accuracy']:.4f}, "
         f"top-5 {result['eval_top5']:.4f}, loss {result['eval_loss']:.4f} "
         f"({result['num_examples']} examples)")

@@ -5,41 +5,68 @@ Intentionally kept short: flags in, `resnet_jax.trainer.train_and_evaluate` out.
 
 import logging
 import os
+import signal
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import cli
+
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", os.path.join(os.path.dirname(__file__), "configs",
-                                                       "default.py"),
-                                "Experiment config file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Run folder; running again with it resumes. Default: a new "
-                    "folder under ./runs.")
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
 
 
-def _quiet_libraries(record: logging.LogRecord) -> bool:
-  # Orbax and tfds log every save/read at INFO; keep their warnings, drop the chatter.
-  return record.levelno >= logging.WARNING or not any(
-      f"/{lib}/" in record.pathname for lib in ("orbax", "tensorflow_datasets", "etils"))
+def define_flags() -> None:
+  # ml_collections reads sys.argv here (to register the --config.* overrides), so a mistyped key
+  # fails here, before absl parses anything.
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file.",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Run folder; running again with it resumes. Default: a new "
+                      "folder under ./runs.")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return FLAGS(argv)
+  except Exception as e:  # noqa: BLE001 - flags and config files fail in many ways; all are input
+    cli.fail(cli.flag_error(e, argv))
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  for handler in logging.getLogger().handlers:
-    handler.addFilter(_quiet_libraries)
-  from resnet_jax.preemption import Preempted
-  from resnet_jax.trainer import train_and_evaluate
-  try:
-    final = train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except Preempted as e:
-    logging.warning("%s", e)
-    sys.exit(e.exit_code)
+    cli.fail(f"unexpected arguments {argv[1:]}; flags take the form --name=value.")
+  with cli.command():
+    try:
+      config = FLAGS.config
+      config.to_dict()  # a file that did not load fails on first use
+    except Exception as e:  # noqa: BLE001 - a missing or broken config file
+      cli.fail(cli.flag_error(e, sys.argv))
+    from resnet_jax.preemption import Preempted
+    from resnet_jax.trainer import train_and_evaluate
+    try:
+      final = train_and_evaluate(config, FLAGS.workdir)
+    except Preempted as e:
+      logging.warning("%s", e)
+      sys.exit(e.exit_code)
   summary = ", ".join(f"{k} {final[k]:.4f}" for k in ("eval_accuracy", "eval_top5", "eval_loss")
                       if k in final)
   print(f"Finished step {final['step']}: {summary}. Run folder: {final['workdir']}")
 
 
+def stop_while_starting(signum, frame) -> None:
+  # Until the trainer takes the signals over (at the start of train_and_evaluate).
+  del frame
+  print(f"Stopped by {signal.Signals(signum).name} while starting, before the first step; "
+        "nothing was saved or changed.", file=sys.stderr)
+  sys.exit(128 + signum)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  for signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(signum, stop_while_starting)
+  try:
+    define_flags()
+  except Exception as e:  # noqa: BLE001 - see define_flags
+    cli.fail(cli.flag_error(e, sys.argv))
+  app.run(main, flags_parser=parse_flags)

@@ -10,6 +10,8 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
+from resnet_jax.errors import InvalidInputError
+
 ModuleDef = Any
 SHORTCUTS = ("projection", "zero_pad")
 
@@ -26,7 +28,8 @@ def zero_pad_shortcut(x: jnp.ndarray, out_channels: int, strides: int) -> jnp.nd
     x = x[:, ::strides, ::strides, :]
   extra = out_channels - x.shape[-1]
   if extra < 0:
-    raise ValueError(f"zero_pad shortcut cannot reduce channels ({x.shape[-1]} -> {out_channels}).")
+    raise InvalidInputError(f"zero_pad shortcut cannot reduce channels ({x.shape[-1]} -> "
+                            f"{out_channels}).")
   return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
 
 
@@ -71,8 +74,9 @@ class _Block(nn.Module):
 
   def _check_basic(self) -> None:
     if self.groups != 1 or self.width_per_group != 64:
-      raise ValueError(f"{type(self).__name__} supports only groups=1 and width_per_group=64 "
-                       f"(got {self.groups}, {self.width_per_group}); use a bottleneck block.")
+      raise InvalidInputError(f"{type(self).__name__} supports only groups=1 and "
+                              f"width_per_group=64 (got {self.groups}, {self.width_per_group}); "
+                              "use a bottleneck block.")
 
 
 class BasicBlock(_Block):

@@ -1,28 +1,107 @@
-"""Orbax checkpoints: atomic asynchronous saves, latest-K plus best, validated exact resume."""
+"""Orbax checkpoints: atomic asynchronous saves, latest-K plus best, verified exact resume.
+
+A checkpoint is moved aside only when it cannot be read or fails its checksums, and a move never
+deletes anything. A checkpoint that reads fine but holds another run's state (another model, or a
+train state of another structure) is refused, never moved.
+"""
 
 import logging
 import os
 import shutil
+import zlib
 from typing import Any
 
 import jax
-from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from resnet_jax.errors import InputNotFoundError, InvalidInputError, StorageError
+from resnet_jax.workdir import identity_differences
+
 STATE, META = "state", "meta"
+CORRUPT_SUFFIX = ".corrupt"
+# Room a save needs beyond the state's own bytes (orbax's metadata, the JSON item).
+SAVE_HEADROOM_BYTES = 16 * 2**20
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(InvalidInputError):
   """A checkpoint belongs to a different model or config than the run that tries to resume it."""
+
+
+class StateStructureError(InvalidInputError):
+  """A readable checkpoint whose train state has other leaves, shapes or dtypes than the run's."""
+
+  def __init__(self, step: int, directory: str, differences: list[str], *,
+               meta: dict[str, Any], saved_structure: Any):
+    self.step, self.directory, self.differences = step, directory, differences
+    self.meta, self.saved_structure = meta, saved_structure
+    super().__init__(f"Checkpoint {step} in {directory} holds a train state of another structure "
+                     f"({summarize(differences)}).")
+
+
+class CheckpointSaveError(StorageError):
+  """A checkpoint could not be written (disk full, read-only, ...)."""
+
+
+def leaf_name(path: tuple) -> str:
+  """"params/conv1/kernel" for a tree path of dict keys, attribute names or sequence indices."""
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+  return "/".join(parts)
+
+
+def named_leaves(tree: Any) -> dict[str, Any]:
+  """The leaves of `tree` by `leaf_name` (None and empty containers have none)."""
+  return {leaf_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def checksums(tree: Any) -> dict[str, str]:
+  """CRC-32 of every leaf's bytes, by leaf name: stored with a save, compared after a restore."""
+  return {name: f"{zlib.crc32(np.ascontiguousarray(leaf).view(np.uint8)):08x}"
+          for name, leaf in named_leaves(tree).items()}
+
+
+def summarize(items: list[str], limit: int = 3) -> str:
+  """The first `limit` items joined, and how many more there are."""
+  more = f"; and {len(items) - limit} more" if len(items) > limit else ""
+  return "; ".join(items[:limit]) + more
+
+
+def structure_differences(saved: Any, target: Any) -> list[str]:
+  """The leaves that differ between two trees of arrays or array metadata (shape and dtype)."""
+  saved, target = named_leaves(saved), named_leaves(target)
+  describe = lambda leaf: f"{np.dtype(leaf.dtype).name}{list(leaf.shape)}"
+  diffs = [f"{name} only in the checkpoint" for name in saved if name not in target]
+  diffs += [f"{name} only in this run" for name in target if name not in saved]
+  diffs += [f"{name}: checkpoint {describe(saved[name])}, this run {describe(target[name])}"
+            for name in saved if name in target
+            and describe(saved[name]) != describe(target[name])]
+  return diffs
+
+
+def _item_handlers() -> dict[str, Any]:
+  # Named handlers let the manager read an item's metadata before anything was restored.
+  return {STATE: ocp.StandardCheckpointHandler(), META: ocp.JsonCheckpointHandler()}
+
+
+def _short(error: BaseException) -> str:
+  text = f"{type(error).__name__}: {error}".replace("\n", " ")
+  return text if len(text) < 300 else text[:300] + "..."
 
 
 class Checkpointer:
   """Saves and restores {train state, run metadata}; one instance per run directory.
 
   Each save is written to a temporary folder and renamed when complete, so a kill during a save
-  leaves the previous checkpoints intact. Restoring walks from the newest checkpoint back and uses
-  the first that reads completely, reporting the ones that do not.
+  leaves the previous checkpoints intact; its metadata holds a checksum of every array. Restoring
+  walks from the newest checkpoint back and uses the first that reads completely and matches its
+  checksums, reporting the ones that do not (moved aside as N.corrupt, never deleted).
   """
 
   def __init__(self, directory: str, *, identity: dict[str, Any], keep: int = 2,
@@ -52,85 +131,136 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True, create=True)
-    self.manager = ocp.CheckpointManager(self.directory, item_names=(STATE, META),
-                                         options=options)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_handlers=_item_handlers())
 
   def save(self, step: int, state: Any, meta: dict[str, Any],
            eval_accuracy: float | None = None) -> None:
-    """Starts saving `state` (a host or replicated tree) at `step`; returns before it is written."""
+    """Starts saving `state` (a host tree) at `step`; returns before it is written.
+
+    Raises:
+      CheckpointSaveError: an earlier save failed, or the disk has no room for this one.
+    """
+    self.check_for_errors()
+    needed = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(state)) + \
+        SAVE_HEADROOM_BYTES
+    free = shutil.disk_usage(self.directory).free
+    if free < needed:
+      raise CheckpointSaveError(
+          f"No room to save checkpoint {step} in {self.directory}: it needs about "
+          f"{needed / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free. Free some space and run "
+          "the same command again; it resumes from the last complete checkpoint.")
     metrics = {"eval_accuracy": float(eval_accuracy)} if eval_accuracy is not None else None
-    self.manager.save(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardSave(state),
-        META: ocp.args.JsonSave({**meta, "step": int(step), "identity": self.identity})}),
-        metrics=metrics, force=True)
+    meta = {**meta, "step": int(step), "identity": self.identity, "checksums": checksums(state)}
+    try:
+      self.manager.save(step, args=ocp.args.Composite(**{
+          STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}),
+          metrics=metrics, force=True)
+    except Exception as e:  # noqa: BLE001 - orbax reports write failures as many types
+      raise self._save_error(step, e) from e
+
+  def _save_error(self, step: int | None, error: BaseException) -> CheckpointSaveError:
+    which = f"checkpoint {step}" if step is not None else "a checkpoint"
+    return CheckpointSaveError(
+        f"Saving {which} to {self.directory} failed ({_short(error)}). Fix the cause (free space, "
+        "permissions) and run the same command again; it resumes from the last complete "
+        "checkpoint.")
+
+  def check_for_errors(self) -> None:
+    """Raises CheckpointSaveError if a finished asynchronous save failed."""
+    try:
+      self.manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001 - see save
+      raise self._save_error(None, e) from e
 
   def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
-    """The newest readable checkpoint as (state, meta), or None when there is none.
+    """The newest readable, intact checkpoint as (state, meta), or None when there is none.
 
     Raises:
       CheckpointMismatchError: the newest checkpoint was written by a different model/config.
-      RuntimeError: checkpoints exist but none of them can be read.
+      StateStructureError: the newest readable checkpoint holds a state of another structure.
+      InvalidInputError: checkpoints exist but none of them can be read.
     """
     steps = sorted(self.manager.all_steps(), reverse=True)
     for step in steps:
       try:
-        meta = self.manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
-        meta = meta[META]
-        self._check_identity(step, meta.get("identity", {}))
-        restored = self.manager.restore(step, args=ocp.args.Composite(**{
-            STATE: ocp.args.StandardRestore(abstract_state)}))
-      except CheckpointMismatchError:
-        raise
+        meta = self.manager.restore(step, args=ocp.args.Composite(**{
+            META: ocp.args.JsonRestore()}))[META]
+        saved_structure = self.manager.item_metadata(step)[STATE].tree
       except Exception as e:  # noqa: BLE001 - any read failure means this checkpoint is unusable
-        self._quarantine(step, e)
+        self._quarantine(step, _short(e))
+        continue
+      self._check_identity(step, meta.get("identity", {}))
+      differences = structure_differences(saved_structure, abstract_state)
+      if differences:
+        raise StateStructureError(step, self.directory, differences, meta=meta,
+                                  saved_structure=saved_structure)
+      try:
+        state = self.manager.restore(step, args=ocp.args.Composite(**{
+            STATE: ocp.args.StandardRestore(abstract_state)}))[STATE]
+      except Exception as e:  # noqa: BLE001 - see above
+        self._quarantine(step, _short(e))
+        continue
+      damaged = self._damaged_leaves(step, state, meta)
+      if damaged:
+        self._quarantine(step, f"checksum mismatch in {summarize(damaged)}")
         continue
       if step != steps[0]:
         logging.warning("Resuming from checkpoint %d, not the newest (%d).", step, steps[0])
-      return restored[STATE], meta
+      return state, meta
     if steps:
-      raise RuntimeError(f"None of the checkpoints {steps} in {self.directory} can be read. Move "
-                         "the folder away to start afresh, or point --workdir elsewhere.")
+      raise InvalidInputError(
+          f"None of the checkpoints {steps} in {self.directory} can be read (each was moved "
+          "aside as N.corrupt). Move the folder away to start afresh, or point --workdir "
+          "elsewhere.")
     return None
 
-  def _quarantine(self, step: int, error: Exception) -> None:
-    """Moves an unreadable checkpoint aside (kept for inspection) so the run can save that step."""
-    target = os.path.join(self.directory, f"{step}.corrupt")
+  def _damaged_leaves(self, step: int, state: Any, meta: dict[str, Any]) -> list[str]:
+    saved = meta.get("checksums")
+    if saved is None:
+      logging.warning("Checkpoint %d in %s has no checksums (written by an older version); "
+                      "resuming without verifying it.", step, self.directory)
+      return []
+    now = checksums(jax.device_get(state))
+    return [name for name in sorted(set(saved) | set(now)) if saved.get(name) != now.get(name)]
+
+  def _quarantine(self, step: int, reason: str) -> None:
+    """Moves an unusable checkpoint aside (kept for inspection, never deleted)."""
+    source = os.path.join(self.directory, str(step))
+    target = source + CORRUPT_SUFFIX
+    for n in range(2, 10**6):
+      if not os.path.exists(target):
+        break
+      target = f"{source}{CORRUPT_SUFFIX}-{n}"
     logging.warning("Checkpoint %d in %s is corrupt or incomplete (%s); moved to %s, trying an "
-                    "older one.", step, self.directory, _short(error), target)
+                    "older one.", step, self.directory, reason, target)
     if jax.process_index() == 0:
-      shutil.rmtree(target, ignore_errors=True)
-      os.rename(os.path.join(self.directory, str(step)), target)
+      os.rename(source, target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
     self.manager.reload()
 
   def _check_identity(self, step: int, saved: dict[str, Any]) -> None:
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, this run {v!r}" for k, v in self.identity.items()
-             if _jsonable(saved.get(k)) != _jsonable(v)]
+    diffs = identity_differences(saved, self.identity)
     if diffs:
       raise CheckpointMismatchError(
-          f"Checkpoint {step} in {self.directory} was written by a different run:\n  " +
-          "\n  ".join(diffs) + "\nUse a new --workdir for a new run (it is never overwritten).")
+          f"Checkpoint {step} in {self.directory} was written by a different run ("
+          f"{summarize(diffs)}); use a new --workdir for a new run (it is never overwritten).")
 
   def wait(self) -> None:
-    """Blocks until every started save is on disk."""
-    self.manager.wait_until_finished()
+    """Blocks until every started save is on disk.
+
+    Raises:
+      CheckpointSaveError: a save failed.
+    """
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - see save
+      raise self._save_error(None, e) from e
+    self.check_for_errors()
 
   def close(self) -> None:
     self.manager.close()
-
-
-def _jsonable(value: Any) -> Any:
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, dict):
-    return {k: _jsonable(v) for k, v in value.items()}
-  return value
-
-
-def _short(error: Exception) -> str:
-  text = f"{type(error).__name__}: {error}"
-  return text if len(text) < 300 else text[:300] + "..."
 
 
 def abstract(tree: Any) -> Any:
@@ -147,15 +277,21 @@ def load(directory: str, step: int | None = None) -> tuple[dict[str, Any], dict[
 
   Returns:
     (state, meta): the train state's fields by name, and the run metadata.
+
+  Raises:
+    InputNotFoundError: there is no such checkpoint.
   """
-  manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=(STATE, META),
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
-  try:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"No checkpoint in {directory}.")
-    restored = manager.restore(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardRestore(), META: ocp.args.JsonRestore()}))
-    return restored[STATE], restored[META]
-  finally:
-    manager.close()
+  directory = os.path.abspath(directory)
+  # Finished saves only: an unfinished one is a temporary folder with a suffix.
+  steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if \
+      os.path.isdir(directory) else []
+  if not steps or (step is not None and step not in steps):
+    which = "checkpoint" if step is None else f"checkpoint {step}"
+    raise InputNotFoundError(f"No {which} in {directory}; it has {steps or 'none'}.")
+  path = os.path.join(directory, str(steps[-1] if step is None else step))
+  # The item handlers directly: a read-only CheckpointManager warns that it is read-only.
+  with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as reader:
+    state = reader.restore(os.path.join(path, STATE))
+  with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as reader:
+    meta = reader.restore(os.path.join(path, META))
+  return state, meta

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from resnet_jax.errors import InvalidInputError
+
 Array = jax.Array
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 # Below this many input/output channels XLA's own weight gradient is as fast or faster (measured).
@@ -139,8 +141,8 @@ class Conv(nn.Module):
     strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
     in_features = x.shape[-1]
     if in_features % self.feature_group_count:
-      raise ValueError(f"Input channels {in_features} are not divisible by "
-                       f"feature_group_count={self.feature_group_count}.")
+      raise InvalidInputError(f"Input channels {in_features} are not divisible by "
+                              f"feature_group_count={self.feature_group_count}.")
     kernel = self.param("kernel", self.kernel_init,
                         kernel_size + (in_features // self.feature_group_count, self.features),
                         self.param_dtype)

@@ -15,6 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_jax.errors import (InputNotFoundError, InvalidInputError, MissingDependencyError,
+                               mismatch_error)
+
 from resnet_jax.models import ResNet, create_model
 
 _LEAF = {  # (collection, Flax leaf name) -> torch suffix
@@ -115,7 +118,7 @@ def from_torchvision(model: str | ResNet, state_dict: Mapping[str, Any],
     Variables to pass to `model.apply`, in the model's `param_dtype`.
 
   Raises:
-    ValueError: naming every missing, unexpected or mis-shaped key.
+    InvalidInputError: naming every missing, unexpected or mis-shaped key.
   """
   state_dict = {k: v for k, v in state_dict.items() if not k.endswith(_IGNORED_SUFFIXES)}
   if isinstance(model, str):
@@ -127,7 +130,7 @@ def from_torchvision(model: str | ResNet, state_dict: Mapping[str, Any],
   template = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, in_channels)), train=False))
 
-  missing, mismatched, used = [], [], set()
+  missing, mismatched, not_float, not_finite, used = [], [], [], [], set()
   stacked: dict[tuple, list] = {}
   for collection, path, leaf, key, index in _entries(template):
     used.add(key)
@@ -138,28 +141,25 @@ def from_torchvision(model: str | ResNet, state_dict: Mapping[str, Any],
     want = leaf.shape if index is None else leaf.shape[1:]
     if tuple(value.shape) != tuple(want):
       mismatched.append(f"{key}: file {_torch_shape(value.shape)}, model {_torch_shape(want)}")
-      continue
-    stacked.setdefault((collection, path), []).append(value.astype(leaf.dtype))
+    elif not np.issubdtype(value.dtype, np.floating):
+      not_float.append(f"{key} ({value.dtype})")
+    elif not np.isfinite(value).all():
+      not_finite.append(key)
+    else:
+      stacked.setdefault((collection, path), []).append(value.astype(leaf.dtype))
   unexpected = sorted(set(state_dict) - used)
-  if missing or unexpected or mismatched:
-    raise ValueError(_mismatch_message(missing, unexpected, mismatched))
+  if missing or unexpected or mismatched or not_float or not_finite:
+    raise mismatch_error(
+        f"The weights do not match {getattr(model, 'name', None) or 'the model'}",
+        {"missing": missing, "unexpected": unexpected, "wrong shape": mismatched,
+         "not floating point": not_float, "with NaN or infinite values": not_finite},
+        "Check the model name and its options (e.g. num_classes, stride_in_1x1), and that the "
+        "file holds trained weights.")
 
   out: dict[str, dict] = {}
   for (collection, path), values in stacked.items():
     out.setdefault(collection, {})[path] = np.stack(values) if _is_scanned(path) else values[0]
   return {c: flax.traverse_util.unflatten_dict(t) for c, t in out.items()}
-
-
-def _mismatch_message(missing, unexpected, mismatched, limit: int = 10) -> str:
-  lines = ["The weights do not match the model."]
-  for title, keys in (("missing", missing), ("unexpected", unexpected),
-                      ("wrong shape", mismatched)):
-    if keys:
-      shown = ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit
-                                         else "")
-      lines.append(f"  {len(keys)} {title}: {shown}")
-  lines.append("Check the model name and its options (e.g. num_classes, stride_in_1x1).")
-  return "\n".join(lines)
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
@@ -172,7 +172,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"No weights file at {path!r}.")
+    raise InputNotFoundError(f"No weights file at {path!r}.")
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file
     state = load_file(path)
@@ -180,14 +180,18 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     try:
       import torch
     except ImportError as e:
-      raise ImportError(f"Reading {path!r} needs torch (pip install torch), or convert the file to "
-                        ".safetensors, which needs only numpy.") from e
+      raise MissingDependencyError(f"Reading {path!r} needs torch (pip install torch), or convert "
+                                   "the file to .safetensors, which needs only numpy.") from e
     state = torch.load(path, map_location="cpu", weights_only=True)
   else:
-    raise ValueError(f"Unknown weights format {path!r}: expected .safetensors, .pth, .pt or .bin.")
+    raise InvalidInputError(f"Unknown weights format {path!r}: expected .safetensors, .pth, .pt "
+                            "or .bin.")
+  if not isinstance(state, Mapping):
+    raise InvalidInputError(f"{path!r} holds a {type(state).__name__}, not a state dict (a "
+                            "mapping of parameter names to tensors); save model.state_dict().")
   for wrapper in ("state_dict", "model", "model_state"):
     if isinstance(state.get(wrapper), Mapping):
       state = state[wrapper]
   if not all(isinstance(k, str) for k in state):
-    raise ValueError(f"{path!r} does not hold a mapping of parameter names to tensors.")
+    raise InvalidInputError(f"{path!r} does not hold a mapping of parameter names to tensors.")
   return {k.removeprefix("module."): v for k, v in state.items()}

@@ -10,9 +10,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from resnet_jax.data import eval_transform, normalize
+from resnet_jax.data.decode import ImageReadError, read_image
+from resnet_jax.errors import InvalidInputError
 from resnet_jax.pretrained import Pretrained
 
 
@@ -38,41 +39,43 @@ def imagenet_class_names() -> tuple[str, ...]:
 
 
 def read_labels(spec: str, num_classes: int, default: Sequence[str] | None) -> list[str]:
-  """Class names from "imagenet", a text file (one per line), or the checkpoint's own.
+  """Class names from "imagenet", a text file (one per line), "none" (class indices) or, for "",
+  the checkpoint's own.
 
   Raises:
-    ValueError: their number differs from the network's classes.
+    InvalidInputError: their number differs from the network's classes.
   """
   if spec == "imagenet":
     names, origin = list(imagenet_class_names()), "the ImageNet-1k list"
-  elif spec:
-    with open(spec) as f:
-      names, origin = [line.strip() for line in f if line.strip()], spec
-  elif default:
+  elif spec and spec != "none":
+    try:
+      with open(spec) as f:
+        names, origin = [line.strip() for line in f if line.strip()], spec
+    except OSError as e:
+      raise InvalidInputError(f"Cannot read the labels file {spec!r}: {e.strerror}; give a text "
+                              "file with one class name per line, or --labels=none.") from e
+  elif spec != "none" and default:
     names, origin = list(default), "the checkpoint"
   else:
     return [str(i) for i in range(num_classes)]
   if len(names) != num_classes:
-    raise ValueError(f"{origin} names {len(names)} classes, but the network's head has "
-                     f"{num_classes} outputs: these labels do not belong to this checkpoint. Use "
-                     "the labels it was trained with (or none, to print class indices).")
+    raise InvalidInputError(
+        f"{origin} names {len(names)} classes, but the network's head has {num_classes} outputs: "
+        "these labels do not belong to this checkpoint. Use the labels it was trained with, or "
+        "--labels=none to print class indices.")
   return names
-
-
-def read_image(path: str) -> Image.Image:
-  """Decodes an image file; raises ValueError naming it when it cannot be decoded."""
-  try:
-    with Image.open(path) as image:
-      image.load()
-      return image.copy()
-  except (UnidentifiedImageError, OSError, SyntaxError) as e:
-    raise ValueError(f"{path}: cannot decode ({e})") from e
 
 
 class Classifier:
   """Top-k predictions of a network for image files, batched and jitted."""
 
   def __init__(self, source: Pretrained, batch_size: int = 64):
+    if source.num_classes == 0:
+      raise InvalidInputError(
+          f"This {source.model} has no classifier head (num_classes=0), so it cannot predict "
+          "classes; use resnet_jax.inference.feature_fn for its features, or fine-tune a head.")
+    if batch_size <= 0:
+      raise InvalidInputError(f"The batch size must be positive, got {batch_size}.")
     self.source, self.batch_size = source, batch_size
     self.model = source.create_model()
     self.variables = jax.device_put(source.variables)
@@ -80,14 +83,15 @@ class Classifier:
     self._forward = jax.jit(lambda variables, images: jax.nn.softmax(self.model.apply(
         variables, normalize(images, prep.mean, prep.std), train=False)))
 
-  def preprocess(self, image: Image.Image) -> np.ndarray:
+  def preprocess(self, image: np.ndarray) -> np.ndarray:
+    """A decoded image (HWC uint8) prepared exactly as evaluation prepares it."""
     prep = self.source.preprocessing
     return eval_transform(image, image_size=prep.image_size, channels=prep.channels,
                           crop_ratio=prep.crop_ratio)
 
-  def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
-    """Class probabilities (float32, N x classes); batches are padded to a fixed size so the
-    network compiles once."""
+  def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    """Class probabilities (float32, N x classes) of decoded images; batches are padded to a
+    fixed size so the network compiles once."""
     arrays = np.stack([self.preprocess(image) for image in images])
     out = []
     for start in range(0, len(arrays), self.batch_size):
@@ -98,13 +102,19 @@ class Classifier:
 
   def classify_files(self, paths: Sequence[str], labels: Sequence[str], top: int = 5
                      ) -> tuple[list[tuple[str, list[tuple[float, str]]]], list[str]]:
-    """([(path, [(probability, label), ...]) for each readable file], [error per unreadable])."""
+    """([(path, [(probability, label), ...]) for each readable file], [error per unreadable]).
+
+    Raises:
+      InvalidInputError: `top` is not positive.
+    """
+    if top <= 0:
+      raise InvalidInputError(f"top must be a positive number of classes, got {top}.")
     images, readable, errors = [], [], []
     for path in paths:
       try:
-        images.append(read_image(path))
+        images.append(read_image(os.fspath(path)))
         readable.append(os.fspath(path))
-      except ValueError as e:
+      except ImageReadError as e:
         errors.append(str(e))
     if not images:
       return [], errors

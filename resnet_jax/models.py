@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax import blocks
+from resnet_jax.errors import InvalidInputError
 from resnet_jax.batchnorm import BatchNorm
 from resnet_jax.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 from resnet_jax.conv import Conv
@@ -91,19 +92,21 @@ class ResNet(nn.Module):
     return (4 if self.stem == "imagenet" else 1) * 2 ** (len(self.stage_sizes) - 1)
 
   def check_input_shape(self, shape: Sequence[int]) -> None:
-    """Raises ValueError unless `shape` is an NHWC batch this network can reduce."""
+    """Raises InvalidInputError unless `shape` is an NHWC batch this network can reduce."""
     if self.stem not in STEMS:
-      raise ValueError(f"Unknown stem {self.stem!r}; choose one of {STEMS}.")
+      raise InvalidInputError(f"Unknown stem {self.stem!r}; choose one of {STEMS}.")
     if self.shortcut not in blocks.SHORTCUTS:
-      raise ValueError(f"Unknown shortcut {self.shortcut!r}; choose one of {blocks.SHORTCUTS}.")
+      raise InvalidInputError(f"Unknown shortcut {self.shortcut!r}; choose one of "
+                              f"{blocks.SHORTCUTS}.")
     if len(shape) != 4:
-      raise ValueError(f"Expected an NHWC batch of rank 4, got shape {tuple(shape)}.")
+      raise InvalidInputError(f"Expected an NHWC batch of rank 4, got shape {tuple(shape)}.")
     h, w = shape[1], shape[2]
     if min(h, w) < self.total_stride:
-      raise ValueError(
-          f"Input {h}x{w} is too small: this network downsamples by {self.total_stride}, so images "
-          f"must be at least {self.total_stride}x{self.total_stride}; resize them (e.g. "
-          f"--config.data.image_size={self.total_stride}) or use a CIFAR-stem model.")
+      raise InvalidInputError(f"Input {h}x{w} is too small: this network downsamples by "
+                              f"{self.total_stride}, so images must be at least "
+                              f"{self.total_stride}x{self.total_stride}; resize them (e.g. "
+                              f"--config.data.image_size={self.total_stride}) or use a CIFAR-stem "
+                              "model.")
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False, return_features: bool = False):
@@ -260,11 +263,12 @@ def create_model(name: str, *, num_classes: int = 1000, **overrides: Any) -> Res
     An unbound `ResNet` module.
   """
   if name not in MODELS:
-    raise ValueError(f"Unknown model {name!r}. Valid names: {', '.join(list_models())}.")
+    raise InvalidInputError(f"Unknown model {name!r}. Valid names: {', '.join(list_models())}.")
   fields = {f.name for f in dataclasses.fields(ResNet)} - {"parent", "name"}
   unknown = sorted(set(overrides) - fields)
   if unknown:
-    raise ValueError(f"Unknown ResNet option(s) {unknown}. Valid options: {sorted(fields)}.")
+    raise InvalidInputError(f"Unknown ResNet option(s) {unknown}. Valid options: {sorted(fields)}.")
   if num_classes < 0:
-    raise ValueError(f"num_classes must be >= 0 (0 for a headless backbone), got {num_classes}.")
+    raise InvalidInputError("num_classes must be >= 0 (0 for a headless backbone), got "
+                            f"{num_classes}.")
   return MODELS[name](num_classes=num_classes, **overrides)

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from resnet_jax.errors import InvalidInputError
+
 OPTIMIZERS = ("sgd", "adamw", "lars")
 SCHEDULES = ("constant", "cosine", "piecewise", "onecycle")
 
@@ -45,7 +47,7 @@ def make_schedule(optim_config: Any, *, steps_per_epoch: int, total_steps: int,
     main = optax.piecewise_constant_schedule(
         peak, {b: float(optim_config.decay_factor) for b in boundaries})
   else:
-    raise ValueError(f"Unknown schedule {name!r}; choose one of {SCHEDULES}.")
+    raise InvalidInputError(f"Unknown schedule {name!r}; choose one of {SCHEDULES}.")
   if warmup == 0:
     return main
   # Boundaries stay absolute step numbers: the warm-up multiplies, it does not shift.
@@ -73,7 +75,7 @@ def make_optimizer(optim_config: Any, *, steps_per_epoch: int, total_steps: int,
   """
   name = optim_config.name
   if name not in OPTIMIZERS:
-    raise ValueError(f"Unknown optimizer {name!r}; choose one of {OPTIMIZERS}.")
+    raise InvalidInputError(f"Unknown optimizer {name!r}; choose one of {OPTIMIZERS}.")
   schedule = make_schedule(optim_config, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                            batch_size=batch_size)
   wd = float(optim_config.weight_decay)

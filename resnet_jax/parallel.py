@@ -15,6 +15,8 @@ from flax import jax_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from resnet_jax.errors import InvalidInputError, check_divisible
+
 RUNNERS = ("mesh", "pmap")
 AXIS = "batch"
 
@@ -28,10 +30,10 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
   """
   if coordinator_address or num_processes:
     if not (coordinator_address and num_processes > 0 and 0 <= process_id < num_processes):
-      raise ValueError(
-          "A multi-process run needs distributed.coordinator_address (host:port), "
-          "distributed.num_processes (> 0) and distributed.process_id (0..num_processes-1); got "
-          f"{coordinator_address!r}, {num_processes}, {process_id}.")
+      raise InvalidInputError("A multi-process run needs distributed.coordinator_address "
+                              "(host:port), distributed.num_processes (> 0) and "
+                              "distributed.process_id (0..num_processes-1); got "
+                              f"{coordinator_address!r}, {num_processes}, {process_id}.")
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)
   elif any(k in os.environ for k in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_ID",
@@ -53,11 +55,8 @@ class Runner:
     return len(self.devices)
 
   def check_batch_size(self, global_batch_size: int, what: str = "train.batch_size") -> None:
-    """Raises ValueError unless the global batch splits evenly over every device."""
-    if global_batch_size <= 0 or global_batch_size % self.num_replicas:
-      raise ValueError(
-          f"{what}={global_batch_size} must be a positive multiple of the device count "
-          f"({self.num_replicas}); pick e.g. {max(1, global_batch_size // self.num_replicas) * self.num_replicas}.")
+    """Raises InvalidInputError unless the global batch splits evenly over every device."""
+    check_divisible(global_batch_size, self.num_replicas, what, "device count")
 
   def replicate(self, tree: Any) -> Any:
     raise NotImplementedError
@@ -145,5 +144,5 @@ def make_runner(name: str, devices: list | None = None) -> Runner:
   """The runner called `name` ("mesh" or "pmap") over `devices` (default: all)."""
   runners = {"mesh": MeshRunner, "pmap": PmapRunner}
   if name not in runners:
-    raise ValueError(f"Unknown runner {name!r}; choose one of {RUNNERS}.")
+    raise InvalidInputError(f"Unknown runner {name!r}; choose one of {RUNNERS}.")
   return runners[name](devices)

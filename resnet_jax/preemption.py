@@ -11,9 +11,15 @@ from jax.experimental import multihost_utils
 class Preempted(Exception):
   """Raised by the training loop after it checkpointed in response to a signal."""
 
-  def __init__(self, signum: int, step: int):
-    super().__init__(f"Stopped by {signal.Signals(signum).name} after step {step}; the run resumes "
-                     "from this checkpoint when started again with the same --workdir.")
+  def __init__(self, signum: int, step: int | None):
+    name = signal.Signals(signum).name
+    if step is None:
+      message = (f"Stopped by {name} during setup, before the first step; nothing was saved or "
+                 "changed.")
+    else:
+      message = (f"Stopped by {name} after step {step}; the run resumes from this checkpoint when "
+                 "started again with the same --workdir.")
+    super().__init__(message)
     self.signum, self.step = signum, step
 
   @property
@@ -24,15 +30,21 @@ class Preempted(Exception):
 class PreemptionWatcher:
   """Context manager noting SIGTERM/SIGINT; a second signal ends the process at once.
 
-  Single process: Python handlers note the first signal. Several processes: SIGTERM goes to JAX's
-  preemption service, whose protocol makes every process report the same stopping step from
-  `should_stop`; a SIGINT is turned into a SIGTERM to join that protocol.
+  Single process: during setup (until `start_training`) the first signal raises `Preempted` at
+  once, as nothing needs saving; afterwards Python handlers note it. Several processes: SIGTERM
+  goes to JAX's preemption service, whose protocol makes every process report the same stopping
+  step from `should_stop`; a SIGINT is turned into a SIGTERM to join that protocol.
   """
 
   def __init__(self):
     self.signum = None
     self._multiprocess = jax.process_count() > 1
     self._previous = {}
+    self._training = False
+
+  def start_training(self) -> None:
+    """From now on a signal is only noted: the loop checkpoints, then stops."""
+    self._training = True
 
   def __enter__(self) -> "PreemptionWatcher":
     signums = [signal.SIGINT] if self._multiprocess else [signal.SIGTERM, signal.SIGINT]
@@ -50,6 +62,8 @@ class PreemptionWatcher:
       logging.warning("Second %s: exiting immediately.", signal.Signals(signum).name)
       os._exit(128 + signum)
     self.signum = signum
+    if not self._training and not self._multiprocess:
+      raise Preempted(signum, None)
     logging.warning("%s received: finishing this step, then saving a checkpoint and exiting "
                     "(send it again to exit at once).", signal.Signals(signum).name)
     if self._multiprocess:

@@ -11,6 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from resnet_jax import checkpoint
+from resnet_jax.errors import InputNotFoundError, InvalidInputError, mismatch_error
 from resnet_jax.models import ResNet, create_model
 
 MODEL_FILE = "model.json"
@@ -67,7 +68,7 @@ def export(directory: str, pretrained: Pretrained) -> None:
   """Writes an orbax checkpoint of the variables and model.json describing them."""
   directory = os.path.abspath(directory)
   if os.path.exists(os.path.join(directory, VARIABLES_DIR)):
-    raise FileExistsError(f"{directory} already holds a model; choose a new --out folder.")
+    raise InvalidInputError(f"{directory} already holds a model; choose a new --out folder.")
   os.makedirs(directory, exist_ok=True)
   with ocp.StandardCheckpointer() as saver:
     saver.save(os.path.join(directory, VARIABLES_DIR), pretrained.variables)
@@ -92,11 +93,11 @@ def load(path: str) -> Pretrained:
   if os.path.isdir(checkpoints):
     state, meta = checkpoint.load(checkpoints)
     if "model" not in meta:
-      raise ValueError(f"The checkpoint in {checkpoints} does not describe its model.")
+      raise InvalidInputError(f"The checkpoint in {checkpoints} does not describe its model.")
     return from_description({"params": state["params"], "batch_stats": state["batch_stats"]},
                             meta["model"])
-  raise FileNotFoundError(f"{path} is neither an exported model (with {MODEL_FILE}) nor a "
-                          "training run folder (with checkpoints/).")
+  raise InputNotFoundError(f"{path} is neither an exported model (with {MODEL_FILE}) nor a "
+                           "training run folder (with checkpoints/).")
 
 
 def _stem_for_channels(kernel: np.ndarray, channels: int) -> np.ndarray:
@@ -111,8 +112,8 @@ def _stem_for_channels(kernel: np.ndarray, channels: int) -> np.ndarray:
     return kernel.sum(axis=2, keepdims=True)
   if have == 1:
     return np.repeat(kernel / channels, channels, axis=2)
-  raise ValueError(f"Cannot adapt a {have}-channel stem to {channels} channels; only to or from "
-                   "1 channel.")
+  raise InvalidInputError(f"Cannot adapt a {have}-channel stem to {channels} channels; only to or "
+                          "from 1 channel.")
 
 
 def adapt(source: dict[str, Any], template: dict[str, Any], *, replace_head: bool) -> dict:
@@ -128,7 +129,7 @@ def adapt(source: dict[str, Any], template: dict[str, Any], *, replace_head: boo
     Variables for the template network: numpy arrays, and the template's own head leaves.
 
   Raises:
-    ValueError: naming every missing, unexpected or mis-shaped variable.
+    InvalidInputError: naming every missing, unexpected or mis-shaped variable.
   """
   src = flax.traverse_util.flatten_dict(flax.core.unfreeze(source), sep="/")
   dst = flax.traverse_util.flatten_dict(flax.core.unfreeze(template), sep="/")
@@ -150,12 +151,8 @@ def adapt(source: dict[str, Any], template: dict[str, Any], *, replace_head: boo
                         f"{tuple(init.shape)}{hint}")
   unexpected = sorted(k for k in src if k not in dst and not (replace_head and is_head(k)))
   if missing or unexpected or mismatched:
-    lines = ["The checkpoint does not match the model."]
-    for title, keys in (("missing", missing), ("unexpected", unexpected),
-                        ("wrong shape", mismatched)):
-      if keys:
-        lines.append(f"  {len(keys)} {title}: " + ", ".join(keys[:10]) +
-                     (f", ... ({len(keys) - 10} more)" if len(keys) > 10 else ""))
-    lines.append("Use the model the checkpoint was made for (init.checkpoint's model.json).")
-    raise ValueError("\n".join(lines))
+    raise mismatch_error(
+        "The checkpoint does not match the model",
+        {"missing": missing, "unexpected": unexpected, "wrong shape": mismatched},
+        "Use the model the checkpoint was made for (init.checkpoint's model.json).")
   return flax.traverse_util.unflatten_dict(out, sep="/")

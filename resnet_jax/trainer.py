@@ -5,8 +5,8 @@ before anything is compiled.
 """
 
 import collections
+import copy
 import dataclasses
-import datetime
 import functools
 import itertools
 import json
@@ -22,12 +22,14 @@ import ml_collections
 import numpy as np
 
 from resnet_jax import checkpoint, data, optim, parallel, pretrained, steps
-from resnet_jax.metrics import MetricsWriter, Progress
+from resnet_jax.errors import InputNotFoundError, InvalidInputError, check
+from resnet_jax.metrics import MetricsWriter, Progress, read_metrics
 from resnet_jax.models import MODELS, create_model, part_of
 from resnet_jax.preemption import Preempted, PreemptionWatcher
+from resnet_jax.workdir import (CONFIG_FILE, Workdir, config_differences, default_workdir,
+                                run_identity)
 
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-CONFIG_FILE = "config.json"
 
 
 class NonFiniteError(FloatingPointError):
@@ -36,82 +38,60 @@ class NonFiniteError(FloatingPointError):
 
 def validate_config(config: Any) -> None:
   """Rejects out-of-range numbers and unknown choices with what to do about them."""
-  def need(ok: bool, message: str) -> None:
-    if not ok:
-      raise ValueError(message)
-
-  t, o = config.train, config.optim
-  need(t.batch_size > 0, f"train.batch_size must be positive, got {t.batch_size}.")
-  need(t.eval_batch_size > 0, f"train.eval_batch_size must be positive, got {t.eval_batch_size}.")
-  need(t.num_steps > 0 or t.num_epochs > 0,
-       f"Set train.num_steps or train.num_epochs to a positive value (got {t.num_steps}, "
-       f"{t.num_epochs}).")
-  need(t.num_steps >= 0 and t.num_epochs >= 0, "train.num_steps and train.num_epochs must be >= 0.")
-  need(o.learning_rate > 0, f"optim.learning_rate must be positive, got {o.learning_rate}.")
-  need(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}.")
-  need(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {o.warmup_epochs}.")
-  need(0 <= o.ema_decay < 1, f"optim.ema_decay must be in [0, 1), got {o.ema_decay}.")
-  need(0 <= o.label_smoothing < 1, f"optim.label_smoothing must be in [0, 1), got {o.label_smoothing}.")
-  need(t.log_every_steps > 0, f"train.log_every_steps must be positive, got {t.log_every_steps}.")
-  need(t.eval_every_epochs >= 0, "train.eval_every_epochs must be >= 0 (0: only at the end).")
-  need(t.keep_checkpoints > 0, f"train.keep_checkpoints must be positive, got {t.keep_checkpoints}.")
-  need(t.precision in PRECISIONS, f"Unknown train.precision {t.precision!r}; choose one of "
-       f"{tuple(PRECISIONS)}.")
-  need(t.runner in parallel.RUNNERS, f"Unknown train.runner {t.runner!r}; choose one of "
-       f"{parallel.RUNNERS}.")
-  need(t.on_nonfinite in ("auto",) + steps.NONFINITE_POLICIES, f"Unknown train.on_nonfinite "
-       f"{t.on_nonfinite!r}; choose auto, stop or skip.")
-  need(config.model.name in MODELS or (not config.model.name and config.init.checkpoint),
-       f"Unknown model.name {config.model.name!r}; valid names: {', '.join(sorted(MODELS))}.")
-  need(config.init.head in ("replace", "keep"), "init.head must be replace or keep.")
-  need(config.init.backbone_lr_scale > 0, "init.backbone_lr_scale must be positive (freeze with "
-       "init.freeze instead of a zero rate).")
-  need(o.name in optim.OPTIMIZERS, f"Unknown optim.name {o.name!r}; choose one of "
-       f"{optim.OPTIMIZERS}.")
-  need(o.schedule in optim.SCHEDULES, f"Unknown optim.schedule {o.schedule!r}; choose one of "
-       f"{optim.SCHEDULES}.")
-  need(o.boundaries_unit in ("steps", "epochs"), "optim.boundaries_unit must be steps or epochs.")
-
-
-def run_identity(config: Any) -> dict[str, Any]:
-  """The config values that make a run what it is; a resumed run must share them."""
-  return {
-      "model": config.model.to_dict(), "data.name": config.data.name,
-      "data.image_size": config.data.image_size, "optim.name": config.optim.name,
-      "train.batch_size": config.train.batch_size, "train.precision": config.train.precision,
-      "ema": config.optim.ema_decay > 0, "seed": config.seed,
-      "init.checkpoint": config.init.checkpoint, "init.freeze": config.init.freeze,
-  }
+  for key, value in _numbers(config.to_dict()):
+    check(math.isfinite(value), f"{key}={value} must be a finite number.")
+  t, o, d = config.train, config.optim, config.data
+  check(t.batch_size > 0, f"train.batch_size must be positive, got {t.batch_size}.")
+  check(t.eval_batch_size > 0, f"train.eval_batch_size must be positive, got {t.eval_batch_size}.")
+  check(t.num_steps > 0 or t.num_epochs > 0,
+        f"Set train.num_steps or train.num_epochs to a positive value (got {t.num_steps}, "
+        f"{t.num_epochs}).")
+  check(t.num_steps >= 0 and t.num_epochs >= 0,
+        "train.num_steps and train.num_epochs must be >= 0.")
+  check(o.learning_rate > 0, f"optim.learning_rate must be positive, got {o.learning_rate}.")
+  check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}.")
+  check(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {o.warmup_epochs}.")
+  check(0 <= o.ema_decay < 1, f"optim.ema_decay must be in [0, 1), got {o.ema_decay}.")
+  check(0 <= o.label_smoothing < 1,
+        f"optim.label_smoothing must be in [0, 1), got {o.label_smoothing}.")
+  check(o.clip_norm >= 0, f"optim.clip_norm must be >= 0 (0: off), got {o.clip_norm}.")
+  check(d.num_workers >= 0, f"data.num_workers must be >= 0 (0: one decoding thread), got "
+        f"{d.num_workers}.")
+  check(d.crop_padding >= 0, f"data.crop_padding must be >= 0 (0: off), got {d.crop_padding}.")
+  check(t.log_every_steps > 0, f"train.log_every_steps must be positive, got {t.log_every_steps}.")
+  check(t.eval_every_epochs >= 0, "train.eval_every_epochs must be >= 0 (0: only at the end).")
+  check(t.checkpoint_every_steps >= 0,
+        "train.checkpoint_every_steps must be >= 0 (0: at each evaluation).")
+  check(t.keep_checkpoints > 0, f"train.keep_checkpoints must be positive, got "
+        f"{t.keep_checkpoints}.")
+  check(t.precision in PRECISIONS, f"Unknown train.precision {t.precision!r}; choose one of "
+        f"{tuple(PRECISIONS)}.")
+  check(t.runner in parallel.RUNNERS, f"Unknown train.runner {t.runner!r}; choose one of "
+        f"{parallel.RUNNERS}.")
+  check(t.on_nonfinite in ("auto",) + steps.NONFINITE_POLICIES, f"Unknown train.on_nonfinite "
+        f"{t.on_nonfinite!r}; choose auto, stop or skip.")
+  check(config.model.name in MODELS or (not config.model.name and config.init.checkpoint),
+        f"Unknown model.name {config.model.name!r}; valid names: {', '.join(sorted(MODELS))}.")
+  check(config.init.head in ("replace", "keep"), "init.head must be replace or keep.")
+  check(config.init.backbone_lr_scale > 0, "init.backbone_lr_scale must be positive (freeze "
+        "with init.freeze instead of a zero rate).")
+  check(o.name in optim.OPTIMIZERS, f"Unknown optim.name {o.name!r}; choose one of "
+        f"{optim.OPTIMIZERS}.")
+  check(o.schedule in optim.SCHEDULES, f"Unknown optim.schedule {o.schedule!r}; choose one of "
+        f"{optim.SCHEDULES}.")
+  check(o.boundaries_unit in ("steps", "epochs"), "optim.boundaries_unit must be steps or epochs.")
 
 
-def prepare_workdir(workdir: str | None, config: Any) -> str:
-  """Creates the run folder (default: a new one under ./runs) and refuses another run's folder."""
-  if not workdir:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    workdir = os.path.join("runs", f"{stamp}-{config.model.name}-{config.data.name}".replace(
-        ":", "_").replace("/", "_"))
-  workdir = os.path.abspath(workdir)
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ValueError(f"--workdir {workdir} is a file; give a folder (new or of this same run).")
-  saved_path = os.path.join(workdir, CONFIG_FILE)
-  if os.path.exists(saved_path):
-    with open(saved_path) as f:
-      saved = json.load(f)
-    saved_identity = saved.get("identity", {})
-    diffs = [f"{k}: saved {saved_identity.get(k)!r}, now {v!r}"
-             for k, v in run_identity(config).items()
-             if json.loads(json.dumps(v)) != saved_identity.get(k)]
-    if diffs:
-      raise ValueError(f"--workdir {workdir} holds a run of another config:\n  " +
-                       "\n  ".join(diffs) + "\nChoose a new --workdir, or the same config to resume.")
-  os.makedirs(workdir, exist_ok=True)
-  return workdir
-
-
-def _save_config(workdir: str, config: Any) -> None:
-  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-    json.dump({"config": json.loads(config.to_json_best_effort()),
-               "identity": run_identity(config)}, f, indent=2)
+def _numbers(tree: dict, prefix: str = ""):
+  """(dotted key, value) of every float in a config dict, sequences included."""
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      yield from _numbers(value, name + ".")
+    elif isinstance(value, float):
+      yield name, value
+    elif isinstance(value, (list, tuple)):
+      yield from ((f"{name}[{i}]", v) for i, v in enumerate(value) if isinstance(v, float))
 
 
 def train_inputs(pipeline, runner: parallel.Runner, arrays: Any, start_step: int):
@@ -161,37 +141,50 @@ def _check_finite(host_state: Any, policy: str) -> int:
   count = int(host_state.nonfinite_count)
   if policy == "stop" and int(host_state.first_nonfinite_step) >= 0:
     what = "loss" if int(host_state.first_nonfinite_kind) == steps.NONFINITE_LOSS else "gradient"
-    raise NonFiniteError(
-        f"Non-finite {what} at step {int(host_state.first_nonfinite_step) + 1}; stopped without "
-        "saving that state (the last checkpoint is intact). Lower optim.learning_rate, set "
-        "optim.clip_norm, or use train.on_nonfinite=skip.")
+    raise NonFiniteError(f"Non-finite {what} at step {int(host_state.first_nonfinite_step) + 1}; "
+                         "stopped without saving that state (the last checkpoint is intact). "
+                         "Lower optim.learning_rate, set optim.clip_norm, or use "
+                         "train.on_nonfinite=skip.")
   return count
 
 
 @dataclasses.dataclass
 class Experiment:
-  """What a config builds: the model, optimizer and the runner-wrapped steps, and a fresh state."""
+  """What a config builds: the model, optimizer, runner-wrapped steps and the train state's
+  structure; nothing is compiled until `init_state` or a step is called."""
 
   name: str  # the registry name
   model: Any
   tx: Any
   schedule: Any
   step_config: steps.StepConfig
-  state: steps.TrainState  # on the host
-  rng: jax.Array  # the base key of the train steps
+  abstract_state: steps.TrainState  # shapes and dtypes: the restore target
+  init_state: Any  # () -> a fresh train state on the host (compiles the initialisers)
+  seed: int
   train_fn: Any
   eval_fn: Any
 
+  @functools.cached_property
+  def state(self) -> steps.TrainState:
+    """The initial train state on the host (made on first use)."""
+    return self.init_state()
+
+  @functools.cached_property
+  def rng(self) -> jax.Array:
+    """The base key of a fresh run's train steps (a resumed run reads its own)."""
+    return jax.random.fold_in(jax.random.PRNGKey(self.seed), 1)
+
 
 def build(config: Any, info: data.DatasetInfo, runner: parallel.Runner, *, steps_per_epoch: int,
-          total_steps: int) -> Experiment:
-  """Builds model, optimizer, initial state and compiled-on-first-call steps from a config.
+          total_steps: int, source: "pretrained.Pretrained | None" = None) -> Experiment:
+  """Builds model, optimizer, the train state's structure and the runner-wrapped steps.
 
   Args:
     config: the run config.
     info: the dataset's classes, image shape and normalisation.
     runner: the parallel runner that wraps the steps.
     steps_per_epoch, total_steps: for the schedule.
+    source: the weights of init.checkpoint, when set (`pretrained.load`).
 
   Returns:
     An `Experiment`; its steps are the real ones used by training and the benchmark.
@@ -199,7 +192,6 @@ def build(config: Any, info: data.DatasetInfo, runner: parallel.Runner, *, steps
   t, o = config.train, config.optim
   dtype = PRECISIONS[t.precision]
   init = config.init
-  source = pretrained.load(init.checkpoint) if init.checkpoint else None
   name, architecture = model_architecture(config, source)
   num_stages = len(MODELS[name].keywords["stage_sizes"])
   frozen_stages = frozen_parts(init.freeze, num_stages)
@@ -210,12 +202,15 @@ def build(config: Any, info: data.DatasetInfo, runner: parallel.Runner, *, steps
       frozen_stages=frozen_stages, **architecture)
   input_shape = (1,) + tuple(info.image_shape)
   model.check_input_shape(input_shape)
-  init_rng = jax.random.key(config.seed, impl="rbg")
+  # Parameters are drawn with the "rbg" generator: its initialisers compile several times faster
+  # than threefry's (seconds per run). The steps' key stays threefry, a uint32[2] (`rng`).
+  init_rng = lambda: jax.random.key(config.seed, impl="rbg")
+  init_variables = lambda: model.init(init_rng(), jnp.zeros(input_shape), train=False)
   variables = None
   if source is not None:
     # Check the match on shapes alone, before anything is compiled.
-    shapes = jax.eval_shape(lambda: model.init(init_rng, jnp.zeros(input_shape), train=False))
-    variables = pretrained.adapt(source.variables, shapes, replace_head=init.head == "replace")
+    variables = pretrained.adapt(source.variables, jax.eval_shape(init_variables),
+                                 replace_head=init.head == "replace")
   tx, schedule = optim.make_optimizer(o, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                                       batch_size=t.batch_size)
   if frozen_stages or init.backbone_lr_scale != 1.0:
@@ -233,22 +228,24 @@ def build(config: Any, info: data.DatasetInfo, runner: parallel.Runner, *, steps
       ema_decay=o.ema_decay, on_nonfinite=on_nonfinite, sync_batchnorm=t.sync_batchnorm,
       log_every_steps=t.log_every_steps, steps_per_epoch=steps_per_epoch,
       global_batch_size=t.batch_size)
-  # Parameters are drawn with the "rbg" generator (init_rng): its initialisers compile several
-  # times faster than threefry's (seconds per run). The step's key stays threefry, a uint32[2].
-  train_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-  loss_scale = steps.LossScale.create(period=t.loss_scale_period) if t.precision == "float16" \
-      else None
-  if variables is not None:  # a replaced head takes freshly initialised values
-    fresh = jax.jit(functools.partial(model.init, train=False))(init_rng, jnp.zeros(input_shape))
-    variables = jax.tree.map(lambda v, f: f if isinstance(v, jax.ShapeDtypeStruct) else v,
-                             variables, jax.device_get(fresh))
-  state = jax.device_get(jax.jit(functools.partial(
-      steps.create_train_state, model, tx, input_shape=input_shape, ema=o.ema_decay > 0,
-      loss_scale=loss_scale))(init_rng, variables=variables))
+  create_state = lambda variables=None: steps.create_train_state(
+      model, tx, init_rng(), input_shape, ema=o.ema_decay > 0, variables=variables,
+      loss_scale=steps.LossScale.create(period=t.loss_scale_period)
+      if t.precision == "float16" else None)
+
+  def init_state():
+    start = variables
+    if start is not None:  # a replaced head takes freshly initialised values
+      fresh = jax.device_get(jax.jit(init_variables)())
+      start = jax.tree.map(lambda v, f: f if isinstance(v, jax.ShapeDtypeStruct) else v,
+                           start, fresh)
+    return jax.device_get(jax.jit(create_state)(start))
+
   train_fn = runner.train_step(functools.partial(steps.train_step, model=model, tx=tx,
                                                  schedule=schedule, config=step_config))
   eval_fn = runner.eval_step(functools.partial(steps.eval_step, model=model, config=step_config))
-  return Experiment(name, model, tx, schedule, step_config, state, train_rng, train_fn, eval_fn)
+  return Experiment(name, model, tx, schedule, step_config, jax.eval_shape(create_state),
+                    init_state, config.seed, train_fn, eval_fn)
 
 
 def model_architecture(config: Any, source: "pretrained.Pretrained | None"
@@ -259,8 +256,9 @@ def model_architecture(config: Any, source: "pretrained.Pretrained | None"
   if source is None:
     return m.name, options
   if m.name and m.name != source.model:
-    raise ValueError(f"init.checkpoint holds a {source.model}, but model.name is {m.name!r}; set "
-                     f"--config.model.name={source.model} or leave it empty.")
+    raise InvalidInputError(f"init.checkpoint holds a {source.model}, but model.name is "
+                            f"{m.name!r}; set --config.model.name={source.model} or leave it "
+                            "empty.")
   return source.model, {**options, **source.options}
 
 
@@ -268,7 +266,7 @@ def frozen_parts(freeze: str, num_stages: int) -> int:
   """`init.freeze` as `ResNet.frozen_stages`: none, stem, stage1..stageN, backbone."""
   names = ["none", "stem"] + [f"stage{i}" for i in range(1, num_stages + 1)] + ["backbone"]
   if freeze not in names:
-    raise ValueError(f"Unknown init.freeze {freeze!r}; choose one of {names}.")
+    raise InvalidInputError(f"Unknown init.freeze {freeze!r}; choose one of {names}.")
   return min(names.index(freeze), num_stages + 1)
 
 
@@ -296,14 +294,25 @@ def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any
     The final record written to metrics.jsonl (step, eval metrics, ...), plus "workdir".
 
   Raises:
+    InputError: a mistake in the config, the data or the run folder (before anything compiles).
     Preempted: after checkpointing in response to SIGTERM/SIGINT.
     NonFiniteError: the loss or gradients became non-finite with on_nonfinite="stop".
   """
   validate_config(config)
   d = config.distributed
   parallel.initialize_distributed(d.coordinator_address, d.num_processes, d.process_id)
+  with PreemptionWatcher() as watcher:
+    source = pretrained.load(config.init.checkpoint) if config.init.checkpoint else None
+    name = model_architecture(config, source)[0]
+    with Workdir(workdir or default_workdir(name, config.data.name), config,
+                 is_main=jax.process_index() == 0) as run_dir:
+      return _train(config, run_dir, source, watcher)
+
+
+def _train(config: Any, run_dir: Workdir, source: "pretrained.Pretrained | None",
+           watcher: PreemptionWatcher) -> dict[str, Any]:
   is_main = jax.process_index() == 0
-  workdir = prepare_workdir(workdir, config)
+  workdir = run_dir.path
   t, o = config.train, config.optim
 
   info = data.get_info(config.data)
@@ -314,31 +323,59 @@ def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any
       config.data, info, global_batch_size=t.batch_size, eval_batch_size=t.eval_batch_size,
       seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
   steps_per_epoch = pipeline.steps_per_epoch
-  if steps_per_epoch < 1:
-    raise ValueError(f"train.batch_size={t.batch_size} exceeds the {info.num_train} training "
-                     "examples; lower it.")
+  check(steps_per_epoch >= 1, f"train.batch_size={t.batch_size} exceeds the {info.num_train} "
+        "training examples; lower it.")
   total_steps = t.num_steps or math.ceil(t.num_epochs * steps_per_epoch)
   eval_every = max(1, round(t.eval_every_epochs * steps_per_epoch)) if t.eval_every_epochs else 0
-  exp = build(config, info, runner, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-  if is_main:
-    _save_config(workdir, config)
-  logging.info("%s on %s: %d steps (%d per epoch), batch %d over %d %s device(s), runner %s; "
-               "workdir %s", config.model.name, info.name, total_steps, steps_per_epoch,
-               t.batch_size, runner.num_replicas, jax.devices()[0].platform, runner.name, workdir)
-
-  state, train_rng = exp.state, exp.rng
+  exp = build(config, info, runner, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+              source=source)
+  state, train_rng = None, None
   description = model_description(config, info, exp)
   checkpointer = checkpoint.Checkpointer(
       os.path.join(workdir, "checkpoints"), identity=run_identity(config),
       keep=t.keep_checkpoints, keep_best=t.keep_best, async_save=t.async_checkpointing)
-  restored = checkpointer.restore_latest(checkpoint.abstract(state))
-  start_step = 0
-  if restored is not None:
-    state, meta = restored
-    start_step = int(meta["step"])
-    train_rng = jnp.asarray(meta["rng"], jnp.uint32)
-    logging.info("Resumed from step %d of %s.", start_step, checkpointer.directory)
+  try:
+    try:
+      restored = checkpointer.restore_latest(exp.abstract_state)
+    except checkpoint.StateStructureError as e:
+      rebuild = lambda c: build(c, info, runner, steps_per_epoch=steps_per_epoch,
+                                total_steps=total_steps, source=source).abstract_state
+      raise structure_change_error(e, run_dir, config, info, rebuild) from None
+    start_step = 0
+    if restored is not None:
+      state, meta = restored
+      start_step = int(meta["step"])
+      train_rng = np.asarray(meta["rng"], np.uint32)
+      logging.info("Resumed from step %d of %s.", start_step, checkpointer.directory)
+    if start_step >= total_steps:
+      final = _final_record(workdir, total_steps)
+      if final is not None:
+        run_dir.accept()
+        logging.info("The run in %s already finished at step %d.", workdir, total_steps)
+        return {"step": total_steps, **final, "workdir": workdir}
+    if state is None:
+      state, train_rng = exp.state, exp.rng
+    run_dir.accept()
+    watcher.start_training()
+    logging.info("%s on %s: %d steps (%d per epoch), batch %d over %d %s device(s), runner %s; "
+                 "workdir %s", exp.name, info.name, total_steps, steps_per_epoch,
+                 t.batch_size, runner.num_replicas, jax.devices()[0].platform, runner.name, workdir)
+    return _loop(config, exp, state, train_rng, start_step, total_steps, eval_every, pipeline,
+                 runner, checkpointer, description, watcher, workdir, is_main)
+  finally:
+    checkpointer.close()
 
+
+def _final_record(workdir: str, step: int) -> dict[str, Any] | None:
+  """The "final" record of a finished run at `step` in metrics.jsonl, if there is one."""
+  finals = [r for r in read_metrics(workdir) if r.get("final") and r["step"] == step]
+  return {k: v for k, v in finals[-1].items() if k != "step"} if finals else None
+
+
+def _loop(config, exp, state, train_rng, start_step, total_steps, eval_every, pipeline, runner,
+          checkpointer, description, watcher, workdir, is_main):
+  t, o = config.train, config.optim
+  steps_per_epoch = pipeline.steps_per_epoch
   train_fn, eval_fn, on_nonfinite = exp.train_fn, exp.eval_fn, exp.step_config.on_nonfinite
   arrays = runner.replicate(pipeline.arrays) if pipeline.device_resident else {
       "train": None, "eval": None}
@@ -367,42 +404,42 @@ def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any
   last_time, last_step = time.time(), start_step
   inputs = train_inputs(pipeline, runner, arrays["train"], start_step)
   try:
-    with PreemptionWatcher() as watcher:
-      for step in range(start_step, total_steps):
-        batch, train_arrays = next(inputs)
-        device_state, _ = train_fn(device_state, batch, rng, train_arrays)
-        done = step + 1
-        stop = watcher.should_stop(done)
-        is_last = done == total_steps
-        if done % t.log_every_steps == 0 or is_last:
-          watched = runner.unreplicate(_window_fields(device_state))
-          now = time.time()
-          bad = _check_finite(watched, on_nonfinite)
-          sums = watched.metric_sums
-          record = {k: float(sums[k]) / float(sums["steps"]) if sums["steps"] else float("nan")
-                    for k in steps.WINDOW_METRICS}
-          record.update(learning_rate=float(exp.schedule(step)), epoch=done / steps_per_epoch,
-                        images_per_sec=(done - last_step) * t.batch_size / (now - last_time))
-          if bad:
-            record["nonfinite_steps"] = bad
-          last_time, last_step = now, done
-          progress.update(done, record)
-          if not is_last:  # the last one goes into the final record
-            writer.write(done, record)
-        eval_now = is_last or (eval_every and done % eval_every == 0)
-        if eval_now:
-          eval_metrics = run_eval(device_state)
-          logging.info("step %d: %s", done,
-                       " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
-          if not is_last:
-            writer.write(done, eval_metrics)
-          last_time = time.time()  # keep evaluation out of the training throughput
-        if eval_now or stop or (t.checkpoint_every_steps and done % t.checkpoint_every_steps == 0):
-          save(done, device_state, eval_metrics if eval_now else None)
-        if stop:
-          checkpointer.wait()
-          raise Preempted(watcher.signum, done)
-    if start_step >= total_steps:  # resumed a finished run: report its final evaluation again
+    for step in range(start_step, total_steps):
+      batch, train_arrays = next(inputs)
+      device_state, _ = train_fn(device_state, batch, rng, train_arrays)
+      done = step + 1
+      stop = watcher.should_stop(done)
+      is_last = done == total_steps
+      if done % t.log_every_steps == 0 or is_last:
+        watched = runner.unreplicate(_window_fields(device_state))
+        now = time.time()
+        bad = _check_finite(watched, on_nonfinite)
+        checkpointer.check_for_errors()
+        sums = watched.metric_sums
+        record = {k: float(sums[k]) / float(sums["steps"]) if sums["steps"] else float("nan")
+                  for k in steps.WINDOW_METRICS}
+        record.update(learning_rate=float(exp.schedule(step)), epoch=done / steps_per_epoch,
+                      images_per_sec=(done - last_step) * t.batch_size / (now - last_time))
+        if bad:
+          record["nonfinite_steps"] = bad
+        last_time, last_step = now, done
+        progress.update(done, record)
+        if not is_last:  # the last one goes into the final record
+          writer.write(done, record)
+      eval_now = is_last or (eval_every and done % eval_every == 0)
+      if eval_now:
+        eval_metrics = run_eval(device_state)
+        logging.info("step %d: %s", done,
+                     " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
+        if not is_last:
+          writer.write(done, eval_metrics)
+        last_time = time.time()  # keep evaluation out of the training throughput
+      if eval_now or stop or (t.checkpoint_every_steps and done % t.checkpoint_every_steps == 0):
+        save(done, device_state, eval_metrics if eval_now else None)
+      if stop:
+        checkpointer.wait()
+        raise Preempted(watcher.signum, done)
+    if start_step >= total_steps:  # resumed a finished run without its final record
       eval_metrics = run_eval(device_state)
     checkpointer.wait()
     final = {**record, **eval_metrics, "final": True}
@@ -410,8 +447,54 @@ def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any
   finally:
     progress.close()
     writer.close()
-    checkpointer.close()
   return {"step": total_steps, **final, "workdir": workdir}
+
+
+def structure_change_error(error: checkpoint.StateStructureError, run_dir: Workdir, config: Any,
+                           info: data.DatasetInfo, abstract_state_of: Any) -> InvalidInputError:
+  """Why a resumed run's train state differs from its checkpoint's: the dataset's classes, the
+  settings that change the state (each tried alone), or another version of this project.
+
+  Args:
+    error: what the checkpointer found.
+    run_dir: the run folder being resumed (its saved config).
+    config, info: the new run's config and dataset.
+    abstract_state_of: config -> the train state's structure under that config.
+  """
+  where = f"Cannot resume {run_dir.path}: {error}"
+  saved_classes = error.meta.get("model", {}).get("num_classes")
+  if saved_classes is not None and saved_classes != info.num_classes:
+    return InvalidInputError(
+        f"Cannot resume {run_dir.path}: {info.name} now has {info.num_classes} classes, but its "
+        f"checkpoint {error.step} was trained on {saved_classes}; restore the dataset's classes, "
+        "or use a new --workdir.")
+  changed = config_differences(run_dir.saved_config, config) if run_dir.saved_config else []
+  fits = lambda changes: _reverting_fits(changes, config, error.saved_structure, abstract_state_of)
+  causes = [c for c in changed if fits([c])]
+  if causes or (changed and fits(changed)):
+    title = ("The setting that changes it" if len(causes) == 1 else "The settings that change it"
+             if causes else "Settings changed since it was saved, which together change it")
+    listed = "; ".join(f"{k} (saved {saved!r}, now {now!r})" for k, saved, now in causes or changed)
+    return InvalidInputError(f"{where} {title}: {listed}. Resume with the saved values, or use a "
+                             "new --workdir.")
+  return InvalidInputError(f"{where} No setting explains it, so another version of resnet_jax "
+                           "wrote it: resume it with that version, or use a new --workdir.")
+
+
+def _reverting_fits(changes: list[tuple[str, Any, Any]], config: Any, saved_structure: Any,
+                    abstract_state_of: Any) -> bool:
+  """Whether the config with these settings back at their saved values builds the saved state."""
+  candidate = copy.deepcopy(config)
+  try:
+    for key, saved, _ in changes:
+      *sections, field = key.split(".")
+      target = candidate
+      for section in sections:
+        target = target[section]
+      target[field] = tuple(saved) if isinstance(target[field], tuple) else saved
+    return not checkpoint.structure_differences(saved_structure, abstract_state_of(candidate))
+  except (TypeError, ValueError, KeyError, AttributeError):
+    return False
 
 
 def _window_fields(state: steps.TrainState) -> steps.TrainState:
@@ -424,7 +507,7 @@ def load_config(workdir: str) -> Any:
   """The resolved config a run saved in WORKDIR/config.json."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir} is not a run folder (no {CONFIG_FILE}).")
+    raise InputNotFoundError(f"{workdir} is not a run folder (no {CONFIG_FILE}).")
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f)["config"])
 

@@ -9,6 +9,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402  (must follow the flags above)
 import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+
+# grain's worker processes read absl flags, which only an absl app parses (as experiments/* do).
+flags.FLAGS.mark_as_parsed()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -28,7 +32,7 @@ def tfds_dir(tmp_path_factory):
   return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def small_config(tfds_dir):
   """A factory of quick configs: resnet8 on the digits at 8x8, batch 64, a few steps."""
   from experiments.configs import default

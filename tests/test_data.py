@@ -14,13 +14,14 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from resnet_jax import data
-from resnet_jax.data import catalogue, digits, transforms
+from resnet_jax.data import catalogue, decode, digits, transforms
 
 
 def make_config(**overrides) -> ml_collections.ConfigDict:
   values = dict(name="digits", data_dir="", image_size=0, crop_padding=0, random_flip=False,
                 random_resized_crop=False, eval_crop_ratio=1.0, device_resident="auto",
-                max_device_bytes=2 * 1024**3, normalization="dataset", num_workers=0)
+                max_device_bytes=2 * 1024**3, normalization="dataset", num_workers=0,
+                verify_images="auto")
   values.update(overrides)
   return ml_collections.ConfigDict(values)
 
@@ -147,11 +148,12 @@ def test_folder_jpegs_decode_to_pillows_pixels(tmp_path):
   save(str(tmp_path / "train/a/grey.jpg"), photo[..., 0], fmt="JPEG")
   save(str(tmp_path / "train/a/cmyk.jpg"), photo, mode="CMYK", fmt="JPEG")
   save(str(tmp_path / "train/a/plain.png"), photo)
+  save(str(tmp_path / "train/b/other.png"), photo[::-1])  # a folder dataset has >= 2 classes
   source, _, _ = data.folder.open_folder(str(tmp_path), "train")
-  assert len(source) == 6
+  assert len(source) == 7
   for index, path in enumerate(source.files):
     with Image.open(path) as image:
-      expected = data.folder.to_uint8(image)
+      expected = decode.to_uint8(image)
     chex.assert_trees_all_equal(source[index]["image"], expected)
   assert source[source.files.index(str(tmp_path / "train/a/rotated.jpg"))]["image"].shape == \
       (37, 53, 3)
@@ -167,14 +169,16 @@ def test_folder_errors(tmp_path):
   with pytest.raises(ValueError, match="no class subfolders"):
     data.get_info(make_config(name=f"folder:{tmp_path / 'empty'}"))
   (tmp_path / "empty/train/cat").mkdir()
+  (tmp_path / "empty/train/dog").mkdir()
   (tmp_path / "empty/test/cat").mkdir(parents=True)
   with pytest.raises(ValueError, match="No images under .*empty/train"):
     data.get_info(make_config(name=f"folder:{tmp_path / 'empty'}"))
   with pytest.raises(ValueError, match="does not exist"):
     data.get_info(make_config(name=f"folder:{tmp_path / 'missing'}"))
   bad = tmp_path / "bad"
-  save(str(bad / "train/cat/ok.png"), noise((8, 8, 3), 0))
-  save(str(bad / "test/cat/ok.png"), noise((8, 8, 3), 0))
+  for split in ("train", "test"):
+    for label in ("cat", "dog"):
+      save(str(bad / f"{split}/{label}/ok.png"), noise((8, 8, 3), 0))
   (bad / "train/cat/notes.jpg").write_bytes(b"not an image")
   with pytest.raises(ValueError, match="Cannot read image .*notes.jpg"):
     data.get_info(make_config(name=f"folder:{bad}"))
@@ -184,16 +188,24 @@ def test_folder_errors(tmp_path):
     data.get_info(make_config(name=f"folder:{bad}"))
   os.remove(bad / "test/bird/x.png")
   os.rmdir(bad / "test/bird")
-  # A file whose header reads but whose pixels do not: named when its pixels are decoded (here
-  # by the first batch, as imagenet statistics need no pass over the images).
+  # A file whose header reads but whose pixels do not: named when its pixels are decoded, before
+  # training when the folder is verified (data.verify_images: auto for small folders), else by
+  # the first batch that reads it (imagenet statistics need no pass over the images).
   save(str(bad / "train/cat/zz.png"), noise((8, 8, 3), 1))
   raw = (bad / "train/cat/zz.png").read_bytes()
   (bad / "train/cat/zz.png").write_bytes(raw[:len(raw) // 2])
-  config = make_config(name=f"folder:{bad}", device_resident="no", normalization="imagenet")
+  config = make_config(name=f"folder:{bad}", device_resident="no", normalization="imagenet",
+                       verify_images="no")
   pipeline = pipeline_for(config, batch=2, eval_batch=2)
+  batches = pipeline.train_batches(0)
   with pytest.raises(ValueError, match="Cannot read image .*zz.png"):
-    next(pipeline.train_batches(0))
-  config.normalization = "dataset"
+    for _ in range(10):  # 2 of the 3 training images per step
+      next(batches)
+  for verify in ("auto", "yes"):
+    config.verify_images = verify
+    with pytest.raises(ValueError, match="Cannot read image .*zz.png"):
+      data.get_info(config)
+  config.update(normalization="dataset", verify_images="no")
   with pytest.raises(ValueError, match="Cannot read image .*zz.png"):
     data.get_info(config)
 
@@ -400,3 +412,36 @@ def test_normalize():
   assert out.dtype == jnp.bfloat16
   expected = (np.asarray(images, np.float32) - [10, 20, 30]) / [2, 4, 8]
   np.testing.assert_allclose(np.asarray(out, np.float32), expected, rtol=1e-2)
+
+
+def test_folders_with_fewer_than_two_classes_or_an_empty_class_are_refused(tmp_path):
+  for split in ("train", "test"):
+    save(str(tmp_path / f"{split}/cat/a.png"), noise((8, 8, 3), 0))
+  with pytest.raises(ValueError, match=r"train has one class folder \(cat\); a classifier needs "
+                                       r"at least two"):
+    data.get_info(make_config(name=f"folder:{tmp_path}"))
+  (tmp_path / "train/dog").mkdir()  # empty: a class that no example would show
+  (tmp_path / "train/dog/.hidden").write_bytes(b"")
+  with pytest.raises(ValueError, match=r"train/dog has no images; remove that folder or add its "
+                                       r"images"):
+    data.get_info(make_config(name=f"folder:{tmp_path}"))
+
+
+def test_unreadable_and_oversized_images_are_named_before_training(tmp_path, monkeypatch):
+  for split in ("train", "test"):
+    for label in ("cat", "dog"):
+      save(str(tmp_path / f"{split}/{label}/ok.png"), noise((8, 8, 3), 0))
+  save(str(tmp_path / "train/cat/big.png"), noise((40, 40, 3), 1))
+  (tmp_path / "train/dog/notes.jpg").write_bytes(b"not an image")
+  # Pillow refuses images of more than 2 x MAX_IMAGE_PIXELS pixels (its decompression-bomb
+  # guard), here lowered so that a 40x40 image stands for a 15000x15000 one.
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+  config = make_config(name=f"folder:{tmp_path}", image_size=8)
+  with pytest.raises(decode.ImageReadError,
+                     match=r"Cannot read 2 of 4 images: .*big.png: DecompressionBombError.*; "
+                           r".*notes.jpg: UnidentifiedImageError"):
+    data.get_info(config)
+  os.remove(tmp_path / "train/dog/notes.jpg")
+  config.verify_images = "no"  # headers only: the guard still names the file
+  with pytest.raises(decode.ImageReadError, match=r"Cannot read image .*big.png"):
+    data.get_info(config)

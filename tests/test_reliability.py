@@ -1,8 +1,13 @@
 """The reliability promises (README "Reliability"): exact resume, preemption, atomic and validated
 checkpoints, numerical faults, bad input rejected before compiling, safe loading, determinism."""
 
+import errno
+import json
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import checkpoint, metrics, trainer
+from resnet_jax import checkpoint, errors, metrics, trainer, workdir as workdir_lib
 from resnet_jax.preemption import Preempted, PreemptionWatcher
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,6 +137,7 @@ def test_second_signal_exits_immediately(tmp_path):
       "import os, signal, time\n"
       "from resnet_jax.preemption import PreemptionWatcher\n"
       "with PreemptionWatcher() as w:\n"
+      "  w.start_training()\n"
       "  os.kill(os.getpid(), signal.SIGINT)\n"
       "  assert w.should_stop(1) and w.signum == signal.SIGINT\n"
       "  print('first noted', flush=True)\n"
@@ -176,10 +182,11 @@ def test_checkpoint_of_another_model_or_config_is_refused(small_config, tmp_path
   trainer.train_and_evaluate(small_config(num_steps=2), workdir)
   other = small_config(num_steps=2)
   other.model.name = "resnet20"
-  with pytest.raises(ValueError, match=r"another config:\n  model: saved .*resnet8.*resnet20"):
+  with pytest.raises(ValueError, match=r"another config \(model: saved .*resnet8.*resnet20"):
     trainer.train_and_evaluate(other, workdir)
   os.remove(os.path.join(workdir, "config.json"))  # the checkpoint itself still knows
-  with pytest.raises(checkpoint.CheckpointMismatchError, match="model: checkpoint"):
+  with pytest.raises(checkpoint.CheckpointMismatchError,
+                     match=r"different run \(model: saved .*resnet8.*, now .*resnet20"):
     trainer.train_and_evaluate(other, workdir)
   assert checkpoint.load(os.path.join(workdir, "checkpoints"))[1]["identity"]["model"][
       "name"] == "resnet8"  # never overwritten
@@ -198,12 +205,32 @@ def test_nonfinite_loss_stops_with_the_step_and_saves_nothing_poisoned(small_con
 
 
 # 5. Bad input, rejected before anything is compiled.
+LOWERING_EVENTS = ("/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+
+
 @pytest.fixture
-def no_compiling(monkeypatch):
-  def refuse(*args, **kwargs):
-    raise AssertionError("compiled before rejecting the input")
-  for name in ("jit", "pmap"):
-    monkeypatch.setattr(jax, name, refuse)
+def no_compiling_after_first_run():
+  """Call it to fail the test if anything is lowered for XLA from then on (the first step of
+  every compilation, also of one the persistent cache then serves)."""
+  lowered, listening = [], []
+  listen = lambda event, duration, **kwargs: lowered.append(event) \
+      if event in LOWERING_EVENTS else None
+
+  def start():
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    listening.append(True)
+
+  yield start
+  if listening:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  assert not lowered, "compiled before rejecting the input"
+
+
+@pytest.fixture
+def no_compiling(no_compiling_after_first_run):
+  """Fails the test if anything is lowered for XLA in it."""
+  no_compiling_after_first_run()
 
 
 BAD_INPUTS = [
@@ -215,6 +242,8 @@ BAD_INPUTS = [
     ("steps", {"train": {"num_steps": -1}}, "must be >= 0"),
     ("no_steps", {"train": {"num_steps": 0, "num_epochs": 0.0}}, "positive value"),
     ("lr", {"optim": {"learning_rate": 0.0}}, "learning_rate must be positive"),
+    ("lr_inf", {"optim": {"learning_rate": float("inf")}}, "learning_rate=inf must be a finite"),
+    ("workers", {"data": {"num_workers": -1}}, "num_workers must be >= 0"),
     ("precision", {"train": {"precision": "fp8"}}, "Unknown train.precision"),
 ]
 
@@ -225,8 +254,9 @@ def test_bad_input_is_rejected_before_compiling(small_config, tmp_path, no_compi
   config = small_config()
   for section, values in sections.items():
     config[section].update(values)
-  with pytest.raises(ValueError, match=message):
-    trainer.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(errors.InvalidInputError, match=message):
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")  # a refused run leaves no folder behind
 
 
 def test_bad_paths_are_rejected_before_compiling(small_config, tmp_path, no_compiling):
@@ -247,8 +277,9 @@ def test_bad_paths_are_rejected_before_compiling(small_config, tmp_path, no_comp
     trainer.train_and_evaluate(config, str(tmp_path / "run_empty"))
   folder = tmp_path / "images"
   for split in ("train", "test"):
-    (folder / split / "cat").mkdir(parents=True)
-    Image.new("RGB", (8, 8)).save(folder / split / "cat" / "ok.png")
+    for label in ("cat", "dog"):
+      (folder / split / label).mkdir(parents=True)
+      Image.new("RGB", (8, 8)).save(folder / split / label / "ok.png")
   (folder / "train" / "cat" / "broken.jpg").write_bytes(b"not an image")
   config.data.name = f"folder:{folder}"
   with pytest.raises(ValueError, match="Cannot read image .*broken.jpg"):
@@ -265,3 +296,209 @@ def test_same_config_and_seed_give_identical_runs(small_config, tmp_path):
   trainer.train_and_evaluate(other, str(tmp_path / "c"))
   assert not np.array_equal(final_state(str(tmp_path / "a"))[0]["params"]["fc"]["kernel"],
                             final_state(str(tmp_path / "c"))[0]["params"]["fc"]["kernel"])
+
+
+# 8. Resume never destroys anything: a changed setting that alters the train state is refused
+# before compiling, and nothing in the run folder changes.
+@pytest.fixture(scope="module")
+def finished_run(small_config, tmp_path_factory):
+  """A finished 4-step run with checkpoints at steps 2 and 4 (tests change copies of it)."""
+  workdir = str(tmp_path_factory.mktemp("finished") / "run")
+  trainer.train_and_evaluate(small_config(num_steps=4), workdir)
+  return workdir
+
+
+def copy_run(source, tmp_path):
+  target = str(tmp_path / "run")
+  shutil.copytree(source, target)
+  return target
+
+
+def snapshot(workdir):
+  """Every file of a run folder (checkpoints, config.json, metrics, TensorBoard) and its bytes."""
+  files = {}
+  for root, _, names in os.walk(workdir):
+    for name in names:
+      if name != workdir_lib.LOCK_FILE:
+        path = os.path.join(root, name)
+        with open(path, "rb") as f:
+          files[os.path.relpath(path, workdir)] = f.read()
+  return files
+
+
+STATE_CHANGES = [("optim.weight_decay", 0.0, 0.0005), ("optim.clip_norm", 1.0, 0.0),
+                 ("optim.momentum", 0.0, 0.9), ("init.backbone_lr_scale", 0.5, 1.0)]
+
+
+@pytest.mark.parametrize("key,value,saved", STATE_CHANGES, ids=[c[0] for c in STATE_CHANGES])
+def test_a_setting_that_changes_the_state_is_refused_and_nothing_is_touched(
+    small_config, finished_run, tmp_path, no_compiling, key, value, saved):
+  workdir = copy_run(finished_run, tmp_path)
+  before = snapshot(workdir)
+  config = small_config(num_steps=6)
+  section, field = key.split(".")
+  config[section][field] = value
+  with pytest.raises(errors.InvalidInputError,
+                     match=rf"The setting that changes it: {re.escape(key)} \(saved {saved}, "
+                           rf"now {value}\)\. Resume with the saved values"):
+    trainer.train_and_evaluate(config, workdir)
+  assert snapshot(workdir) == before  # no checkpoint moved, config.json and metrics as they were
+
+
+def test_repeating_a_refused_resume_leaves_the_first_run_in_place(small_config, finished_run,
+                                                                  tmp_path, no_compiling):
+  # The four commands of the report: run, resume changed, rerun, resume changed again.
+  workdir = copy_run(finished_run, tmp_path)
+  before = snapshot(workdir)
+  for _ in range(2):
+    with pytest.raises(errors.InvalidInputError, match="optim.weight_decay"):
+      trainer.train_and_evaluate(small_config(num_steps=6, optim={"weight_decay": 0.0}), workdir)
+    final = trainer.train_and_evaluate(small_config(num_steps=4), workdir)  # finished: reported
+    assert final["final"] and final["step"] == 4
+  assert snapshot(workdir) == before  # one final record, every checkpoint, nothing moved aside
+  assert [r["step"] for r in metrics.read_metrics(workdir) if r.get("final")] == [4]
+
+
+def test_a_state_written_by_another_version_is_reported_as_such(small_config, finished_run,
+                                                                tmp_path, monkeypatch,
+                                                                no_compiling):
+  workdir = copy_run(finished_run, tmp_path)
+  monkeypatch.setattr(trainer.steps, "WINDOW_METRICS", trainer.steps.WINDOW_METRICS + ("new",))
+  with pytest.raises(errors.InvalidInputError,
+                     match=r"metric_sums/new only in this run.*No setting explains it, so another "
+                           r"version of resnet_jax wrote it"):
+    trainer.train_and_evaluate(small_config(num_steps=6), workdir)
+
+
+def flip_bytes(path, count=4096):
+  """XORs `count` bytes in the middle of a file, as a failing disk or a bad copy would."""
+  with open(path, "r+b") as f:
+    data = bytearray(f.read())
+    middle = len(data) // 2
+    for i in range(middle, min(len(data), middle + count)):
+      data[i] ^= 0xFF
+    f.seek(0)
+    f.write(data)
+
+
+def test_a_bit_flip_is_caught_and_the_run_falls_back_to_the_newest_intact_checkpoint(
+    small_config, finished_run, tmp_path, caplog):
+  workdir = copy_run(finished_run, tmp_path)
+  state_dir = os.path.join(workdir, "checkpoints", "4", "state")
+  files = [os.path.join(root, n) for root, _, names in os.walk(state_dir) for n in names]
+  flip_bytes(max(files, key=os.path.getsize))
+  # A run killed before it could release its lock leaves the lock file behind.
+  with open(os.path.join(workdir, workdir_lib.LOCK_FILE), "w") as f:
+    f.write('{"pid": 999999, "host": "gone-host", "since": "2026-01-01T00:00:00"}')
+  with caplog.at_level("WARNING"):
+    trainer.train_and_evaluate(small_config(num_steps=4), workdir)
+  text = caplog.text
+  assert "Taking over the lock" in text and "999999" in text and "gone-host" in text
+  # A flipped byte in a compressed chunk fails to decode; in a plain one, the checksum differs.
+  assert re.search(r"Checkpoint 4 in .* is corrupt or incomplete \((checksum mismatch|.*Error)",
+                   text) and "moved to" in text and "4.corrupt" in text
+  assert "Resuming from checkpoint 2, not the newest (4)" in text
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "4.corrupt"))  # kept, not deleted
+  chex.assert_trees_all_equal(final_state(workdir)[0], final_state(finished_run)[0])
+
+
+def test_arrays_that_read_but_differ_from_their_checksums_are_caught(small_config, finished_run,
+                                                                     tmp_path, caplog):
+  # Values that decode but are not what was saved: their stored checksum no longer matches.
+  workdir = copy_run(finished_run, tmp_path)
+  meta_file = os.path.join(workdir, "checkpoints", "4", "meta", "metadata")
+  with open(meta_file) as f:
+    meta = json.load(f)
+  meta["checksums"]["params/fc/kernel"] = "00000000"
+  with open(meta_file, "w") as f:
+    json.dump(meta, f)
+  with caplog.at_level("WARNING"):
+    trainer.train_and_evaluate(small_config(num_steps=4), workdir)
+  assert "Checkpoint 4" in caplog.text and "checksum mismatch in params/fc/kernel" in caplog.text
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "4.corrupt"))
+  chex.assert_trees_all_equal(final_state(workdir)[0], final_state(finished_run)[0])
+
+
+def test_a_second_command_on_the_same_workdir_stops_at_once_naming_the_holder(tfds_dir, tmp_path):
+  flags = ["--config.train.num_steps=30", "--config.train.eval_every_epochs=0"]
+  first, second = (run_command(tmp_path / "run", tfds_dir, *flags) for _ in range(2))
+  outputs = [p.communicate(timeout=600)[0] for p in (first, second)]
+  codes = sorted(p.returncode for p in (first, second))
+  assert codes == [0, 2], outputs
+  refused = outputs[[first.returncode, second.returncode].index(2)]
+  holder = (first if second.returncode == 2 else second).pid
+  assert f"is in use by another run (pid {holder} on {socket.gethostname()}" in refused, refused
+  steps = [r["step"] for r in metrics.read_metrics(tmp_path / "run")]
+  assert len(steps) == len(set(steps)) and steps[-1] == 30
+
+
+def test_a_full_disk_is_reported_at_the_save_that_cannot_be_made(small_config, tmp_path,
+                                                                 monkeypatch):
+  usage = shutil.disk_usage(tmp_path)
+  monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage._replace(free=1024))
+  with pytest.raises(checkpoint.CheckpointSaveError,
+                     match=r"No room to save checkpoint 2 in .*checkpoints: it needs about \d+ MiB, "
+                           r"0 MiB are free"):
+    trainer.train_and_evaluate(small_config(num_steps=4), str(tmp_path / "run"))
+  assert not os.listdir(tmp_path / "run" / "checkpoints")  # nothing half-written
+
+
+def test_a_failed_asynchronous_save_is_reported_once_with_its_cause(small_config, tmp_path,
+                                                                    monkeypatch):
+  def no_space(self):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(checkpoint.ocp.CheckpointManager, "check_for_errors", no_space)
+  with pytest.raises(checkpoint.CheckpointSaveError,
+                     match=r"Saving a checkpoint to .*checkpoints failed \(OSError: \[Errno 28\] "
+                           r"No space left on device\)"):
+    trainer.train_and_evaluate(small_config(num_steps=4), str(tmp_path / "run"))
+
+
+def test_a_read_only_workdir_is_refused_in_one_sentence(small_config, tmp_path, monkeypatch,
+                                                        no_compiling):
+  def read_only(path, *args, **kwargs):
+    raise OSError(errno.EROFS, "Read-only file system", path)
+  monkeypatch.setattr(workdir_lib.os, "makedirs", read_only)
+  with pytest.raises(errors.StorageError,
+                     match=r"Cannot write to --workdir .*run: Read-only file system; choose a "
+                           r"writable folder"):
+    trainer.train_and_evaluate(small_config(), str(tmp_path / "run"))
+
+
+def test_a_signal_during_setup_stops_at_once_and_leaves_nothing(small_config, tmp_path,
+                                                                monkeypatch):
+  get_info = trainer.data.get_info
+
+  def interrupted(config):
+    os.kill(os.getpid(), signal.SIGTERM)  # arrives while the dataset is being opened
+    return get_info(config)
+
+  monkeypatch.setattr(trainer.data, "get_info", interrupted)
+  with pytest.raises(Preempted, match="Stopped by SIGTERM during setup, before the first step; "
+                                      "nothing was saved or changed") as info:
+    trainer.train_and_evaluate(small_config(), str(tmp_path / "run"))
+  assert info.value.exit_code == 143 and not os.path.exists(tmp_path / "run")
+
+
+def test_a_dataset_whose_classes_changed_is_named_on_resume(small_config, tmp_path,
+                                                            no_compiling_after_first_run):
+  from PIL import Image
+  folder = tmp_path / "images"
+  rng = np.random.RandomState(0)
+  def add_class(name):
+    for split in ("train", "test"):
+      (folder / split / name).mkdir(parents=True)
+      for i in range(4):
+        Image.fromarray(rng.randint(0, 256, (8, 8, 3), np.uint8)).save(
+            folder / split / name / f"{i}.png")
+  add_class("cat")
+  add_class("dog")
+  config = small_config(num_steps=2, data={"name": f"folder:{folder}"},
+                        train={"batch_size": 8, "eval_batch_size": 8})
+  trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  add_class("eel")
+  no_compiling_after_first_run()
+  config.train.num_steps = 4
+  with pytest.raises(errors.InvalidInputError, match=r"folder:.* now has 3 classes, but its "
+                                                     r"checkpoint 2 was trained on 2"):
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))

@@ -1,6 +1,7 @@
 """Transfer learning and inference: convert, fine-tune with frozen stages, predict, features."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -82,11 +83,14 @@ def finetune_config(tfds_dir, checkpoint_dir, folder, **init):
 
 
 def test_finetune_freezes_stages_bitwise_and_the_head_learns(converted, image_folder, tfds_dir,
-                                                              tmp_path):
+                                                              tmp_path, monkeypatch):
   config = finetune_config(tfds_dir, converted, image_folder, freeze="stage2",
                            backbone_lr_scale=0.1)
-  final = trainer.train_and_evaluate(config, str(tmp_path))
-  state, _ = checkpoint.load(str(tmp_path / "checkpoints"))
+  monkeypatch.chdir(tmp_path)
+  final = trainer.train_and_evaluate(config)  # no workdir: a new folder named after the model
+  run_dir = final["workdir"]
+  assert re.fullmatch(rf"{tmp_path}/runs/\d{{8}}-\d{{6}}-resnet18-folder_.*images\d*", run_dir)
+  state, _ = checkpoint.load(os.path.join(run_dir, "checkpoints"))
   source = pretrained.load(str(converted))
   frozen = ("conv1", "bn1", "layer1_0", "layer1_1", "layer2_0", "layer2_1")
   for name in frozen:
@@ -98,13 +102,13 @@ def test_finetune_freezes_stages_bitwise_and_the_head_learns(converted, image_fo
     assert not np.array_equal(state["params"][name]["conv1"]["kernel"],
                               source.variables["params"][name]["conv1"]["kernel"])
   assert state["params"]["fc"]["kernel"].shape == (512, 2)  # the head was replaced
-  records = metrics.read_metrics(str(tmp_path))
+  records = metrics.read_metrics(run_dir)
   assert records[-1]["train_loss"] < records[0]["train_loss"]
   assert final["eval_accuracy"] == 1.0  # red vs blue
   # ... and the run folder predicts, with the folder's class names.
   images = sorted(str(p) for p in (image_folder / "test").rglob("*.*"))
   (tmp_path / "broken.jpg").write_bytes(b"not an image")
-  result = run("experiments.predict", f"--checkpoint={tmp_path}", "--top=2", *images,
+  result = run("experiments.predict", f"--checkpoint={run_dir}", "--top=2", *images,
                tmp_path / "broken.jpg")
   assert result.returncode == 1, result.stderr[-3000:]  # one file skipped, the rest predicted
   assert "skipped" in result.stderr and "broken.jpg" in result.stderr
@@ -112,7 +116,7 @@ def test_finetune_freezes_stages_bitwise_and_the_head_learns(converted, image_fo
   for path in images:
     best = lines[lines.index(path) + 1].split()[-1]
     assert best == os.path.basename(os.path.dirname(path))
-  evaluation = run("experiments.evaluate", f"--workdir={tmp_path}")
+  evaluation = run("experiments.evaluate", f"--workdir={run_dir}")
   assert evaluation.returncode == 0 and '"eval_accuracy": 1.0' in evaluation.stdout
 
 

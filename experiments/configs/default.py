@@ -38,6 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
       max_device_bytes=2 * 1024**3,
       normalization="dataset",    # "dataset" mean/std, or "imagenet" (pretrained backbones)
       num_workers=0,              # host decoding processes (grain) for streamed datasets
+      verify_images="auto",       # folder: decode every image before training: auto (folders of
+                                  # at most 10,000 files) | yes | no (headers only)
   ))
 
   config.optim = ml_collections.ConfigDict(dict(

@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 from resnet_jax.data import digits  # noqa: F401  (registers the "digits" builder with tfds)
 from resnet_jax.data import folder as folder_lib
 from resnet_jax.data.transforms import eval_transform
+from resnet_jax.errors import InputNotFoundError, InvalidInputError, MissingDependencyError
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -90,7 +91,8 @@ def spec_for(name: str) -> Spec:
   """
   base = name.split("/", 1)[0].split(":", 1)[0]  # "imagenette/320px-v2", "cifar10:3.0.2"
   if base not in DATASETS or ("/" in name and base != "imagenette"):
-    raise ValueError(f"Unknown dataset {name!r} (data.name). Valid names: {valid_names()}.")
+    raise InvalidInputError(f"Unknown dataset {name!r} (data.name). Valid names: "
+                            f"{valid_names()}.")
   return dataclasses.replace(DATASETS[base], tfds_name=name)
 
 
@@ -110,10 +112,10 @@ def _prepare(spec: Spec, data_dir: str) -> Any:
     manual_dir = os.path.join(root, "downloads", "manual")
     missing = [f for f in spec.manual_files if not os.path.exists(os.path.join(manual_dir, f))]
     if missing:
-      raise FileNotFoundError(spec.manual_instructions.format(
+      raise InputNotFoundError(spec.manual_instructions.format(
           manual_dir=manual_dir, missing=", ".join(missing), data_dir=root))
   if spec.needs_tensorflow_to_prepare and importlib.util.find_spec("tensorflow") is None:
-    raise ImportError(
+    raise MissingDependencyError(
         f"Preparing {spec.tfds_name} (once, into {root}) needs TensorFlow, which is not "
         'installed: pip install -e ".[prepare]". Reading it afterwards does not; or set '
         "--config.data.data_dir to a folder where it is already prepared as array_record.")
@@ -124,12 +126,12 @@ def _prepare(spec: Spec, data_dir: str) -> Any:
 def _tfds_source(builder: Any, split: str) -> Any:
   plain = not any(ch in split for ch in "[+")  # split expressions are left to tfds to check
   if plain and not _mocked() and split not in builder.info.splits:
-    raise ValueError(f"{builder.name} has no split {split!r}; it has "
-                     f"{', '.join(sorted(builder.info.splits))} (data.eval_split).")
+    raise InvalidInputError(f"{builder.name} has no split {split!r}; it has "
+                            f"{', '.join(sorted(builder.info.splits))} (data.eval_split).")
   try:
     return builder.as_data_source(split)
   except Exception as e:  # noqa: BLE001 - tfds raises several types for the same cause
-    raise RuntimeError(
+    raise InvalidInputError(
         f"Cannot read {builder.name} from {builder.data_dir}: {e}. It must be prepared in the "
         "array_record format; delete that folder to have it prepared again.") from e
 
@@ -162,24 +164,26 @@ def _native_shape(data_config: Any, train: Any, evaluation: Any,
                   spec: Spec | None) -> tuple[int, int, int]:
   """(height, width, channels) of the stored images; height/width None where they vary."""
   if spec is None:
-    return folder_lib.native_shape([train, evaluation], data_config.image_size)
+    return folder_lib.native_shape([train, evaluation], data_config.image_size,
+                                   data_config.get("verify_images", "auto"))
   h, w, c = train.dataset_info.features["image"].shape
   if (h is None or w is None) and not data_config.image_size:
-    raise ValueError(f"{spec.tfds_name}'s images differ in size; set "
-                     "--config.data.image_size=N to resize them to NxN.")
+    raise InvalidInputError(f"{spec.tfds_name}'s images differ in size; set "
+                            "--config.data.image_size=N to resize them to NxN.")
   return h, w, c
 
 
 def _check_config(data_config: Any) -> None:
   if data_config.normalization not in NORMALIZATIONS:
-    raise ValueError(f"data.normalization={data_config.normalization!r}; use one of "
-                     f"{NORMALIZATIONS}.")
+    raise InvalidInputError(f"data.normalization={data_config.normalization!r}; use one of "
+                            f"{NORMALIZATIONS}.")
   if data_config.image_size < 0:
-    raise ValueError(f"data.image_size={data_config.image_size}; use N > 0 to resize to NxN, "
-                     "or 0 for the native size.")
+    raise InvalidInputError(f"data.image_size={data_config.image_size}; use N > 0 to resize to "
+                            "NxN, or 0 for the native size.")
   if not 0.0 < data_config.eval_crop_ratio <= 1.0:
-    raise ValueError(f"data.eval_crop_ratio={data_config.eval_crop_ratio} must be in (0, 1] "
-                     "(1: resize the whole image; 0.875: ImageNet's 256 -> 224 central crop).")
+    raise InvalidInputError(f"data.eval_crop_ratio={data_config.eval_crop_ratio} must be in "
+                            "(0, 1] (1: resize the whole image; 0.875: ImageNet's 256 -> 224 "
+                            "central crop).")
 
 
 def sample_indices(n: int, limit: int = STATS_SAMPLE) -> np.ndarray:
@@ -225,12 +229,12 @@ def get_info(data_config: Any) -> DatasetInfo:
     A `DatasetInfo`.
 
   Raises:
-    ValueError: an unknown name or split, an image folder without classes or images, images of
-      different sizes without data.image_size, a bad normalization or crop ratio.
+    InvalidInputError: an unknown name or split, an image folder without classes or images,
+      images of different sizes without data.image_size, a bad normalization or crop ratio.
     FileNotFoundError: a manual download (imagenet2012) is missing; the message says what to put
       where.
     ImportError: preparing the dataset needs TensorFlow, which is not installed.
-    folder.ImageReadError (a ValueError): a file in an image folder is not an image.
+    decode.ImageReadError (an InvalidInputError): a file in an image folder is not an image.
   """
   _check_config(data_config)
   train, evaluation, classes, spec = open_splits(data_config)

@@ -1,51 +1,48 @@
 """`folder:DIR` datasets: DIR/train/<class>/<image> and DIR/test/<class>/<image>, any Pillow format.
 
 A folder source reads like a tfds data source (random access, records {"image", "label"}), so it
-goes through the same pipeline as every other dataset. Grey and colour JPEGs are decoded by OpenCV:
-the same pixels as Pillow's (tested), faster (README, Performance), and decoding is most of the
-host pipeline's cost per image. tensorflow-datasets decodes its image features with OpenCV too.
+goes through the same pipeline as every other dataset; its images are decoded by `decode`, the one
+decoder of training, evaluation and predict.
 """
 
-import io
 import os
 from collections.abc import Sequence
 
-import cv2
+from resnet_jax.data.decode import ImageReadError, describe_all, read_image
 import numpy as np
-from PIL import Image
+
+from resnet_jax.errors import InvalidInputError
 
 EVAL_FOLDERS = ("test", "val", "validation")
-# Modes whose pixels are one grey level: such images keep 1 channel when the whole folder is grey.
-GRAYSCALE_MODES = frozenset({"1", "L", "I", "I;16", "I;16L", "I;16B", "I;16N"})
-# OpenCV's reading of the JPEGs whose Pillow mode is L or RGB; Pillow ignores EXIF orientation.
-OPENCV_JPEG_FLAGS = {"L": cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION,
-                     "RGB": cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION}
+VERIFY_IMAGES = ("auto", "yes", "no")
+# data.verify_images=auto decodes every image of folders with at most this many files before
+# training (1.0 ms per 500x375 JPEG on the 2-core development machine, so about 10 s); larger
+# folders get a header check.
+VERIFY_LIMIT = 10_000
 
-
-class ImageReadError(ValueError):
-  """An image file that cannot be read; the message names it."""
+__all__ = ["EVAL_FOLDERS", "FolderSource", "ImageReadError", "eval_folder", "find_classes",
+           "native_shape", "open_folder"]
 
 
 def _visible(names: Sequence[str]) -> list[str]:
   return sorted(n for n in names if not n.startswith("."))
 
 
-def _read_error(path: str, error: Exception) -> ImageReadError:
-  return ImageReadError(f"Cannot read image {path}: {error}. Remove or replace the file.")
-
-
 def find_classes(root: str) -> list[str]:
-  """Sorted class folder names under DIR/train; raises when there are none."""
+  """Sorted class folder names under DIR/train; raises unless there are at least two."""
   if not os.path.isdir(root):
-    raise ValueError(f"Image folder {root!r} does not exist.")
+    raise InvalidInputError(f"Image folder {root!r} does not exist.")
   train = os.path.join(root, "train")
   if not os.path.isdir(train):
-    raise ValueError(f"Image folder {root!r} has no 'train' subfolder; expected "
-                     f"{root}/train/<class>/<image> and {root}/test/<class>/<image>.")
+    raise InvalidInputError(f"Image folder {root!r} has no 'train' subfolder; expected "
+                            f"{root}/train/<class>/<image> and {root}/test/<class>/<image>.")
   classes = [n for n in _visible(os.listdir(train)) if os.path.isdir(os.path.join(train, n))]
   if not classes:
-    raise ValueError(f"{train} has no class subfolders; put each class's images in "
-                     f"{train}/<class_name>/.")
+    raise InvalidInputError(f"{train} has no class subfolders; put each class's images in "
+                            f"{train}/<class_name>/.")
+  if len(classes) < 2:
+    raise InvalidInputError(f"{train} has one class folder ({classes[0]}); a classifier needs at "
+                            f"least two: add a folder per class under {train}/.")
   return classes
 
 
@@ -54,23 +51,8 @@ def eval_folder(root: str) -> str:
   for name in EVAL_FOLDERS:
     if os.path.isdir(os.path.join(root, name)):
       return name
-  raise ValueError(f"Image folder {root!r} has no evaluation split: add {root}/test/<class>/... "
-                   "(or val/ or validation/).")
-
-
-def to_uint8(image: Image.Image) -> np.ndarray:
-  """An HWC uint8 array of a decoded image: grey modes give 1 channel, every other mode RGB."""
-  if image.mode in ("L", "RGB"):
-    array = np.asarray(image, np.uint8)
-  elif image.mode in GRAYSCALE_MODES - {"1"}:
-    # 16-bit (and 32-bit integer) grey PNGs: a plain convert("L") clips everything above 255.
-    array = np.asarray(image).astype(np.float64)
-    array = np.round(np.clip(array, 0, 65535) / 257.0).astype(np.uint8)
-  elif image.mode == "1":
-    array = np.asarray(image.convert("L"), np.uint8)
-  else:  # LA, P, PA, RGBA, CMYK, YCbCr, ...
-    array = np.asarray(image.convert("RGB"), np.uint8)
-  return array[..., None] if array.ndim == 2 else array
+  raise InvalidInputError(f"Image folder {root!r} has no evaluation split: add "
+                          f"{root}/test/<class>/... (or val/ or validation/).")
 
 
 class FolderSource:
@@ -80,44 +62,38 @@ class FolderSource:
     self.root, self.split = root, split
     split_dir = os.path.join(root, split)
     if not os.path.isdir(split_dir):
-      raise ValueError(f"Image folder {root!r} has no split {split!r} (no folder {split_dir}).")
+      raise InvalidInputError(f"Image folder {root!r} has no split {split!r} (no folder "
+                              f"{split_dir}).")
     unknown = [n for n in _visible(os.listdir(split_dir))
                if os.path.isdir(os.path.join(split_dir, n)) and n not in classes]
     if unknown:
-      raise ValueError(f"{split_dir} has class folders {unknown} that {root}/train lacks; every "
-                       "evaluation class must also be a training class.")
+      raise InvalidInputError(f"{split_dir} has class folders {unknown} that {root}/train lacks; "
+                              "every evaluation class must also be a training class.")
     self.files, self.labels = [], []
     for label, name in enumerate(classes):
       class_dir = os.path.join(split_dir, name)
       if not os.path.isdir(class_dir):
         continue
-      for filename in _visible(os.listdir(class_dir)):
-        path = os.path.join(class_dir, filename)
-        if os.path.isfile(path):
-          self.files.append(path)
-          self.labels.append(label)
+      files = [os.path.join(class_dir, f) for f in _visible(os.listdir(class_dir))]
+      files = [f for f in files if os.path.isfile(f)]
+      self.files.extend(files)
+      self.labels.extend([label] * len(files))
     if not self.files:
-      raise ValueError(f"No images under {split_dir}/<class>/; put image files (JPEG, PNG, ...) "
-                       "in the class folders.")
+      raise InvalidInputError(f"No images under {split_dir}/<class>/; put image files (JPEG, PNG, "
+                              "...) in the class folders.")
+    if split == "train":  # an empty training class would be a class no example ever shows
+      present = set(self.labels)
+      empty = [name for label, name in enumerate(classes) if label not in present]
+      if empty:
+        raise InvalidInputError(f"{os.path.join(split_dir, empty[0])} has no images; remove that "
+                                "folder or add its images (every folder under train/ is a class).")
 
   def __len__(self) -> int:
     return len(self.files)
 
   def read(self, index: int) -> np.ndarray:
-    """The image at `index` as `to_uint8` gives it; raises ImageReadError naming the file."""
-    path = self.files[index]
-    try:
-      with open(path, "rb") as f:
-        data = f.read()
-      with Image.open(io.BytesIO(data)) as image:  # the header only, until load()
-        if image.format == "JPEG" and image.mode in OPENCV_JPEG_FLAGS:
-          array = cv2.imdecode(np.frombuffer(data, np.uint8), OPENCV_JPEG_FLAGS[image.mode])
-          if array is not None:
-            return array[..., None] if array.ndim == 2 else array
-        image.load()
-        return to_uint8(image)
-    except (OSError, SyntaxError, ValueError) as e:  # Pillow's ways of saying "not an image"
-      raise _read_error(path, e) from e
+    """The image at `index`, decoded; raises ImageReadError naming the file."""
+    return read_image(self.files[index])
 
   def __getitem__(self, index: int) -> dict:
     index = int(index)
@@ -126,26 +102,18 @@ class FolderSource:
   def __getitems__(self, indices: Sequence[int]) -> list[dict]:
     return [self[i] for i in indices]
 
-  def scan(self) -> tuple[bool, set[tuple[int, int]]]:
-    """(every image is grayscale, the set of (width, height)), from every file's header.
+  def scan(self, verify: bool) -> tuple[bool, set[tuple[int, int]]]:
+    """(every image is grayscale, the set of (width, height)) of the split's files.
 
-    Headers only (no pixel decoding), so even large folders are checked before training starts.
-
-    Returns:
-      (all grayscale, sizes seen).
+    Args:
+      verify: decode every file; else read only the headers (no pixel decoding), so that even
+        large folders are checked before training starts.
 
     Raises:
-      ImageReadError: naming the first file that is not an image.
+      ImageReadError: naming the files that are not readable images.
     """
-    grayscale, sizes = True, set()
-    for path in self.files:
-      try:
-        with Image.open(path) as image:
-          grayscale = grayscale and image.mode in GRAYSCALE_MODES
-          sizes.add(image.size)
-      except (OSError, SyntaxError, ValueError) as e:
-        raise _read_error(path, e) from e
-    return grayscale, sizes
+    described = describe_all(self.files, decode=verify)
+    return all(grey for grey, _ in described), {size for _, size in described}
 
 
 def open_folder(root: str, eval_split: str = "") -> tuple[FolderSource, FolderSource, list[str]]:
@@ -163,28 +131,35 @@ def open_folder(root: str, eval_split: str = "") -> tuple[FolderSource, FolderSo
           FolderSource(root, eval_split or eval_folder(root), classes), classes)
 
 
-def native_shape(sources: Sequence[FolderSource], image_size: int) -> tuple[int, int, int]:
-  """(height, width, channels) of a folder's images before resizing; checks every header.
+def native_shape(sources: Sequence[FolderSource], image_size: int,
+                 verify_images: str = "auto") -> tuple[int, int, int]:
+  """(height, width, channels) of a folder's images before resizing; checks every file.
 
   Args:
     sources: the splits that will be read.
     image_size: the configured data.image_size; 0 requires every image to have the same size.
+    verify_images: data.verify_images: "yes" decodes every image, "no" reads only headers,
+      "auto" decodes every image when the folder has at most VERIFY_LIMIT files.
 
   Returns:
     The common native shape (with image_size > 0, the smallest size seen); channels is 1 when
     every image is grayscale, else 3.
 
   Raises:
-    ValueError: sizes differ and image_size is 0; ImageReadError: a file is not an image.
+    InvalidInputError: sizes differ and image_size is 0; ImageReadError: a file is not an image.
   """
+  if verify_images not in VERIFY_IMAGES:
+    raise InvalidInputError(f"data.verify_images={verify_images!r}; use one of {VERIFY_IMAGES}.")
+  verify = verify_images == "yes" or (
+      verify_images == "auto" and sum(len(s) for s in sources) <= VERIFY_LIMIT)
   grayscale, sizes = True, set()
   for source in sources:
-    grey, seen = source.scan()
+    grey, seen = source.scan(verify)
     grayscale, sizes = grayscale and grey, sizes | seen
   if len(sizes) > 1 and not image_size:
     examples = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:4])
-    raise ValueError(f"Images in {sources[0].root} have {len(sizes)} different sizes ({examples}"
-                     f"{', ...' if len(sizes) > 4 else ''}); set --config.data.image_size=N to "
-                     "resize them to NxN.")
+    raise InvalidInputError(f"Images in {sources[0].root} have {len(sizes)} different sizes "
+                            f"({examples}{', ...' if len(sizes) > 4 else ''}); set "
+                            "--config.data.image_size=N to resize them to NxN.")
   width, height = next(iter(sorted(sizes)))
   return height, width, 1 if grayscale else 3

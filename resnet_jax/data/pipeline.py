@@ -12,11 +12,11 @@ from typing import Any
 
 import grain
 import numpy as np
-from absl import flags
 
 from resnet_jax.data import catalogue
 from resnet_jax.data.catalogue import DatasetInfo
 from resnet_jax.data.transforms import eval_transform, random_resized_crop
+from resnet_jax.errors import InvalidInputError, MissingSetupError, check_divisible
 
 DEVICE_RESIDENT = ("auto", "yes", "no")
 # Tags the augmentation's random streams so that they never coincide with the epoch orders'
@@ -119,11 +119,22 @@ class _LoadChunk:
     return self.reader.batch(np.arange(chunk * LOAD_CHUNK, min((chunk + 1) * LOAD_CHUNK, self.n)))
 
 
-def _allow_grain_workers() -> None:
-  # grain's worker start-up reads its absl flags; outside an absl app nobody parsed them, and
-  # grain fails instead of using the defaults. Marking them parsed keeps every default.
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
+def _explain_unparsed_flags(iterator: Iterator[dict]) -> Iterator[dict]:
+  """`iterator`, whose first element grain's worker start-up computes; it reads grain's absl
+  flags and refuses them unparsed (outside an absl app), so say what to do."""
+  try:
+    first = next(iterator)
+  except StopIteration:
+    return
+  except Exception as e:  # noqa: BLE001 - matched by name: this module does not use absl
+    if type(e).__name__ != "UnparsedFlagAccessError":
+      raise
+    raise MissingSetupError("data.num_workers > 0 starts grain worker processes, which read absl "
+                            "flags that no one has parsed: run inside absl.app.run (as "
+                            "experiments/* do), call absl.flags.FLAGS.mark_as_parsed() first, or "
+                            "set data.num_workers=0.") from e
+  yield first
+  yield from iterator
 
 
 # Elements (batches) each worker process, or the one decoding thread, computes ahead.
@@ -146,14 +157,12 @@ def _stream(fn: Callable[[int], dict], start: int, stop: int, num_workers: int) 
     # in flight (grain's default is 16 threads and 500 buffered elements per process).
     dataset = grain.MapDataset.range(start, stop).map(fn).to_iter_dataset(
         grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
-    _allow_grain_workers()
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=num_workers, per_worker_buffer_size=BATCHES_AHEAD))
-  else:
-    # One thread decodes the next batches while the device runs (Pillow and OpenCV release the
-    # GIL).
-    dataset = grain.MapDataset.range(start, stop).map(fn).to_iter_dataset(
-        grain.ReadOptions(num_threads=1, prefetch_buffer_size=BATCHES_AHEAD))
+    return _explain_unparsed_flags(iter(dataset))
+  # One thread decodes the next batches while the device runs (Pillow and OpenCV release the GIL).
+  dataset = grain.MapDataset.range(start, stop).map(fn).to_iter_dataset(
+      grain.ReadOptions(num_threads=1, prefetch_buffer_size=BATCHES_AHEAD))
   return iter(dataset)
 
 
@@ -171,20 +180,19 @@ class Pipeline:
 
   def __init__(self, data_config: Any, info: DatasetInfo, *, global_batch_size: int,
                eval_batch_size: int, seed: int, process_index: int = 0, process_count: int = 1):
-    for what, size in (("train.batch_size", global_batch_size),
-                       ("train.eval_batch_size", eval_batch_size)):
-      if size <= 0 or size % process_count:
-        raise ValueError(f"{what}={size} must be a positive multiple of the process count "
-                         f"({process_count}); each process reads an equal share of every batch.")
+    # Each process reads an equal share of every batch.
+    check_divisible(global_batch_size, process_count, "train.batch_size", "process count")
+    check_divisible(eval_batch_size, process_count, "train.eval_batch_size", "process count")
     if not 0 <= process_index < process_count:
-      raise ValueError(f"process_index={process_index} is not in [0, {process_count}).")
+      raise InvalidInputError(f"process_index={process_index} is not in [0, {process_count}).")
     mode = data_config.device_resident
     if mode not in DEVICE_RESIDENT:
-      raise ValueError(f"data.device_resident must be one of {DEVICE_RESIDENT}, got {mode!r}.")
+      raise InvalidInputError(f"data.device_resident must be one of {DEVICE_RESIDENT}, got "
+                              f"{mode!r}.")
     random_crop = data_config.random_resized_crop
     if mode == "yes" and random_crop:
-      raise ValueError("data.random_resized_crop runs on the host, on every read; set "
-                       "data.device_resident to auto or no (or turn the crop off).")
+      raise InvalidInputError("data.random_resized_crop runs on the host, on every read; set "
+                              "data.device_resident to auto or no (or turn the crop off).")
     self.info, self.seed = info, seed
     self.global_batch_size, self.eval_batch_size = global_batch_size, eval_batch_size
     self.process_index, self.process_count = process_index, process_count
@@ -198,9 +206,9 @@ class Pipeline:
 
     train, evaluation, _, _ = catalogue.open_splits(data_config)
     if (len(train), len(evaluation)) != (info.num_train, info.num_eval):
-      raise ValueError(f"{info.name} now has {len(train)}/{len(evaluation)} train/eval examples, "
-                       f"but the DatasetInfo says {info.num_train}/{info.num_eval}; call "
-                       "get_info again.")
+      raise InvalidInputError(f"{info.name} now has {len(train)}/{len(evaluation)} train/eval "
+                              "examples, but the DatasetInfo says "
+                              f"{info.num_train}/{info.num_eval}; call get_info again.")
     h, w, channels = info.image_shape
     common = dict(image_size=data_config.image_size, channels=channels,
                   crop_ratio=data_config.eval_crop_ratio)
@@ -228,8 +236,8 @@ class Pipeline:
 
   def _check_steps(self) -> None:
     if self.steps_per_epoch < 1:
-      raise ValueError(f"The global batch size {self.global_batch_size} exceeds the "
-                       f"{self.num_train} training examples; lower train.batch_size.")
+      raise InvalidInputError(f"The global batch size {self.global_batch_size} exceeds the "
+                              f"{self.num_train} training examples; lower train.batch_size.")
 
   def train_batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """This process's batches for steps start_step, start_step + 1, ... (endless).

@@ -6,6 +6,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from resnet_jax.errors import InvalidInputError
+
 
 def to_pil(image: np.ndarray | Image.Image, channels: int) -> Image.Image:
   """An image (HWC/HW uint8 array with 1-4 channels, or PIL) as PIL with 1 ("L") or 3 ("RGB")."""
@@ -50,7 +52,8 @@ def eval_transform(image: np.ndarray | Image.Image, *, image_size: int, channels
     (image_size, image_size, channels) uint8 array ((H, W, channels) when image_size is 0).
   """
   if not 0.0 < crop_ratio <= 1.0:
-    raise ValueError(f"crop_ratio (data.eval_crop_ratio) must be in (0, 1], got {crop_ratio}.")
+    raise InvalidInputError("crop_ratio (data.eval_crop_ratio) must be in (0, 1], got "
+                            f"{crop_ratio}.")
   pil = to_pil(image, channels)
   if image_size:
     if crop_ratio < 1.0:

@@ -1,0 +1,64 @@
+"""What every command shares: one-line errors for the user's mistakes, and quiet library logs.
+
+A mistake in the user's input (`resnet_jax.errors.InputError`: config, flags, paths, data,
+weights) prints `error: <what is wrong and what to do>` and exits with status 2, as argparse does
+for a bad flag; any other exception is unexpected and keeps its traceback.
+"""
+
+import contextlib
+import logging
+import re
+import sys
+
+from absl import flags
+
+
+def _quiet_libraries(record: logging.LogRecord) -> bool:
+  # Orbax and tfds log every save/read at INFO (and orbax warns about read-only opens); keep their
+  # errors, drop the chatter.
+  chatty = any(f"/{lib}/" in record.pathname for lib in ("orbax", "tensorflow_datasets", "etils"))
+  return not chatty or record.levelno >= (logging.ERROR if "/orbax/" in record.pathname
+                                          else logging.WARNING)
+
+
+def fail(message: str) -> None:
+  """Prints `error: message` (whitespace folded onto one line) and exits with status 2."""
+  print("error: " + " ".join(str(message).split()), file=sys.stderr)
+  sys.exit(2)
+
+
+@contextlib.contextmanager
+def command():
+  """The context of a command's work: input errors become one line and exit status 2.
+
+  It also quiets library logs, and marks absl flags parsed for commands that parse their own
+  (argparse): grain's worker processes read its absl flags and refuse unparsed ones.
+  """
+  for logger in (logging.getLogger(), logging.getLogger("absl")):  # orbax and tfds log via absl
+    if _quiet_libraries not in logger.filters:
+      logger.addFilter(_quiet_libraries)
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  from resnet_jax.errors import InputError
+  try:
+    yield
+  except InputError as e:
+    fail(str(e))
+
+
+def flag_error(error: BaseException, argv: list[str]) -> str:
+  """A one-line account of a command-line flag that could not be parsed."""
+  raw = str(error).replace("\\n", " ").replace("\\", "")  # ml_collections quotes its messages
+  if isinstance(error, (AttributeError, KeyError)):  # ml_collections: an unknown config key
+    names = re.findall(r"'([^']+)'", raw)
+    given = [a.split("=")[0].lstrip("-") for a in argv
+             if a.startswith("--config.") and names and names[0] in a]
+    hint = re.search(r'Did you mean "([^"]+)"', raw)
+    return (f"unknown config key {given[0] if given else names[0] if names else raw}"
+            + (f" (did you mean {hint.group(1)}?)" if hint else "")
+            + "; experiments/configs/default.py lists every key.")
+  if "Failed loading config file" in raw:
+    path = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    reason = raw.strip().splitlines()[-1].strip()
+    return f"cannot load the config file {path[0] if path else ''}: {reason}"
+  return " ".join(raw.split())
