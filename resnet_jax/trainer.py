@@ -461,7 +461,6 @@ def structure_change_error(error: checkpoint.StateStructureError, run_dir: Workd
     config, info: the new run's config and dataset.
     abstract_state_of: config -> the train state's structure under that config.
   """
-  where = f"Cannot resume {run_dir.path}: {error}"
   saved_classes = error.meta.get("model", {}).get("num_classes")
   if saved_classes is not None and saved_classes != info.num_classes:
     return InvalidInputError(
@@ -471,14 +470,16 @@ def structure_change_error(error: checkpoint.StateStructureError, run_dir: Workd
   changed = config_differences(run_dir.saved_config, config) if run_dir.saved_config else []
   fits = lambda changes: _reverting_fits(changes, config, error.saved_structure, abstract_state_of)
   causes = [c for c in changed if fits([c])]
+  state = (f"the structure of the train state in its checkpoint {error.step} "
+           f"({checkpoint.summarize(error.differences, 1)})")
   if causes or (changed and fits(changed)):
-    title = ("The setting that changes it" if len(causes) == 1 else "The settings that change it"
-             if causes else "Settings changed since it was saved, which together change it")
     listed = "; ".join(f"{k} (saved {saved!r}, now {now!r})" for k, saved, now in causes or changed)
-    return InvalidInputError(f"{where} {title}: {listed}. Resume with the saved values, or use a "
-                             "new --workdir.")
-  return InvalidInputError(f"{where} No setting explains it, so another version of resnet_jax "
-                           "wrote it: resume it with that version, or use a new --workdir.")
+    verb = "changes" if len(causes) == 1 else "together change" if not causes else "each change"
+    return InvalidInputError(f"Cannot resume {run_dir.path}: {listed} {verb} {state}. Resume "
+                             "with the saved values, or use a new --workdir.")
+  return InvalidInputError(f"Cannot resume {run_dir.path}: no setting explains {state}, so another "
+                           "version of resnet_jax wrote it: resume it with that version, or use a "
+                           "new --workdir.")
 
 
 def _reverting_fits(changes: list[tuple[str, Any, Any]], config: Any, saved_structure: Any,
