@@ -35,7 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
   args = parse_args(argv)
   with cli.command():
-    from resnet_jax import convert, inference, pretrained
+    from resnet_jax import inference
+    from resnet_jax.interop import convert
+    from resnet_jax.train import pretrained
     from resnet_jax.data.catalogue import IMAGENET_MEAN, IMAGENET_STD
     from resnet_jax.errors import InvalidInputError
 

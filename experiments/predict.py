@@ -30,7 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
   args = parse_args(argv)
   with cli.command():
-    from resnet_jax import inference, pretrained
+    from resnet_jax import inference
+    from resnet_jax.train import pretrained
     source = pretrained.load(args.checkpoint)
     labels = inference.read_labels(args.labels, source.num_classes, source.class_names)
     classifier = inference.Classifier(source, batch_size=args.batch_size)

@@ -20,8 +20,10 @@ import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import conv, data, parallel, trainer
+from resnet_jax import data
 from resnet_jax.data import pipeline as pipeline_lib
+from resnet_jax.layers import conv
+from resnet_jax.train import parallel, trainer
 
 # Dense peak FLOP/s per device, from the vendors' data sheets (no sparsity).
 PEAK_FLOPS = {  # device-kind substring -> {compute dtype: FLOP/s}
@@ -275,7 +277,7 @@ def time_torch(model_spec: Any, *, batch_size: int, image_size: int, channels: i
   CUDA only: inductor's CPU compilation takes minutes for a ResNet).
   """
   import torch
-  from resnet_jax.torch_reference import TorchResNet
+  from resnet_jax.interop.torch_reference import TorchResNet
 
   device = "cuda" if torch.cuda.is_available() else "cpu"
   net = TorchResNet(model_spec, channels).to(device).to(memory_format=torch.channels_last)

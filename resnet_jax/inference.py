@@ -14,7 +14,7 @@ import numpy as np
 from resnet_jax.data import eval_transform, normalize
 from resnet_jax.data.decode import ImageReadError, read_image
 from resnet_jax.errors import InvalidInputError
-from resnet_jax.pretrained import Pretrained
+from resnet_jax.train.pretrained import Pretrained
 
 
 def feature_fn(model: Any) -> Callable[[dict, jax.Array], dict[str, jax.Array]]:

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import pytest
 
 from experiments import benchmark as command
-from resnet_jax import benchmark, conv
+from resnet_jax import benchmark
+from resnet_jax.layers import conv
 from resnet_jax.models import create_model
 
 TIMING = ("images_per_sec", "images_per_sec_min", "images_per_sec_max", "step_time_ms")

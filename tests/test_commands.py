@@ -16,7 +16,7 @@ from PIL import Image
 
 import resnet_jax
 from experiments import benchmark, convert, predict
-from resnet_jax import pretrained
+from resnet_jax.train import pretrained
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -133,7 +133,7 @@ torch = pytest.importorskip("torch")
 
 
 def resnet8_state_dict(num_classes):
-  from resnet_jax.torch_reference import TorchResNet
+  from resnet_jax.interop.torch_reference import TorchResNet
   torch.manual_seed(0)
   return TorchResNet(resnet_jax.create_model("resnet8", num_classes=num_classes)).state_dict()
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import resnet_jax
-from resnet_jax import convert
+from resnet_jax.interop import convert
 from resnet_jax.models import TORCHVISION_MODELS
 
 torch = pytest.importorskip("torch")
-from resnet_jax.torch_reference import TorchResNet  # noqa: E402
+from resnet_jax.interop.torch_reference import TorchResNet  # noqa: E402
 
 # Every torchvision architecture, plus one of each family torchvision lacks. Deep stages are scanned
 # on the Flax side to bound compile time; the converter stacks their blocks.

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax.batchnorm import BatchNorm
+from resnet_jax.layers.batchnorm import BatchNorm
 
 
 def modules(**kwargs):
@@ -62,7 +62,7 @@ def test_synchronised_statistics_and_gradients_across_devices():
 
 
 def test_conv_computes_what_flax_conv_computes_gradients_included():
-  from resnet_jax.conv import Conv
+  from resnet_jax.layers.conv import Conv
   x = jax.random.normal(jax.random.key(0), (4, 9, 9, 32))
   for strides, kernel, padding in ((1, 3, ((1, 1), (1, 1))), (2, 3, ((1, 1), (1, 1))),
                                    (2, 1, "VALID"), (1, 3, "SAME")):
@@ -85,7 +85,7 @@ def test_conv_computes_what_flax_conv_computes_gradients_included():
 ])
 def test_few_channel_stride_two_conv_runs_as_space_to_depth_with_the_same_sums(
     channels, kernel, padding, size):
-  from resnet_jax import conv
+  from resnet_jax.layers import conv
   x = jax.random.normal(jax.random.key(0), (2, *size, channels))
   kwargs = dict(features=16, kernel_size=(kernel, kernel), strides=2, padding=padding,
                 use_bias=False)
@@ -113,7 +113,7 @@ def test_few_channel_stride_two_conv_runs_as_space_to_depth_with_the_same_sums(
 ])
 def test_max_pool_has_flax_values_and_autodiff_gradients_ties_included(
     window, strides, padding, size, dtype):
-  from resnet_jax.pooling import max_pool2d
+  from resnet_jax.layers.pooling import max_pool2d
   # Rectified integers: most windows hold several equal maxima (zeros above all), so the test
   # fails unless each window's gradient goes to the same (first) winner as autodiff's.
   x = jnp.maximum(jax.random.randint(jax.random.key(0), (2, *size, 3), -3, 4), 0).astype(dtype)

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import resnet_jax
-from resnet_jax import blocks
+from resnet_jax.models import blocks
 
 ALL_MODELS = resnet_jax.list_models()
 
@@ -193,7 +193,7 @@ def test_bfloat16_compute_keeps_float32_params_stats_and_logits():
 
 
 def test_scanned_stages_compute_the_same_function():
-  from resnet_jax import convert
+  from resnet_jax.interop import convert
   plain = resnet_jax.create_model("resnet20", num_classes=10)
   scanned = resnet_jax.create_model("resnet20", num_classes=10, scan_blocks=True)
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))

@@ -11,7 +11,7 @@ import time
 import chex
 import pytest
 
-from resnet_jax import checkpoint, metrics
+from resnet_jax.train import checkpoint, metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

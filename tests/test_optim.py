@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from experiments.configs import default
-from resnet_jax import optim
+from resnet_jax.train import optim
 
 
 def optim_config(**overrides):

@@ -17,8 +17,9 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import checkpoint, errors, metrics, trainer, workdir as workdir_lib
-from resnet_jax.preemption import Preempted, PreemptionWatcher
+from resnet_jax import errors
+from resnet_jax.train import checkpoint, metrics, trainer, workdir as workdir_lib
+from resnet_jax.train.preemption import Preempted, PreemptionWatcher
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = ("images_per_sec",)
@@ -135,7 +136,7 @@ def test_killed_command_resumes_to_the_uninterrupted_result(tfds_dir, tmp_path, 
 def test_second_signal_exits_immediately(tmp_path):
   script = (
       "import os, signal, time\n"
-      "from resnet_jax.preemption import PreemptionWatcher\n"
+      "from resnet_jax.train.preemption import PreemptionWatcher\n"
       "with PreemptionWatcher() as w:\n"
       "  w.start_training()\n"
       "  os.kill(os.getpid(), signal.SIGINT)\n"

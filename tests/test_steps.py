@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.configs import default
-from resnet_jax import benchmark, parallel, steps, trainer
+from resnet_jax import benchmark
+from resnet_jax.train import parallel, steps, trainer
 
 
 def tiny_config(**train):

@@ -9,7 +9,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from experiments.configs import default
-from resnet_jax import data, metrics, trainer
+from resnet_jax import data
+from resnet_jax.train import metrics, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_FIELDS = {"step", "train_loss", "train_accuracy", "learning_rate", "images_per_sec"}

@@ -13,10 +13,11 @@ import pytest
 from PIL import Image
 
 import resnet_jax
-from resnet_jax import checkpoint, inference, metrics, pretrained, trainer
+from resnet_jax import inference
+from resnet_jax.train import checkpoint, metrics, pretrained, trainer
 
 torch = pytest.importorskip("torch")
-from resnet_jax.torch_reference import TorchResNet  # noqa: E402
+from resnet_jax.interop.torch_reference import TorchResNet  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

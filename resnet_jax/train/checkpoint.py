@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from resnet_jax.errors import InputNotFoundError, InvalidInputError, StorageError
-from resnet_jax.workdir import identity_differences
+from resnet_jax.train.workdir import identity_differences
 
 STATE, META = "state", "meta"
 CORRUPT_SUFFIX = ".corrupt"

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnet_jax import blocks as flax_blocks
+from resnet_jax.models import blocks as flax_blocks
 from resnet_jax.models import ResNet
 
 

@@ -2,7 +2,7 @@
 
 Blocks receive `conv` and `norm` already bound with dtype, initialisers and BatchNorm settings by the
 network (`functools.partial`), so no block hard-codes them. Submodule names follow torchvision's
-(`conv1`, `bn1`, ..., `downsample_conv`, `downsample_bn`) because `resnet_jax.convert` maps them.
+(`conv1`, `bn1`, ..., `downsample_conv`, `downsample_bn`) because `resnet_jax.interop.convert` maps them.
 """
 
 from typing import Any, ClassVar

@@ -21,12 +21,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_jax import checkpoint, data, optim, parallel, pretrained, steps
+from resnet_jax import data
 from resnet_jax.errors import InputNotFoundError, InvalidInputError, check
-from resnet_jax.metrics import MetricsWriter, Progress, read_metrics
 from resnet_jax.models import MODELS, create_model, part_of
-from resnet_jax.preemption import Preempted, PreemptionWatcher
-from resnet_jax.workdir import (CONFIG_FILE, Workdir, config_differences, default_workdir,
+from resnet_jax.train import checkpoint, optim, parallel, pretrained, steps
+from resnet_jax.train.metrics import MetricsWriter, Progress, read_metrics
+from resnet_jax.train.preemption import Preempted, PreemptionWatcher
+from resnet_jax.train.workdir import (CONFIG_FILE, Workdir, config_differences, default_workdir,
                                 run_identity)
 
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}

@@ -10,9 +10,9 @@ import flax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from resnet_jax import checkpoint
 from resnet_jax.errors import InputNotFoundError, InvalidInputError, mismatch_error
 from resnet_jax.models import ResNet, create_model
+from resnet_jax.train import checkpoint
 
 MODEL_FILE = "model.json"
 VARIABLES_DIR = "variables"

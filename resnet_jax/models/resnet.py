@@ -10,12 +10,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax import blocks
 from resnet_jax.errors import InvalidInputError
-from resnet_jax.batchnorm import BatchNorm
-from resnet_jax.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
-from resnet_jax.conv import Conv
-from resnet_jax.pooling import max_pool2d
+from resnet_jax.layers.batchnorm import BatchNorm
+from resnet_jax.layers.conv import Conv
+from resnet_jax.layers.pooling import max_pool2d
+from resnet_jax.models import blocks
+from resnet_jax.models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 
 ModuleDef = Any
 STEMS = ("imagenet", "cifar")
@@ -41,7 +41,7 @@ class ResNet(nn.Module):
 
   Attributes:
     stage_sizes: blocks per stage; stage `i` has base width `num_filters * 2**i`.
-    block_cls: a block class from `resnet_jax.blocks`.
+    block_cls: a block class from `resnet_jax.models.blocks`.
     num_classes: classifier outputs; 0 drops the head and returns pooled features.
     num_filters: base width of the first stage (64 ImageNet, 16 CIFAR).
     stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool) or "cifar" (3x3/1 conv, no pooling).
@@ -56,8 +56,8 @@ class ResNet(nn.Module):
     param_dtype: parameter dtype.
     conv, norm: the convolution and normalisation modules, bound by the network with `partial`.
       The defaults compute what `flax.linen.Conv` and `flax.linen.BatchNorm` compute (same
-      variables) with faster gradients: `resnet_jax.conv.Conv` (CPU weight gradients as matrix
-      products) and `resnet_jax.batchnorm.BatchNorm` (a fused backward pass).
+      variables) with faster gradients: `resnet_jax.layers.conv.Conv` (CPU weight gradients as matrix
+      products) and `resnet_jax.layers.batchnorm.BatchNorm` (a fused backward pass).
     scan_blocks: run each stage's repeated blocks with `nn.scan` (constant compile time in depth).
     remat: rematerialise each block in the backward pass (memory for compute).
     frozen_stages: how many leading parts are frozen for fine-tuning, the stem counting as part 0

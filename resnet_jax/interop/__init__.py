@@ -1,0 +1,1 @@
+"""PyTorch interoperability: weight conversion both ways, safe readers, PyTorch twins."""

@@ -1,0 +1,1 @@
+"""Layers with hand-written gradients: the same functions and variables as flax's."""

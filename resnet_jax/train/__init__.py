@@ -1,0 +1,1 @@
+"""The training system: state, steps, optimizers, parallel runners, checkpoints, the loop."""
