@@ -40,12 +40,14 @@ def main(argv=None) -> int:
     from resnet_jax.train import pretrained
     from resnet_jax.data.catalogue import IMAGENET_MEAN, IMAGENET_STD
     from resnet_jax.errors import InvalidInputError
+    from resnet_jax.models import create_model
 
     state_dict = convert.load_state_dict(args.source)
     variables = convert.from_torchvision(args.model, state_dict)
-    head = variables["params"].get("fc")
+    model = create_model(args.model)
+    head = variables["params"].get(model.head)
     num_classes = int(head["kernel"].shape[1]) if head else 0
-    channels = int(variables["params"]["conv1"]["kernel"].shape[2])
+    channels = int(variables["params"][model.input_conv]["kernel"].shape[2])
     spec = args.labels
     if spec == "auto":
       spec = "imagenet" if num_classes == 1000 else "none"

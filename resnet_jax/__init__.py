@@ -2,9 +2,9 @@
 
 import importlib
 
-from resnet_jax.models import ResNet, create_model, list_models
+from resnet_jax.models import ResNet, create_model, list_models, register_block, register_model
 
-__all__ = ["ResNet", "convert", "create_model", "list_models"]
+__all__ = ["ResNet", "convert", "create_model", "list_models", "register_block", "register_model"]
 
 
 def __getattr__(name: str):

@@ -13,13 +13,22 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
 
+  placeholder = ml_collections.config_dict.placeholder
   config.model = ml_collections.ConfigDict(dict(
       name="resnet20",            # any name from resnet_jax.list_models()
       zero_init_residual=False,   # zero-init each branch's last BN scale (Goyal et al. 2017)
       stride_in_1x1=False,        # True: ResNet v1 (stride on the bottleneck's first 1x1)
+      # The architecture's own choices; None keeps the registry's (see resnet_jax.models).
+      block=placeholder(str),     # basic | bottleneck | preact_basic | preact_bottleneck | yours
+      stage_sizes=placeholder(tuple),  # blocks per stage, e.g. (3, 4, 6, 3)
+      num_filters=placeholder(int),    # the first stage's width (64 ImageNet, 16 CIFAR)
+      stem=placeholder(str),      # imagenet (7x7/2 conv + max-pool) | cifar (3x3/1 conv)
+      shortcut=placeholder(str),  # projection | zero_pad (option A)
+      groups=placeholder(int),    # ResNeXt cardinality (bottleneck blocks)
+      width_per_group=placeholder(int),  # ResNeXt / wide-ResNet bottleneck width
       # nn.scan over repeated blocks (compile time independent of depth; on CPU the backward
       # pass runs slower); None: the registry's choice (on for resnet1202, preact_resnet1001).
-      scan_blocks=ml_collections.config_dict.placeholder(bool),
+      scan_blocks=placeholder(bool),
       remat=False,                # rematerialise blocks in the backward pass (saves memory)
       bn_momentum=0.9,
       bn_epsilon=1e-5,

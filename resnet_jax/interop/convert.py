@@ -1,8 +1,10 @@
 """PyTorch (torchvision/timm layout) state dicts <-> Flax variables, and safe weight-file readers.
 
-Names map mechanically: Flax `layer2_0/downsample_conv/kernel` is torch `layer2.0.downsample.0.weight`;
-a scanned stage `layer3_scan/block/...` holds blocks 1..n-1 of `layer3` stacked on a leading axis.
-Convolution kernels are HWIO in Flax and OIHW in torch; dense kernels are transposed.
+Names map mechanically, with the renamings the network declares (`ResNet.torch_names` and its
+block's `torch_names`): Flax `layer2_0/downsample_conv/kernel` is torch
+`layer2.0.downsample.0.weight`; a scanned stage `layer3_scan/block/...` holds blocks 1..n-1 of
+`layer3` stacked on a leading axis. Convolution kernels are HWIO in Flax and OIHW in torch; dense
+kernels are transposed.
 """
 
 import os
@@ -17,8 +19,8 @@ import numpy as np
 
 from resnet_jax.errors import (InputNotFoundError, InvalidInputError, MissingDependencyError,
                                mismatch_error)
-
 from resnet_jax.models import ResNet, create_model
+from resnet_jax.models.blocks import BasicBlock
 
 _LEAF = {  # (collection, Flax leaf name) -> torch suffix
     ("params", "kernel"): "weight",
@@ -27,12 +29,17 @@ _LEAF = {  # (collection, Flax leaf name) -> torch suffix
     ("batch_stats", "mean"): "running_mean",
     ("batch_stats", "var"): "running_var",
 }
-_MODULE = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
 _LAYER = re.compile(r"^layer(\d+)_(\d+|scan)$")
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
 
 
-def _torch_prefix(path: tuple[str, ...], index: int | None) -> str:
+def _renamings(model: Any) -> dict[str, str]:
+  """Flax module name -> torch name, as the network and its block declare them."""
+  block = getattr(model, "block_cls", BasicBlock)
+  return {**getattr(block, "torch_names", {}), **getattr(model, "torch_names", {})}
+
+
+def _torch_prefix(path: tuple[str, ...], index: int | None, renamings: dict[str, str]) -> str:
   parts = []
   for name in path:
     m = _LAYER.match(name)
@@ -40,7 +47,7 @@ def _torch_prefix(path: tuple[str, ...], index: int | None) -> str:
       block = 1 + index if m.group(2) == "scan" else int(m.group(2))
       parts.append(f"layer{m.group(1)}.{block}")
     elif name != "block":  # the scan adapter's level
-      parts.append(_MODULE.get(name, name))
+      parts.append(renamings.get(name, name))
   return ".".join(parts)
 
 
@@ -70,7 +77,7 @@ def _to_flax_layout(x: np.ndarray) -> np.ndarray:
   return x
 
 
-def _entries(tree: Mapping[str, Any]):
+def _entries(tree: Mapping[str, Any], renamings: dict[str, str]):
   """Yields (collection, path, leaf, torch_key, scan_index) for every leaf of a variables tree."""
   for collection in ("params", "batch_stats"):
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(tree.get(collection, {})))
@@ -79,13 +86,18 @@ def _entries(tree: Mapping[str, Any]):
       if suffix is None:
         raise ValueError(f"Cannot map {collection}/{'/'.join(path)} to a torch name.")
       for index in range(leaf.shape[0]) if _is_scanned(path) else (None,):
-        yield collection, path, leaf, f"{_torch_prefix(path[:-1], index)}.{suffix}", index
+        yield collection, path, leaf, f"{_torch_prefix(path[:-1], index, renamings)}.{suffix}", index
 
 
-def to_torchvision(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """Flax variables -> a torch-layout state dict of numpy arrays (loadable with `strict=True`)."""
+def to_torchvision(variables: Mapping[str, Any], model: Any = None) -> dict[str, np.ndarray]:
+  """Flax variables -> a torch-layout state dict of numpy arrays (loadable with `strict=True`).
+
+  Args:
+    variables: {"params", "batch_stats"}.
+    model: the network, whose declared torch names are used (default: the built-in blocks').
+  """
   state_dict, norms = {}, set()
-  for collection, _, leaf, key, index in _entries(variables):
+  for collection, _, leaf, key, index in _entries(variables, _renamings(model)):
     value = np.asarray(jax.device_get(leaf))
     state_dict[key] = _to_torch_layout(value if index is None else value[index])
     if collection == "batch_stats":
@@ -109,7 +121,7 @@ def from_torchvision(model: str | ResNet, state_dict: Mapping[str, Any],
   """Torch-layout state dict (numpy arrays or torch tensors) -> Flax `{params, batch_stats}`.
 
   Args:
-    model: a registry name or a `ResNet`; its `num_classes` must match the `fc` in `state_dict`
+    model: a registry name or a `ResNet`; its `num_classes` must match the head in `state_dict`
       unless `model` is a name, in which case the head size is read from `state_dict`.
     state_dict: torchvision- or timm-style names; `num_batches_tracked` entries are ignored.
     **overrides: `ResNet` options when `model` is a name (e.g. `scan_blocks=True`).
@@ -122,17 +134,19 @@ def from_torchvision(model: str | ResNet, state_dict: Mapping[str, Any],
   """
   state_dict = {k: v for k, v in state_dict.items() if not k.endswith(_IGNORED_SUFFIXES)}
   if isinstance(model, str):
-    fc = state_dict.get("fc.weight")
-    overrides.setdefault("num_classes", 0 if fc is None else int(fc.shape[0]))
     model = create_model(model, **overrides)
-  in_channels = int(state_dict["conv1.weight"].shape[1]) if "conv1.weight" in state_dict else 3
+    if "num_classes" not in overrides:
+      head = state_dict.get(f"{model.head}.weight")
+      model = model.clone(num_classes=0 if head is None else int(head.shape[0]))
+  stem = state_dict.get(f"{model.input_conv}.weight")
+  in_channels = 3 if stem is None else int(stem.shape[1])
   size = model.total_stride
   template = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, in_channels)), train=False))
 
   missing, mismatched, not_float, not_finite, used = [], [], [], [], set()
   stacked: dict[tuple, list] = {}
-  for collection, path, leaf, key, index in _entries(template):
+  for collection, path, leaf, key, index in _entries(template, _renamings(model)):
     used.add(key)
     if key not in state_dict:
       missing.append(key)

@@ -2,9 +2,13 @@
 
 Used to check numerical equivalence (tests) and to compare speed (`experiments.benchmark
 --compare-torch`). torchvision itself is not needed: the registry also holds networks torchvision
-lacks (CIFAR, pre-activation), so the twin is built from a `ResNet`'s own attributes. Importing this
-module needs torch (`pip install -e .[dev]`).
+lacks (CIFAR, pre-activation), so the twin is built from a `ResNet`'s own attributes, each block
+by the twin registered for its Flax class (`register_twin`). Importing this module needs torch
+(`pip install -e .[dev]`).
 """
+
+import functools
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,12 +18,27 @@ from resnet_jax.models import blocks as flax_blocks
 from resnet_jax.models import ResNet
 
 
+# Flax block class -> (spec, in_channels, planes, stride) -> torch module with the same names.
+TWINS: dict[type, Any] = {}
+
+
+def register_twin(flax_block: type):
+  """Registers a PyTorch twin for a Flax block class (a decorator of its factory)."""
+  def add(factory):
+    TWINS[flax_block] = factory
+    return factory
+  return add
+
+
 class _Block(nn.Module):
-  def __init__(self, spec: ResNet, in_channels: int, planes: int, stride: int):
+  """The torchvision blocks: basic or bottleneck, post- or pre-activation."""
+
+  def __init__(self, spec: ResNet, in_channels: int, planes: int, stride: int, *,
+               bottleneck: bool):
     super().__init__()
     flax_cls = spec.block_cls
     self.preact = flax_cls.preactivation
-    self.bottleneck = flax_cls.expansion == 4
+    self.bottleneck = bottleneck
     self.out_channels = planes * flax_cls.expansion
     self.stride = stride
     self.zero_pad = spec.shortcut == "zero_pad"
@@ -73,6 +92,12 @@ class _Block(nn.Module):
     return F.relu(y + self._shortcut(x))
 
 
+for _cls, _bottleneck in ((flax_blocks.BasicBlock, False), (flax_blocks.Bottleneck, True),
+                         (flax_blocks.PreActBasicBlock, False),
+                         (flax_blocks.PreActBottleneck, True)):
+  register_twin(_cls)(functools.partial(_Block, bottleneck=_bottleneck))
+
+
 class TorchResNet(nn.Module):
   """A PyTorch network computing the same function as a `ResNet` with converted weights."""
 
@@ -80,6 +105,10 @@ class TorchResNet(nn.Module):
     super().__init__()
     if spec.stem not in ("imagenet", "cifar") or spec.shortcut not in flax_blocks.SHORTCUTS:
       raise ValueError(f"Unsupported stem/shortcut {spec.stem!r}/{spec.shortcut!r}.")
+    if spec.block_cls not in TWINS:
+      raise ValueError(f"No PyTorch twin is registered for {spec.block_cls.__name__}; register "
+                       "one with resnet_jax.interop.torch_reference.register_twin.")
+    twin = TWINS[spec.block_cls]
     self.preact = spec.block_cls.preactivation
     self.imagenet_stem = spec.stem == "imagenet"
     k = 7 if self.imagenet_stem else 3
@@ -94,7 +123,7 @@ class TorchResNet(nn.Module):
       planes = spec.num_filters * 2**i
       stage = []
       for j in range(n):
-        stage.append(_Block(spec, channels, planes, 2 if (i > 0 and j == 0) else 1))
+        stage.append(twin(spec, channels, planes, 2 if (i > 0 and j == 0) else 1))
         channels = stage[-1].out_channels
       setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
     self.num_stages = len(spec.stage_sizes)

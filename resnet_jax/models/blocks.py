@@ -1,4 +1,4 @@
-"""Residual blocks (basic, bottleneck, pre-activation) and their shortcuts.
+"""Residual blocks (basic, bottleneck, pre-activation), their shortcuts, and the block registry.
 
 Blocks receive `conv` and `norm` already bound with dtype, initialisers and BatchNorm settings by the
 network (`functools.partial`), so no block hard-codes them. Submodule names follow torchvision's
@@ -11,9 +11,25 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from resnet_jax.errors import InvalidInputError
+from resnet_jax.registry import Registry
 
 ModuleDef = Any
 SHORTCUTS = ("projection", "zero_pad")
+BLOCKS: Registry[type] = Registry("block", "model.block")
+register_block = BLOCKS.register
+
+
+def block_name(block_cls: type) -> str:
+  """The registered name of a block class.
+
+  Raises:
+    InvalidInputError: the class is not registered (register it to save networks built with it).
+  """
+  for name, cls in BLOCKS.items():
+    if cls is block_cls:
+      return name
+  raise InvalidInputError(f"The block {block_cls.__name__} is not registered; register it with "
+                          "resnet_jax.register_block so that checkpoints can name it.")
 
 
 def _pad(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -48,6 +64,9 @@ class _Block(nn.Module):
 
   expansion: ClassVar[int] = 1
   preactivation: ClassVar[bool] = False
+  # torch names of submodules that differ from the Flax ones (torchvision's layout).
+  torch_names: ClassVar[dict[str, str]] = {"downsample_conv": "downsample.0",
+                                           "downsample_bn": "downsample.1"}
 
   @property
   def out_channels(self) -> int:
@@ -79,6 +98,7 @@ class _Block(nn.Module):
                               "use a bottleneck block.")
 
 
+@register_block("basic")
 class BasicBlock(_Block):
   """Two 3x3 convolutions, post-activation (He et al. 2015, figure 2 left)."""
 
@@ -92,6 +112,7 @@ class BasicBlock(_Block):
     return nn.relu(y + self._shortcut(x, with_norm=True))
 
 
+@register_block("bottleneck")
 class Bottleneck(_Block):
   """1x1 -> 3x3 (grouped) -> 1x1; stride on the 3x3 (v1.5) unless `stride_in_1x1` (v1)."""
 
@@ -111,6 +132,7 @@ class Bottleneck(_Block):
     return nn.relu(y + self._shortcut(x, with_norm=True))
 
 
+@register_block("preact_basic")
 class PreActBasicBlock(_Block):
   """BN-ReLU-conv3x3 twice (He et al. 2016, "Identity Mappings", figure 4e)."""
 
@@ -129,6 +151,7 @@ class PreActBasicBlock(_Block):
     return y + self._shortcut(shortcut, with_norm=False)
 
 
+@register_block("preact_bottleneck")
 class PreActBottleneck(_Block):
   """Pre-activation bottleneck (BN-ReLU before each of 1x1, 3x3, 1x1), stride on the 3x3."""
 

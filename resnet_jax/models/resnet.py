@@ -1,10 +1,9 @@
-"""The generic ResNet (stem, stages, head, feature outputs) and the one registry of named variants."""
+"""The generic ResNet: stem, stages of blocks, head, feature outputs, and its named parts."""
 
-import dataclasses
 import functools
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -15,7 +14,6 @@ from resnet_jax.layers.batchnorm import BatchNorm
 from resnet_jax.layers.conv import Conv
 from resnet_jax.layers.pooling import max_pool2d
 from resnet_jax.models import blocks
-from resnet_jax.models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 
 ModuleDef = Any
 STEMS = ("imagenet", "cifar")
@@ -86,6 +84,34 @@ class ResNet(nn.Module):
   remat: bool = False
   frozen_stages: int = 0
 
+  # The network's named parts, which conversion and fine-tuning read instead of assuming names.
+  stem_modules: ClassVar[tuple[str, ...]] = ("conv1", "bn1")  # part 0
+  input_conv: ClassVar[str] = "conv1"  # the convolution that sees the image's channels
+  head: ClassVar[str] = "fc"  # the classifier, replaced for new classes
+  # torch names of top-level modules that differ from the Flax ones (blocks: Block.torch_names).
+  torch_names: ClassVar[dict[str, str]] = {}
+
+  def part_of(self, top_level_name: str) -> int | None:
+    """Which part a top-level module belongs to (see `frozen_stages`): 0 for the stem, i for stage
+    i (a pre-activation network's final BN in its last stage), None for the head.
+
+    Raises:
+      InvalidInputError: a module this network does not know (declare it in a subclass's
+        `stem_modules`, or override `part_of`), rather than guessing and freezing it.
+    """
+    if top_level_name == self.head:
+      return None
+    if top_level_name in self.stem_modules:
+      return 0
+    if top_level_name == "final_bn":
+      return len(self.stage_sizes)
+    match = re.match(r"^layer(\d+)_", top_level_name)
+    if match:
+      return int(match.group(1))
+    raise InvalidInputError(
+        f"{type(self).__name__} does not know which part its module {top_level_name!r} belongs "
+        "to; add it to stem_modules, or override part_of.")
+
   @property
   def total_stride(self) -> int:
     """Downsampling factor from input to the last feature map; also the smallest input size."""
@@ -140,11 +166,12 @@ class ResNet(nn.Module):
 
     x = x.astype(self.dtype)
     if self.stem == "imagenet":
-      x = conv(self.num_filters, (7, 7), strides=2, padding=((3, 3), (3, 3)), name="conv1")(x)
+      x = conv(self.num_filters, (7, 7), strides=2, padding=((3, 3), (3, 3)),
+               name=self.input_conv)(x)
       x = nn.relu(norm(0, name="bn1")(x))
       x = max_pool2d(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
-      x = conv(self.num_filters, (3, 3), padding=((1, 1), (1, 1)), name="conv1")(x)
+      x = conv(self.num_filters, (3, 3), padding=((1, 1), (1, 1)), name=self.input_conv)(x)
       if not preact:  # pre-activation blocks normalise their own input
         x = nn.relu(norm(0, name="bn1")(x))
     x = features["stem"] = end_of_part(0, x)
@@ -173,102 +200,6 @@ class ResNet(nn.Module):
     features["pooled"] = x
     if self.num_classes:
       x = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype,
-                   kernel_init=dense_kernel_init, name="fc")(x)
+                   kernel_init=dense_kernel_init, name=self.head)(x)
       features["logits"] = x
     return features if return_features else x
-
-
-def part_of(top_level_name: str, num_stages: int) -> int | None:
-  """Which part of a network a top-level parameter belongs to (see `ResNet.frozen_stages`):
-  0 for the stem, i for stage i (a pre-activation network's final BN in its last stage), None for
-  the classifier head."""
-  if top_level_name == "fc":
-    return None
-  if top_level_name == "final_bn":
-    return num_stages
-  match = re.match(r"^layer(\d+)_", top_level_name)
-  return int(match.group(1)) if match else 0
-
-
-def _imagenet(stage_sizes, block_cls, **kwargs):
-  return functools.partial(ResNet, stage_sizes=stage_sizes, block_cls=block_cls, **kwargs)
-
-
-def _cifar(stage_sizes, block_cls, **kwargs):
-  return functools.partial(ResNet, stage_sizes=stage_sizes, block_cls=block_cls, stem="cifar",
-                           num_filters=16, **kwargs)
-
-
-_BASE = {
-    # ImageNet family, v1.5 as torchvision (stride_in_1x1=True gives v1).
-    "resnet18": _imagenet((2, 2, 2, 2), BasicBlock),
-    "resnet34": _imagenet((3, 4, 6, 3), BasicBlock),
-    "resnet50": _imagenet((3, 4, 6, 3), Bottleneck),
-    "resnet101": _imagenet((3, 4, 23, 3), Bottleneck),
-    "resnet152": _imagenet((3, 8, 36, 3), Bottleneck),
-    "resnet200": _imagenet((3, 24, 36, 3), Bottleneck),
-    "resnext50_32x4d": _imagenet((3, 4, 6, 3), Bottleneck, groups=32, width_per_group=4),
-    "resnext101_32x8d": _imagenet((3, 4, 23, 3), Bottleneck, groups=32, width_per_group=8),
-    "resnext101_64x4d": _imagenet((3, 4, 23, 3), Bottleneck, groups=64, width_per_group=4),
-    "wide_resnet50_2": _imagenet((3, 4, 6, 3), Bottleneck, width_per_group=128),
-    "wide_resnet101_2": _imagenet((3, 4, 23, 3), Bottleneck, width_per_group=128),
-    # Pre-activation ResNets (He et al. 2016) with the ImageNet stem.
-    "preact_resnet18": _imagenet((2, 2, 2, 2), PreActBasicBlock),
-    "preact_resnet34": _imagenet((3, 4, 6, 3), PreActBasicBlock),
-    "preact_resnet50": _imagenet((3, 4, 6, 3), PreActBottleneck),
-    "preact_resnet101": _imagenet((3, 4, 23, 3), PreActBottleneck),
-    "preact_resnet152": _imagenet((3, 8, 36, 3), PreActBottleneck),
-    "preact_resnet200": _imagenet((3, 24, 36, 3), PreActBottleneck),
-    # CIFAR ResNets of He et al. 2015 section 4.2: 6n+2 layers, option-A shortcuts.
-    "resnet8": _cifar((1, 1, 1), BasicBlock, shortcut="zero_pad"),  # n=1: quick experiments, tests
-    "resnet20": _cifar((3, 3, 3), BasicBlock, shortcut="zero_pad"),
-    "resnet32": _cifar((5, 5, 5), BasicBlock, shortcut="zero_pad"),
-    "resnet44": _cifar((7, 7, 7), BasicBlock, shortcut="zero_pad"),
-    "resnet56": _cifar((9, 9, 9), BasicBlock, shortcut="zero_pad"),
-    "resnet110": _cifar((18, 18, 18), BasicBlock, shortcut="zero_pad"),
-    "resnet1202": _cifar((200, 200, 200), BasicBlock, shortcut="zero_pad", scan_blocks=True),
-    # Pre-activation CIFAR bottleneck ResNets of He et al. 2016: 9n+2 layers.
-    "preact_resnet164": _cifar((18, 18, 18), PreActBottleneck),
-    "preact_resnet1001": _cifar((111, 111, 111), PreActBottleneck, scan_blocks=True),
-}
-# The ImageNet architectures with the CIFAR stem (3x3/1 conv, no max-pool) for 32x32 inputs.
-_CIFAR_STEM = {
-    f"{name}_cifar": functools.partial(_BASE[name], stem="cifar")
-    for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "preact_resnet18",
-                 "preact_resnet34", "preact_resnet50")
-}
-MODELS: dict[str, functools.partial] = {**_BASE, **_CIFAR_STEM}
-
-# Registry entries whose architecture and parameter names match torchvision.models exactly.
-TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-                      "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
-                      "wide_resnet101_2")
-
-
-def list_models() -> list[str]:
-  """Names accepted by `create_model`, sorted."""
-  return sorted(MODELS)
-
-
-def create_model(name: str, *, num_classes: int = 1000, **overrides: Any) -> ResNet:
-  """Builds a registered ResNet.
-
-  Args:
-    name: a name from `list_models()`.
-    num_classes: classifier outputs; 0 returns pooled features instead of logits.
-    **overrides: any other `ResNet` attribute (dtype, axis_name, zero_init_residual,
-      stride_in_1x1, scan_blocks, remat, ...).
-
-  Returns:
-    An unbound `ResNet` module.
-  """
-  if name not in MODELS:
-    raise InvalidInputError(f"Unknown model {name!r}. Valid names: {', '.join(list_models())}.")
-  fields = {f.name for f in dataclasses.fields(ResNet)} - {"parent", "name"}
-  unknown = sorted(set(overrides) - fields)
-  if unknown:
-    raise InvalidInputError(f"Unknown ResNet option(s) {unknown}. Valid options: {sorted(fields)}.")
-  if num_classes < 0:
-    raise InvalidInputError("num_classes must be >= 0 (0 for a headless backbone), got "
-                            f"{num_classes}.")
-  return MODELS[name](num_classes=num_classes, **overrides)

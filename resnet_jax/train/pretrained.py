@@ -16,8 +16,6 @@ from resnet_jax.train import checkpoint
 
 MODEL_FILE = "model.json"
 VARIABLES_DIR = "variables"
-# The ResNet options that change a network's variables or function, kept with its weights.
-ARCHITECTURE_OPTIONS = ("stride_in_1x1", "scan_blocks", "bn_momentum", "bn_epsilon")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,14 +114,17 @@ def _stem_for_channels(kernel: np.ndarray, channels: int) -> np.ndarray:
                           "from 1 channel.")
 
 
-def adapt(source: dict[str, Any], template: dict[str, Any], *, replace_head: bool) -> dict:
+def adapt(source: dict[str, Any], template: dict[str, Any], *, replace_head: bool,
+          head: str = ResNet.head, input_conv: str = ResNet.input_conv) -> dict:
   """The `template` network's variables, taken from `source` wherever they correspond.
 
   Args:
     source: pretrained {"params", "batch_stats"}.
     template: the new network's variables, or their shapes (`jax.eval_shape`) to check the match
       before anything is initialised; a replaced head keeps the template's leaves.
-    replace_head: keep the template's classifier ("fc") instead of the source's.
+    replace_head: keep the template's classifier instead of the source's.
+    head, input_conv: the network's classifier and first convolution (`ResNet.head`,
+      `ResNet.input_conv`): the parts that change with the classes and the image channels.
 
   Returns:
     Variables for the template network: numpy arrays, and the template's own head leaves.
@@ -133,7 +134,7 @@ def adapt(source: dict[str, Any], template: dict[str, Any], *, replace_head: boo
   """
   src = flax.traverse_util.flatten_dict(flax.core.unfreeze(source), sep="/")
   dst = flax.traverse_util.flatten_dict(flax.core.unfreeze(template), sep="/")
-  is_head = lambda key: key.split("/")[1] == "fc"
+  is_head = lambda key: key.split("/")[1] == head
   out, missing, mismatched = {}, [], []
   for key, init in dst.items():
     if replace_head and is_head(key):
@@ -142,7 +143,7 @@ def adapt(source: dict[str, Any], template: dict[str, Any], *, replace_head: boo
       missing.append(key)
     elif tuple(src[key].shape) == tuple(init.shape):
       out[key] = np.asarray(src[key], dtype=init.dtype)
-    elif key == "params/conv1/kernel" and src[key].shape[:2] + src[key].shape[3:] == \
+    elif key == f"params/{input_conv}/kernel" and src[key].shape[:2] + src[key].shape[3:] == \
         init.shape[:2] + init.shape[3:]:
       out[key] = _stem_for_channels(np.asarray(src[key]), init.shape[2]).astype(init.dtype)
     else:

@@ -23,7 +23,7 @@ import numpy as np
 
 from resnet_jax import data
 from resnet_jax.errors import InputNotFoundError, InvalidInputError, check
-from resnet_jax.models import MODELS, create_model, part_of
+from resnet_jax.models import ARCHITECTURE_OPTIONS, MODELS, create_model, describe_architecture
 from resnet_jax.train import checkpoint, optim, parallel, pretrained, steps
 from resnet_jax.train.metrics import MetricsWriter, Progress, read_metrics
 from resnet_jax.train.preemption import Preempted, PreemptionWatcher
@@ -194,13 +194,13 @@ def build(config: Any, info: data.DatasetInfo, runner: parallel.Runner, *, steps
   dtype = PRECISIONS[t.precision]
   init = config.init
   name, architecture = model_architecture(config, source)
-  num_stages = len(MODELS[name].keywords["stage_sizes"])
-  frozen_stages = frozen_parts(init.freeze, num_stages)
   model = create_model(
       name, num_classes=info.num_classes, dtype=dtype,
       axis_name=parallel.AXIS if t.sync_batchnorm else None,
       zero_init_residual=config.model.zero_init_residual, remat=config.model.remat,
-      frozen_stages=frozen_stages, **architecture)
+      **architecture)
+  frozen_stages = frozen_parts(init.freeze, len(model.stage_sizes))
+  model = model.clone(frozen_stages=frozen_stages)
   input_shape = (1,) + tuple(info.image_shape)
   model.check_input_shape(input_shape)
   # Parameters are drawn with the "rbg" generator: its initialisers compile several times faster
@@ -211,12 +211,12 @@ def build(config: Any, info: data.DatasetInfo, runner: parallel.Runner, *, steps
   if source is not None:
     # Check the match on shapes alone, before anything is compiled.
     variables = pretrained.adapt(source.variables, jax.eval_shape(init_variables),
-                                 replace_head=init.head == "replace")
+                                 replace_head=init.head == "replace", head=model.head,
+                                 input_conv=model.input_conv)
   tx, schedule = optim.make_optimizer(o, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                                       batch_size=t.batch_size)
   if frozen_stages or init.backbone_lr_scale != 1.0:
-    tx = optim.for_fine_tuning(tx, functools.partial(part_of, num_stages=num_stages),
-                               frozen_stages=frozen_stages,
+    tx = optim.for_fine_tuning(tx, model.part_of, frozen_stages=frozen_stages,
                                backbone_lr_scale=init.backbone_lr_scale)
   on_nonfinite = t.on_nonfinite if t.on_nonfinite != "auto" else (
       "skip" if t.precision == "float16" else "stop")
@@ -253,7 +253,7 @@ def model_architecture(config: Any, source: "pretrained.Pretrained | None"
                        ) -> tuple[str, dict[str, Any]]:
   """The registry name and variable-shaping options: the config's, or a fine-tuned checkpoint's."""
   m = config.model
-  options = {k: m[k] for k in pretrained.ARCHITECTURE_OPTIONS if m[k] is not None}  # None: default
+  options = {k: m[k] for k in ARCHITECTURE_OPTIONS if m.get(k) is not None}  # None: registry's
   if source is None:
     return m.name, options
   if m.name and m.name != source.model:
@@ -276,7 +276,7 @@ def model_description(config: Any, info: data.DatasetInfo, exp: "Experiment") ->
   model = exp.model
   return pretrained.Pretrained(
       variables={}, model=exp.name, num_classes=info.num_classes,
-      options={k: getattr(model, k) for k in pretrained.ARCHITECTURE_OPTIONS},
+      options=describe_architecture(model),
       preprocessing=pretrained.Preprocessing(
           image_size=info.image_shape[0], channels=info.image_shape[2],
           crop_ratio=config.data.eval_crop_ratio, mean=info.mean, std=info.std),
@@ -527,7 +527,6 @@ def evaluate_run(workdir: str, *, split: str = "", step: int | None = None) -> d
   """
   config = load_config(workdir)
   config.data.eval_split = split or config.data.eval_split
-  config.init.checkpoint = ""  # the run's own checkpoint replaces any starting weights
   info = data.get_info(config.data)
   runner = parallel.make_runner(config.train.runner)
   runner.check_batch_size(config.train.eval_batch_size, "train.eval_batch_size")
@@ -536,10 +535,11 @@ def evaluate_run(workdir: str, *, split: str = "", step: int | None = None) -> d
       eval_batch_size=config.train.eval_batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
   state, meta = checkpoint.load(os.path.join(workdir, "checkpoints"), step)
-  config.model.name = meta["model"]["model"]
-  config.model.update(meta["model"]["options"])
+  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  config.model.name = ""
+  config.init.update(head="keep", freeze="none")
   exp = build(config, info, runner, steps_per_epoch=max(1, pipeline.steps_per_epoch),
-              total_steps=1)
+              total_steps=1, source=pretrained.from_description(variables, meta["model"]))
   variables = runner.replicate({"params": state["params"], "batch_stats": state["batch_stats"]})
   arrays = runner.replicate(pipeline.arrays["eval"]) if pipeline.device_resident else None
   metrics = evaluate(exp.eval_fn, variables, pipeline, runner, arrays)
