@@ -27,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
   p.add_argument("--steps", type=int, default=20, help="Timed steps.")
   p.add_argument("--warmup", type=int, default=3, help="Untimed steps after compilation.")
-  p.add_argument("--runner", default="mesh", choices=["mesh", "pmap"])
+  p.add_argument("--runner", default="mesh", help="A registered runner: mesh or pmap.")
   p.add_argument("--compare-torch", action="store_true", help="Also time PyTorch's twin.")
   p.add_argument("--torch-compile", default="auto", choices=["auto", "yes", "no"],
                  help="torch.compile the twin; auto: on CUDA only (inductor's CPU compile is slow).")

@@ -90,7 +90,7 @@ def test_sgd_matches_pytorch_semantics():
   np.testing.assert_allclose(params["w"]["kernel"], w.detach().numpy(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+@pytest.mark.parametrize("name", optim.OPTIMIZERS.names())
 def test_every_optimizer_reduces_a_quadratic(name):
   config = optim_config(name=name, learning_rate=0.05, schedule="constant", warmup_epochs=0,
                         weight_decay=0.0, clip_norm=1.0)

@@ -52,7 +52,8 @@ def get_config() -> ml_collections.ConfigDict:
   ))
 
   config.optim = ml_collections.ConfigDict(dict(
-      name="sgd",                 # sgd | adamw | lars
+      name="sgd",                 # sgd | adamw | lars | a registered one | optax.<any optax name>
+      kwargs="",                  # optax.<name>'s arguments: "b1=0.95, eps=1e-6"
       learning_rate=0.1,
       lr_batch_base=0,            # > 0: learning_rate * batch_size / lr_batch_base
       momentum=0.9,

@@ -1,5 +1,19 @@
-"""Optimisers and learning-rate schedules from a config: an optax chain with masked weight decay."""
+"""Optimisers and learning-rate schedules from a config: registries of recipes, any optax
+optimizer by name, and an optax chain with masked weight decay.
 
+A fork adds its own from its own file:
+
+    @register_optimizer("my_sgd")
+    def my_sgd(optim_config, schedule, mask):
+      return optax.sgd(schedule, momentum=0.8)
+
+    @register_schedule("linear")
+    def linear(optim_config, *, peak, warmup, steps_per_epoch, total_steps): ...
+"""
+
+import ast
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -7,9 +21,16 @@ import jax.numpy as jnp
 import optax
 
 from resnet_jax.errors import InvalidInputError
+from resnet_jax.registry import Registry
 
-OPTIMIZERS = ("sgd", "adamw", "lars")
-SCHEDULES = ("constant", "cosine", "piecewise", "onecycle")
+# name -> (optim_config, schedule, decay mask or None) -> a GradientTransformation, or a list of
+# them to chain (flat, so that the optimizer state keeps one structure).
+OPTIMIZERS: Registry[Callable[..., Any]] = Registry("optimizer")
+# name -> (optim_config, *, peak, warmup, steps_per_epoch, total_steps) -> schedule
+SCHEDULES: Registry[Callable[..., optax.Schedule]] = Registry("schedule")
+register_optimizer = OPTIMIZERS.register
+register_schedule = SCHEDULES.register
+OPTAX_PREFIX = "optax."  # optim.name=optax.<name>: any optax optimizer, kwargs from optim.kwargs
 
 
 def peak_learning_rate(optim_config: Any, batch_size: int) -> float:
@@ -19,9 +40,45 @@ def peak_learning_rate(optim_config: Any, batch_size: int) -> float:
   return lr * batch_size / base if base > 0 else lr
 
 
+def with_warmup(main: optax.Schedule, warmup: int) -> optax.Schedule:
+  """`main` multiplied by a linear ramp from 0 over `warmup` steps (boundaries stay absolute)."""
+  if warmup == 0:
+    return main
+  return lambda step: main(step) * jnp.minimum(1.0, step / warmup)
+
+
+@register_schedule("constant")
+def constant(optim_config, *, peak, warmup, steps_per_epoch, total_steps):
+  del optim_config, steps_per_epoch, total_steps
+  return with_warmup(optax.constant_schedule(peak), warmup)
+
+
+@register_schedule("piecewise")
+def piecewise(optim_config, *, peak, warmup, steps_per_epoch, total_steps):
+  """/decay_factor at each of `boundaries` (in steps or epochs)."""
+  del total_steps
+  scale = steps_per_epoch if optim_config.boundaries_unit == "epochs" else 1
+  boundaries = [int(round(b * scale)) for b in optim_config.boundaries]
+  return with_warmup(optax.piecewise_constant_schedule(
+      peak, {b: float(optim_config.decay_factor) for b in boundaries}), warmup)
+
+
+@register_schedule("cosine")
+def cosine(optim_config, *, peak, warmup, steps_per_epoch, total_steps):
+  del optim_config, steps_per_epoch
+  return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1))
+
+
+@register_schedule("onecycle")
+def onecycle(optim_config, *, peak, warmup, steps_per_epoch, total_steps):
+  del optim_config, warmup, steps_per_epoch  # it has its own warm-up phase (pct_start)
+  return optax.cosine_onecycle_schedule(total_steps, peak)
+
+
 def make_schedule(optim_config: Any, *, steps_per_epoch: int, total_steps: int,
                   batch_size: int) -> optax.Schedule:
-  """Learning rate per step: linear warmup from 0, then constant, cosine, piecewise or one-cycle.
+  """Learning rate per step: the registered schedule `optim.schedule` (constant, piecewise,
+  cosine, onecycle, or a fork's), with its linear warm-up from 0.
 
   Args:
     optim_config: the config's `optim` section.
@@ -32,26 +89,10 @@ def make_schedule(optim_config: Any, *, steps_per_epoch: int, total_steps: int,
   Returns:
     An optax schedule.
   """
-  peak = peak_learning_rate(optim_config, batch_size)
-  warmup = int(round(optim_config.warmup_epochs * steps_per_epoch))
-  name = optim_config.schedule
-  if name == "onecycle":  # has its own warm-up phase (pct_start)
-    return optax.cosine_onecycle_schedule(total_steps, peak)
-  if name == "cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1))
-  if name == "constant":
-    main = optax.constant_schedule(peak)
-  elif name == "piecewise":
-    scale = steps_per_epoch if optim_config.boundaries_unit == "epochs" else 1
-    boundaries = [int(round(b * scale)) for b in optim_config.boundaries]
-    main = optax.piecewise_constant_schedule(
-        peak, {b: float(optim_config.decay_factor) for b in boundaries})
-  else:
-    raise InvalidInputError(f"Unknown schedule {name!r}; choose one of {SCHEDULES}.")
-  if warmup == 0:
-    return main
-  # Boundaries stay absolute step numbers: the warm-up multiplies, it does not shift.
-  return lambda step: main(step) * jnp.minimum(1.0, step / warmup)
+  return SCHEDULES[optim_config.schedule](
+      optim_config, peak=peak_learning_rate(optim_config, batch_size),
+      warmup=int(round(optim_config.warmup_epochs * steps_per_epoch)),
+      steps_per_epoch=steps_per_epoch, total_steps=total_steps)
 
 
 def decay_mask(params: Any) -> Any:
@@ -60,13 +101,95 @@ def decay_mask(params: Any) -> Any:
       lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
 
 
+@register_optimizer("sgd")
+def sgd(optim_config, schedule, mask):
+  """SGD with (Nesterov) momentum; weight decay is added to the gradient before momentum, as
+  PyTorch's SGD does."""
+  chain = []
+  if optim_config.weight_decay:
+    chain.append(optax.add_decayed_weights(float(optim_config.weight_decay), mask))
+  chain.append(optax.sgd(schedule, momentum=optim_config.momentum or None,
+                         nesterov=optim_config.nesterov))
+  return chain
+
+
+@register_optimizer("adamw")
+def adamw(optim_config, schedule, mask):
+  o = optim_config
+  return optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=float(o.weight_decay),
+                     mask=mask)
+
+
+@register_optimizer("lars")
+def lars(optim_config, schedule, mask):
+  o = optim_config
+  return optax.lars(schedule, weight_decay=float(o.weight_decay), weight_decay_mask=mask or True,
+                    trust_coefficient=o.trust_coefficient, trust_ratio_mask=mask or True,
+                    momentum=o.momentum, nesterov=o.nesterov)
+
+
+def parse_kwargs(spec: str) -> dict[str, Any]:
+  """optim.kwargs, "name=value, name=value" with Python literals, as a dict."""
+  out = {}
+  for item in filter(None, (part.strip() for part in spec.split(","))):
+    name, sep, value = item.partition("=")
+    try:
+      out[name.strip()] = ast.literal_eval(value.strip()) if sep else None
+    except (ValueError, SyntaxError):
+      sep = ""
+    if not sep:
+      raise InvalidInputError(f"optim.kwargs={spec!r}: {item!r} is not name=value with a Python "
+                              "literal value (e.g. b1=0.95, nesterov=True).")
+  return out
+
+
+def _optax_optimizer(name: str, optim_config: Any, schedule: optax.Schedule,
+                     mask: Any) -> list[optax.GradientTransformation]:
+  """optax.<name>(learning_rate=schedule, **optim.kwargs); optim.weight_decay goes to its own
+  weight_decay (and mask) argument, or is added to the gradient first where it has none."""
+  fn = getattr(optax, name, None)
+  if not callable(fn) or "learning_rate" not in inspect.signature(fn).parameters:
+    raise InvalidInputError(f"optim.name={OPTAX_PREFIX}{name}: optax has no optimizer {name!r} "
+                            "taking a learning_rate.")
+  kwargs = parse_kwargs(optim_config.kwargs)
+  parameters = inspect.signature(fn).parameters
+  wd = float(optim_config.weight_decay)
+  chain = []
+  if wd and "weight_decay" not in kwargs:
+    if "weight_decay" in parameters:
+      kwargs["weight_decay"] = wd
+      if "mask" in parameters:
+        kwargs["mask"] = mask
+    else:
+      chain.append(optax.add_decayed_weights(wd, mask))
+  try:
+    chain.append(fn(learning_rate=schedule, **kwargs))
+  except TypeError as e:
+    raise InvalidInputError(f"optim.kwargs={optim_config.kwargs!r} do not fit optax.{name}: "
+                            f"{e}.") from e
+  return chain
+
+
+def check_names(optim_config: Any) -> None:
+  """Raises InvalidInputError for an unknown optimizer or schedule name, listing the valid ones."""
+  name = optim_config.name
+  if name not in OPTIMIZERS and not name.startswith(OPTAX_PREFIX):
+    raise InvalidInputError(f"Unknown optim.name {name!r}; valid names: "
+                            f"{', '.join(OPTIMIZERS.names())}, or {OPTAX_PREFIX}<name> for any "
+                            "optax optimizer (its arguments in optim.kwargs).")
+  if optim_config.schedule not in SCHEDULES:
+    raise InvalidInputError(f"Unknown optim.schedule {optim_config.schedule!r}; valid names: "
+                            f"{', '.join(SCHEDULES.names())}.")
+
+
 def make_optimizer(optim_config: Any, *, steps_per_epoch: int, total_steps: int,
                    batch_size: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Builds the optax transformation and its schedule from the `optim` config section.
 
   Args:
-    optim_config: name (sgd|adamw|lars), learning_rate, lr_batch_base, momentum, nesterov,
-      weight_decay, decay_all (decay BatchNorm and biases too), b1, b2, eps, trust_coefficient,
+    optim_config: name (a registered optimizer: sgd, adamw, lars, a fork's; or optax.<name>),
+      learning_rate, lr_batch_base, momentum, nesterov, weight_decay, decay_all (decay BatchNorm
+      and biases too), b1, b2, eps, trust_coefficient, kwargs (optax.<name>'s arguments),
       clip_norm (0 = off) and the schedule keys of `make_schedule`.
     steps_per_epoch, total_steps, batch_size: as for `make_schedule`.
 
@@ -74,29 +197,18 @@ def make_optimizer(optim_config: Any, *, steps_per_epoch: int, total_steps: int,
     (transformation, schedule).
   """
   name = optim_config.name
-  if name not in OPTIMIZERS:
-    raise InvalidInputError(f"Unknown optimizer {name!r}; choose one of {OPTIMIZERS}.")
+  if name.startswith(OPTAX_PREFIX):
+    build = lambda *args: _optax_optimizer(name[len(OPTAX_PREFIX):], *args)
+  else:
+    build = OPTIMIZERS[name]
   schedule = make_schedule(optim_config, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                            batch_size=batch_size)
-  wd = float(optim_config.weight_decay)
   mask = None if optim_config.decay_all else decay_mask
   chain = []
   if optim_config.clip_norm > 0:
     chain.append(optax.clip_by_global_norm(optim_config.clip_norm))
-  if name == "sgd":
-    # PyTorch's SGD adds weight decay to the gradient before momentum; so does this chain.
-    if wd:
-      chain.append(optax.add_decayed_weights(wd, mask))
-    chain.append(optax.sgd(schedule, momentum=optim_config.momentum or None,
-                           nesterov=optim_config.nesterov))
-  elif name == "adamw":
-    chain.append(optax.adamw(schedule, b1=optim_config.b1, b2=optim_config.b2,
-                             eps=optim_config.eps, weight_decay=wd, mask=mask))
-  else:
-    chain.append(optax.lars(schedule, weight_decay=wd, weight_decay_mask=mask or True,
-                            trust_coefficient=optim_config.trust_coefficient,
-                            trust_ratio_mask=mask or True, momentum=optim_config.momentum,
-                            nesterov=optim_config.nesterov))
+  built = build(optim_config, schedule, mask)
+  chain.extend(built if isinstance(built, list) else [built])  # a transformation is a tuple
   return optax.chain(*chain), schedule
 
 

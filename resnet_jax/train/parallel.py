@@ -16,9 +16,11 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax.errors import InvalidInputError, check_divisible
+from resnet_jax.registry import Registry
 
-RUNNERS = ("mesh", "pmap")
-AXIS = "batch"
+AXIS = "batch"  # the data-parallel axis: gradients and BatchNorm statistics are averaged on it
+RUNNERS: Registry[type] = Registry("runner", "train.runner")
+register_runner = RUNNERS.register
 
 
 def initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
@@ -77,6 +79,7 @@ class Runner:
     raise NotImplementedError
 
 
+@register_runner("pmap")
 class PmapRunner(Runner):
   """`jax.pmap` over the local devices; collectives span every process's devices."""
 
@@ -106,6 +109,7 @@ class PmapRunner(Runner):
     return lambda *args: jax.tree.map(lambda x: x[0], step(*args))
 
 
+@register_runner("mesh")
 class MeshRunner(Runner):
   """`jax.jit` of a `shard_map` over a one-axis device `Mesh`; the batch is sharded, state replicated."""
 
@@ -141,8 +145,5 @@ class MeshRunner(Runner):
 
 
 def make_runner(name: str, devices: list | None = None) -> Runner:
-  """The runner called `name` ("mesh" or "pmap") over `devices` (default: all)."""
-  runners = {"mesh": MeshRunner, "pmap": PmapRunner}
-  if name not in runners:
-    raise InvalidInputError(f"Unknown runner {name!r}; choose one of {RUNNERS}.")
-  return runners[name](devices)
+  """The registered runner called `name` ("mesh", "pmap", ...) over `devices` (default: all)."""
+  return RUNNERS[name](devices)

@@ -67,8 +67,7 @@ def validate_config(config: Any) -> None:
         f"{t.keep_checkpoints}.")
   check(t.precision in PRECISIONS, f"Unknown train.precision {t.precision!r}; choose one of "
         f"{tuple(PRECISIONS)}.")
-  check(t.runner in parallel.RUNNERS, f"Unknown train.runner {t.runner!r}; choose one of "
-        f"{parallel.RUNNERS}.")
+  parallel.RUNNERS[t.runner]  # an unknown name is refused, listing the registered ones
   check(t.on_nonfinite in ("auto",) + steps.NONFINITE_POLICIES, f"Unknown train.on_nonfinite "
         f"{t.on_nonfinite!r}; choose auto, stop or skip.")
   check(config.model.name in MODELS or (not config.model.name and config.init.checkpoint),
@@ -76,10 +75,7 @@ def validate_config(config: Any) -> None:
   check(config.init.head in ("replace", "keep"), "init.head must be replace or keep.")
   check(config.init.backbone_lr_scale > 0, "init.backbone_lr_scale must be positive (freeze "
         "with init.freeze instead of a zero rate).")
-  check(o.name in optim.OPTIMIZERS, f"Unknown optim.name {o.name!r}; choose one of "
-        f"{optim.OPTIMIZERS}.")
-  check(o.schedule in optim.SCHEDULES, f"Unknown optim.schedule {o.schedule!r}; choose one of "
-        f"{optim.SCHEDULES}.")
+  optim.check_names(o)
   check(o.boundaries_unit in ("steps", "epochs"), "optim.boundaries_unit must be steps or epochs.")
 
 
