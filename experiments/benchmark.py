@@ -126,7 +126,8 @@ def run(args) -> dict:
 
   if args.compare_torch:
     spec = create_model(args.model, num_classes=args.num_classes)
-    results["torch"] = benchmark.time_torch(
+    from resnet_jax.interop.torch_reference import time_torch
+    results["torch"] = time_torch(
         spec, batch_size=args.batch_size, image_size=args.image_size, channels=channels,
         precision=args.dtype, learning_rate=0.1, momentum=0.9, weight_decay=1e-4,
         steps=args.steps, warmup=args.warmup,

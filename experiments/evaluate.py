@@ -19,7 +19,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
   args = parse_args(argv)
   with cli.command():
-    from resnet_jax.train.trainer import evaluate_run
+    from resnet_jax.train.evaluate import evaluate_run
     result = evaluate_run(args.workdir, split=args.split, step=args.step)
   print(f"step {result['step']} on {result['split']}: top-1 {result['eval_accuracy']:.4f}, "
         f"top-5 {result['eval_top5']:.4f}, loss {result['eval_loss']:.4f} "

@@ -1,6 +1,6 @@
 """Trains and evaluates a ResNet: `python -m experiments.train [--config=FILE] [--workdir=DIR]`.
 
-Intentionally kept short: flags in, `resnet_jax.train.trainer.train_and_evaluate` out.
+Intentionally kept short: flags in, `resnet_jax.train.loop.train_and_evaluate` out.
 """
 
 import logging
@@ -43,7 +43,7 @@ def main(argv):
     except Exception as e:  # noqa: BLE001 - a missing or broken config file
       cli.fail(cli.flag_error(e, sys.argv))
     from resnet_jax.train.preemption import Preempted
-    from resnet_jax.train.trainer import train_and_evaluate
+    from resnet_jax.train.loop import train_and_evaluate
     try:
       final = train_and_evaluate(config, FLAGS.workdir)
     except Preempted as e:

@@ -10,7 +10,6 @@ import itertools
 import math
 import os
 import resource
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,8 +21,11 @@ import numpy as np
 
 from resnet_jax import data
 from resnet_jax.data import pipeline as pipeline_lib
+from resnet_jax.data.device import host_fed
 from resnet_jax.layers import conv
-from resnet_jax.train import parallel, trainer
+from resnet_jax.timing import summary, timed
+from resnet_jax.train import parallel
+from resnet_jax.train.experiment import build
 
 # Dense peak FLOP/s per device, from the vendors' data sheets (no sparsity).
 PEAK_FLOPS = {  # device-kind substring -> {compute dtype: FLOP/s}
@@ -89,31 +91,6 @@ def format_table(results: dict[str, Any]) -> str:
     if key in results:
       rows.append(f"  {label}: {results[key]:.3f}x")
   return "\n".join(rows)
-
-
-def _timed(step: Callable[[], Any], sync: Callable[[Any], Any], *, steps: int, warmup: int,
-           window: int = 5) -> list[float]:
-  """Seconds per step: one value per window of `window` steps dispatched back to back (so host
-  work overlaps device work, as in training) and synchronised at the window's end."""
-  window = max(1, min(window, steps))
-  out = None
-  for _ in range(warmup):
-    out = step()
-  sync(out)
-  times = []
-  for _ in range(max(1, steps // window)):
-    start = time.perf_counter()
-    for _ in range(window):
-      out = step()
-    sync(out)
-    times.append((time.perf_counter() - start) / window)
-  return times
-
-
-def _summary(seconds: list[float], images_per_step: int) -> dict[str, float]:
-  rates = [images_per_step / s for s in seconds]
-  return {"images_per_sec": statistics.median(rates), "images_per_sec_min": min(rates),
-          "images_per_sec_max": max(rates), "step_time_ms": 1e3 * statistics.median(seconds)}
 
 
 def _peak_memory_bytes() -> tuple[int | None, str]:
@@ -216,9 +193,10 @@ def time_train_step(config: Any, info: data.DatasetInfo, *, steps: int, warmup: 
   t = config.train
   runner = parallel.make_runner(t.runner)
   runner.check_batch_size(t.batch_size)
-  exp = trainer.build(config, info, runner,
-                      steps_per_epoch=pipeline.steps_per_epoch if pipeline else 1000,
-                      total_steps=10**6)
+  batches = pipeline.device_batches(parallel.AXIS) if pipeline else \
+      host_fed(config.data, info, parallel.AXIS)
+  exp = build(config, info, runner, batches,
+              steps_per_epoch=pipeline.steps_per_epoch if pipeline else 1000, total_steps=10**6)
   state, rng = runner.replicate(exp.state), runner.replicate(exp.rng)
   if pipeline is None:
     local = t.batch_size // jax.process_count()
@@ -227,8 +205,7 @@ def time_train_step(config: Any, info: data.DatasetInfo, *, steps: int, warmup: 
             "label": r.randint(0, info.num_classes, (local,)).astype(np.int32)}
     inputs = itertools.repeat((runner.shard_batch(host), None))
   else:
-    resident = runner.replicate(pipeline.arrays["train"]) if pipeline.device_resident else None
-    inputs = trainer.train_inputs(pipeline, runner, resident, 0)
+    inputs = pipeline.train_feed(0, runner)
 
   first = next(inputs)
   inputs = itertools.chain([first], inputs)
@@ -243,9 +220,9 @@ def time_train_step(config: Any, info: data.DatasetInfo, *, steps: int, warmup: 
     state, metrics = compiled(state, batch, rng, arrays)
     return metrics
 
-  times = _timed(step, jax.block_until_ready, steps=steps, warmup=warmup)
+  times = timed(step, jax.block_until_ready, steps=steps, warmup=warmup)
   memory, memory_kind = _peak_memory_bytes()
-  result = {**_summary(times, t.batch_size), "compile_time_s": compile_s,
+  result = {**summary(times, t.batch_size), "compile_time_s": compile_s,
             "flops_per_image": flops_per_image,
             "peak_memory_bytes": memory, "peak_memory_kind": memory_kind,
             "num_devices": runner.num_replicas}
@@ -263,61 +240,6 @@ def time_input(pipeline: Any, *, batch_size: int, steps: int, warmup: int) -> di
   they compute while timed.
   """
   batches = pipeline.train_batches(0)
-  times = _timed(lambda: next(batches), lambda _: None, steps=steps,
+  times = timed(lambda: next(batches), lambda _: None, steps=steps,
                  warmup=warmup + pipeline_lib.BATCHES_AHEAD * max(1, pipeline.num_workers))
-  return {**_summary(times, batch_size), "device_resident": pipeline.device_resident}
-
-
-def time_torch(model_spec: Any, *, batch_size: int, image_size: int, channels: int,
-               precision: str, learning_rate: float, momentum: float, weight_decay: float,
-               steps: int, warmup: int, compile: bool | None = None) -> dict[str, Any]:
-  """The same architecture, batch, dtype and optimizer (SGD momentum) in PyTorch.
-
-  channels-last memory format, autocast to the compute dtype, and `torch.compile` (by default on
-  CUDA only: inductor's CPU compilation takes minutes for a ResNet).
-  """
-  import torch
-  from resnet_jax.interop.torch_reference import TorchResNet
-
-  device = "cuda" if torch.cuda.is_available() else "cpu"
-  net = TorchResNet(model_spec, channels).to(device).to(memory_format=torch.channels_last)
-  opt = torch.optim.SGD(net.parameters(), lr=learning_rate, momentum=momentum,
-                        weight_decay=weight_decay)
-  x = torch.randn(batch_size, channels, image_size, image_size, device=device).to(
-      memory_format=torch.channels_last)
-  y = torch.randint(0, max(1, model_spec.num_classes), (batch_size,), device=device)
-  autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
-  scaler = torch.amp.GradScaler(device) if precision == "float16" else None
-
-  def step(model):
-    opt.zero_grad(set_to_none=True)
-    with torch.autocast(device, dtype=autocast_dtype or torch.float32,
-                        enabled=autocast_dtype is not None):
-      loss = torch.nn.functional.cross_entropy(model(x), y)
-    if scaler is not None:
-      scaler.scale(loss).backward()
-      scaler.step(opt)
-      scaler.update()
-    else:
-      loss.backward()
-      opt.step()
-    return loss
-
-  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-  if compile is None:
-    compile = device == "cuda"
-  model = torch.compile(net) if compile else net
-  start = time.perf_counter()
-  try:
-    step(model)
-  except Exception:  # noqa: BLE001 - e.g. no C++ compiler for inductor: measure eager instead
-    if model is net:
-      raise
-    model = net
-    step(model)
-  sync()
-  compile_s = time.perf_counter() - start
-  times = _timed(lambda: step(model), lambda _: sync(), steps=steps, warmup=warmup)
-  return {**_summary(times, batch_size), "compile_time_s": compile_s,
-          "torch_compile": model is not net, "torch_version": torch.__version__,
-          "torch_threads": torch.get_num_threads()}
+  return {**summary(times, batch_size), "device_resident": pipeline.device_resident}

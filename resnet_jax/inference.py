@@ -5,16 +5,19 @@ import functools
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax.data import eval_transform, normalize
-from resnet_jax.data.decode import ImageReadError, read_image
 from resnet_jax.errors import InvalidInputError
-from resnet_jax.train.pretrained import Pretrained
+
+if TYPE_CHECKING:
+  from resnet_jax.train.pretrained import Pretrained
+
+# Classification reads files and weights: its data and checkpoint modules are imported on use, so
+# that `feature_fn` (a backbone inside other JAX code) loads none of them.
 
 
 def feature_fn(model: Any) -> Callable[[dict, jax.Array], dict[str, jax.Array]]:
@@ -69,7 +72,7 @@ def read_labels(spec: str, num_classes: int, default: Sequence[str] | None) -> l
 class Classifier:
   """Top-k predictions of a network for image files, batched and jitted."""
 
-  def __init__(self, source: Pretrained, batch_size: int = 64):
+  def __init__(self, source: "Pretrained", batch_size: int = 64):
     if source.num_classes == 0:
       raise InvalidInputError(
           f"This {source.model} has no classifier head (num_classes=0), so it cannot predict "
@@ -79,12 +82,14 @@ class Classifier:
     self.source, self.batch_size = source, batch_size
     self.model = source.create_model()
     self.variables = jax.device_put(source.variables)
+    from resnet_jax.data.augment import normalize
     prep = source.preprocessing
     self._forward = jax.jit(lambda variables, images: jax.nn.softmax(self.model.apply(
         variables, normalize(images, prep.mean, prep.std), train=False)))
 
   def preprocess(self, image: np.ndarray) -> np.ndarray:
     """A decoded image (HWC uint8) prepared exactly as evaluation prepares it."""
+    from resnet_jax.data.transforms import eval_transform
     prep = self.source.preprocessing
     return eval_transform(image, image_size=prep.image_size, channels=prep.channels,
                           crop_ratio=prep.crop_ratio)
@@ -109,6 +114,7 @@ class Classifier:
     """
     if top <= 0:
       raise InvalidInputError(f"top must be a positive number of classes, got {top}.")
+    from resnet_jax.data.decode import ImageReadError, read_image
     images, readable, errors = [], [], []
     for path in paths:
       try:

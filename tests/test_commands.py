@@ -44,7 +44,7 @@ def test_each_command_reports_an_input_mistake_in_one_line_and_exits_2(tmp_path)
                                f"--out={tmp_path / 'out'}"],
        r"error: No weights file at .*absent\.pth"),
       ("experiments.benchmark", ["--model=resnet5"],
-       r"error: Unknown model 'resnet5'\. Valid names: .*resnet50"),
+       r"error: Unknown model 'resnet5'; valid names: .*resnet50"),
   ]
   processes = [start(module, *args) for module, args, _ in cases]  # side by side: import-bound
   for process, (module, args, pattern) in zip(processes, cases):

@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from resnet_jax import data
-from resnet_jax.data import catalogue, decode, digits, transforms
+from resnet_jax.data import augment, catalogue, decode, digits, transforms
 
 
 def make_config(**overrides) -> ml_collections.ConfigDict:
@@ -379,17 +379,21 @@ def test_random_resized_crop_follows_torchvision():
 
 
 # On-device augmentation.
+def device_stage(*items):
+  return augment.plan(items).device
+
+
 def test_augment_on_device():
   images = jnp.asarray(noise((64, 6, 5, 3), 0))
-  key = jax.random.key(0)
-  assert data.augment_on_device(images, key, crop_padding=0, random_flip=False) is images
-  augment = jax.jit(data.augment_on_device, static_argnames=("crop_padding", "random_flip"))
-  flipped = np.asarray(augment(images, key, crop_padding=0, random_flip=True))
+  keys = jax.random.split(jax.random.key(0), 64)
+  assert augment.apply_on_device(images, keys, ()) is images
+  apply = jax.jit(augment.apply_on_device, static_argnums=2)
+  flipped = np.asarray(apply(images, keys, device_stage(("flip", {}))))
   is_flipped = [np.array_equal(f, i[:, ::-1]) for f, i in zip(flipped, np.asarray(images))]
   is_same = [np.array_equal(f, i) for f, i in zip(flipped, np.asarray(images))]
   assert all(f != s for f, s in zip(is_flipped, is_same)) and 10 < sum(is_flipped) < 54
   p = 2
-  cropped = np.asarray(augment(images, key, crop_padding=p, random_flip=False))
+  cropped = np.asarray(apply(images, keys, device_stage(("pad_crop", {"padding": p}))))
   assert cropped.shape == images.shape and cropped.dtype == np.uint8
   padded = np.pad(np.asarray(images), ((0, 0), (p, p), (p, p), (0, 0)))
   shifts = []
@@ -399,16 +403,35 @@ def test_augment_on_device():
     assert matches, "every crop is a shifted copy of the zero-padded image"
     shifts.append(matches[0])
   assert len(set(shifts)) > 10 and any(s != (p, p) for s in shifts)
-  # One key per example (as the train step passes them) works too, and decides each example.
-  keys = jax.random.split(key, 64)
-  per_example = augment(images, keys, crop_padding=p, random_flip=True)
-  again = augment(images[:8], keys[:8], crop_padding=p, random_flip=True)
-  np.testing.assert_array_equal(per_example[:8], again)
+  # Each example's key decides its augmentation, whatever else is in the batch.
+  both = device_stage(("pad_crop", {"padding": p}), ("flip", {}))
+  np.testing.assert_array_equal(apply(images, keys, both)[:8], apply(images[:8], keys[:8], both))
+
+
+def test_augmentations_run_where_the_plan_puts_them():
+  names = lambda stage: [aug.name for aug, _ in stage]
+  plan = augment.plan([("random_resized_crop", {}), ("flip", {})])  # ImageNet: both on the host
+  assert names(plan.host) == ["random_resized_crop", "flip"] and not plan.device
+  plan = augment.plan([("random_resized_crop", {}), ("pad_crop", {"padding": 2}), ("flip", {})])
+  assert names(plan.host) == ["random_resized_crop"] and names(plan.device) == ["pad_crop", "flip"]
+  plan = augment.plan([("pad_crop", {"padding": 2}), ("flip", {})])  # CIFAR: all on the device
+  assert not plan.host and names(plan.device) == ["pad_crop", "flip"]
+  with pytest.raises(ValueError, match="random_resized_crop decides the image size, so it must "
+                                       "come first"):
+    augment.plan([("flip", {}), ("random_resized_crop", {})])
+  with pytest.raises(ValueError, match=r"Unknown data.augmentations 'cutout'; valid names: flip, "
+                                       r"pad_crop, random_resized_crop"):
+    augment.plan([("cutout", {})])
+  config = make_config(random_flip=True, crop_padding=4, augmentations=("flip(p=1)",))
+  assert augment.requested(config) == [("pad_crop", {"padding": 4}), ("flip", {}),
+                                       ("flip", {"p": 1})]
+  with pytest.raises(ValueError, match="is not name or name"):
+    augment.parse("flip(0.5)")
 
 
 def test_normalize():
   images = jnp.asarray(noise((2, 4, 4, 3), 0))
-  out = data.normalize(images, (10.0, 20.0, 30.0), (2.0, 4.0, 8.0), jnp.bfloat16)
+  out = augment.normalize(images, (10.0, 20.0, 30.0), (2.0, 4.0, 8.0), jnp.bfloat16)
   assert out.dtype == jnp.bfloat16
   expected = (np.asarray(images, np.float32) - [10, 20, 30]) / [2, 4, 8]
   np.testing.assert_allclose(np.asarray(out, np.float32), expected, rtol=1e-2)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import errors
-from resnet_jax.train import checkpoint, metrics, trainer, workdir as workdir_lib
+from resnet_jax.train import checkpoint, loop, metrics, step, workdir as workdir_lib
 from resnet_jax.train.preemption import Preempted, PreemptionWatcher
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,14 +53,14 @@ def stop_at(monkeypatch, step, signum=signal.SIGTERM):
 # 1. Exact resume.
 def test_interrupted_and_resumed_run_is_bitwise_identical(small_config, tmp_path, monkeypatch):
   config = small_config(num_steps=7)
-  trainer.train_and_evaluate(config, str(tmp_path / "straight"))
+  loop.train_and_evaluate(config, str(tmp_path / "straight"))
   with monkeypatch.context() as patch:
     stop_at(patch, 3)  # between checkpoints and log steps
     with pytest.raises(Preempted) as info:
-      trainer.train_and_evaluate(config, str(tmp_path / "resumed"))
+      loop.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert info.value.step == 3 and info.value.exit_code == 143
   assert checkpoint.load(str(tmp_path / "resumed" / "checkpoints"))[1]["step"] == 3
-  trainer.train_and_evaluate(config, str(tmp_path / "resumed"))
+  loop.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert_same_run(str(tmp_path / "straight"), str(tmp_path / "resumed"))
 
 
@@ -157,9 +157,9 @@ def test_second_signal_exits_immediately(tmp_path):
 def test_unfinished_and_corrupt_checkpoints_are_reported_and_skipped(small_config, tmp_path,
                                                                      caplog):
   config = small_config(num_steps=6)
-  trainer.train_and_evaluate(config, str(tmp_path / "straight"))
+  loop.train_and_evaluate(config, str(tmp_path / "straight"))
   workdir = str(tmp_path / "run")
-  trainer.train_and_evaluate(small_config(num_steps=6), workdir)
+  loop.train_and_evaluate(small_config(num_steps=6), workdir)
   ckpts = os.path.join(workdir, "checkpoints")
   # A save killed half-way leaves a temporary folder; a damaged disk leaves a broken checkpoint.
   os.makedirs(os.path.join(ckpts, "8.orbax-checkpoint-tmp-1234"))
@@ -169,7 +169,7 @@ def test_unfinished_and_corrupt_checkpoints_are_reported_and_skipped(small_confi
         f.write(b"\0garbage")
   config.train.num_steps = 6
   with caplog.at_level("WARNING"):
-    trainer.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
   text = caplog.text
   assert "unfinished checkpoint" in text and "8.orbax-checkpoint-tmp-1234" in text
   assert "Checkpoint 6" in text and "corrupt or incomplete" in text and "6.corrupt" in text
@@ -180,15 +180,15 @@ def test_unfinished_and_corrupt_checkpoints_are_reported_and_skipped(small_confi
 
 def test_checkpoint_of_another_model_or_config_is_refused(small_config, tmp_path):
   workdir = str(tmp_path)
-  trainer.train_and_evaluate(small_config(num_steps=2), workdir)
+  loop.train_and_evaluate(small_config(num_steps=2), workdir)
   other = small_config(num_steps=2)
   other.model.name = "resnet20"
   with pytest.raises(ValueError, match=r"another config \(model: saved .*resnet8.*resnet20"):
-    trainer.train_and_evaluate(other, workdir)
+    loop.train_and_evaluate(other, workdir)
   os.remove(os.path.join(workdir, "config.json"))  # the checkpoint itself still knows
   with pytest.raises(checkpoint.CheckpointMismatchError,
                      match=r"different run \(model: saved .*resnet8.*, now .*resnet20"):
-    trainer.train_and_evaluate(other, workdir)
+    loop.train_and_evaluate(other, workdir)
   assert checkpoint.load(os.path.join(workdir, "checkpoints"))[1]["identity"]["model"][
       "name"] == "resnet8"  # never overwritten
 
@@ -196,8 +196,8 @@ def test_checkpoint_of_another_model_or_config_is_refused(small_config, tmp_path
 # 4. Numerical faults.
 def test_nonfinite_loss_stops_with_the_step_and_saves_nothing_poisoned(small_config, tmp_path):
   config = small_config(num_steps=40, optim={"learning_rate": 1e30, "schedule": "constant"})
-  with pytest.raises(trainer.NonFiniteError, match=r"Non-finite (loss|gradient) at step \d+"):
-    trainer.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(loop.NonFiniteError, match=r"Non-finite (loss|gradient) at step \d+"):
+    loop.train_and_evaluate(config, str(tmp_path))
   ckpts = os.path.join(str(tmp_path), "checkpoints")
   if os.path.isdir(ckpts) and os.listdir(ckpts):
     state, _ = checkpoint.load(ckpts)
@@ -256,7 +256,7 @@ def test_bad_input_is_rejected_before_compiling(small_config, tmp_path, no_compi
   for section, values in sections.items():
     config[section].update(values)
   with pytest.raises(errors.InvalidInputError, match=message):
-    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run")  # a refused run leaves no folder behind
 
 
@@ -265,17 +265,17 @@ def test_bad_paths_are_rejected_before_compiling(small_config, tmp_path, no_comp
   file = tmp_path / "a_file"
   file.write_text("x")
   with pytest.raises(ValueError, match="is a file"):
-    trainer.train_and_evaluate(small_config(), str(file))
+    loop.train_and_evaluate(small_config(), str(file))
   config = small_config()
   config.data.name = "imagenet2012"
   config.data.data_dir = str(tmp_path / "tfds")
   with pytest.raises(FileNotFoundError, match="ILSVRC2012_img_train.tar.*downloads/manual"):
-    trainer.train_and_evaluate(config, str(tmp_path / "imagenet"))
+    loop.train_and_evaluate(config, str(tmp_path / "imagenet"))
   empty = tmp_path / "empty"
   (empty / "train").mkdir(parents=True)
   config.data.name = f"folder:{empty}"
   with pytest.raises(ValueError, match="no class subfolders"):
-    trainer.train_and_evaluate(config, str(tmp_path / "run_empty"))
+    loop.train_and_evaluate(config, str(tmp_path / "run_empty"))
   folder = tmp_path / "images"
   for split in ("train", "test"):
     for label in ("cat", "dog"):
@@ -284,17 +284,17 @@ def test_bad_paths_are_rejected_before_compiling(small_config, tmp_path, no_comp
   (folder / "train" / "cat" / "broken.jpg").write_bytes(b"not an image")
   config.data.name = f"folder:{folder}"
   with pytest.raises(ValueError, match="Cannot read image .*broken.jpg"):
-    trainer.train_and_evaluate(config, str(tmp_path / "run_broken"))
+    loop.train_and_evaluate(config, str(tmp_path / "run_broken"))
 
 
 # 7. Determinism.
 def test_same_config_and_seed_give_identical_runs(small_config, tmp_path):
   for name in ("a", "b"):
-    trainer.train_and_evaluate(small_config(num_steps=4), str(tmp_path / name))
+    loop.train_and_evaluate(small_config(num_steps=4), str(tmp_path / name))
   assert_same_run(str(tmp_path / "a"), str(tmp_path / "b"))
   other = small_config(num_steps=4)
   other.seed = 1
-  trainer.train_and_evaluate(other, str(tmp_path / "c"))
+  loop.train_and_evaluate(other, str(tmp_path / "c"))
   assert not np.array_equal(final_state(str(tmp_path / "a"))[0]["params"]["fc"]["kernel"],
                             final_state(str(tmp_path / "c"))[0]["params"]["fc"]["kernel"])
 
@@ -305,7 +305,7 @@ def test_same_config_and_seed_give_identical_runs(small_config, tmp_path):
 def finished_run(small_config, tmp_path_factory):
   """A finished 4-step run with checkpoints at steps 2 and 4 (tests change copies of it)."""
   workdir = str(tmp_path_factory.mktemp("finished") / "run")
-  trainer.train_and_evaluate(small_config(num_steps=4), workdir)
+  loop.train_and_evaluate(small_config(num_steps=4), workdir)
   return workdir
 
 
@@ -343,7 +343,7 @@ def test_a_setting_that_changes_the_state_is_refused_and_nothing_is_touched(
                      match=rf": {re.escape(key)} \(saved {saved}, now {value}\) changes the "
                            r"structure of the train state in its checkpoint 4 \(opt_state/.*\)\. "
                            r"Resume with the saved values"):
-    trainer.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
   assert snapshot(workdir) == before  # no checkpoint moved, config.json and metrics as they were
 
 
@@ -354,8 +354,8 @@ def test_repeating_a_refused_resume_leaves_the_first_run_in_place(small_config, 
   before = snapshot(workdir)
   for _ in range(2):
     with pytest.raises(errors.InvalidInputError, match="optim.weight_decay"):
-      trainer.train_and_evaluate(small_config(num_steps=6, optim={"weight_decay": 0.0}), workdir)
-    final = trainer.train_and_evaluate(small_config(num_steps=4), workdir)  # finished: reported
+      loop.train_and_evaluate(small_config(num_steps=6, optim={"weight_decay": 0.0}), workdir)
+    final = loop.train_and_evaluate(small_config(num_steps=4), workdir)  # finished: reported
     assert final["final"] and final["step"] == 4
   assert snapshot(workdir) == before  # one final record, every checkpoint, nothing moved aside
   assert [r["step"] for r in metrics.read_metrics(workdir) if r.get("final")] == [4]
@@ -365,12 +365,13 @@ def test_a_state_written_by_another_version_is_reported_as_such(small_config, fi
                                                                 tmp_path, monkeypatch,
                                                                 no_compiling):
   workdir = copy_run(finished_run, tmp_path)
-  monkeypatch.setattr(trainer.steps, "WINDOW_METRICS", trainer.steps.WINDOW_METRICS + ("new",))
+  names = step.metric_names
+  monkeypatch.setattr(step, "metric_names", lambda config: names(config) + ("new",))
   with pytest.raises(errors.InvalidInputError,
                      match=r"no setting explains the structure of the train state in its "
                            r"checkpoint 4 \(metric_sums/new only in this run\), so another "
                            r"version of resnet_jax wrote it"):
-    trainer.train_and_evaluate(small_config(num_steps=6), workdir)
+    loop.train_and_evaluate(small_config(num_steps=6), workdir)
 
 
 def flip_bytes(path, count=4096):
@@ -394,7 +395,7 @@ def test_a_bit_flip_is_caught_and_the_run_falls_back_to_the_newest_intact_checkp
   with open(os.path.join(workdir, workdir_lib.LOCK_FILE), "w") as f:
     f.write('{"pid": 999999, "host": "gone-host", "since": "2026-01-01T00:00:00"}')
   with caplog.at_level("WARNING"):
-    trainer.train_and_evaluate(small_config(num_steps=4), workdir)
+    loop.train_and_evaluate(small_config(num_steps=4), workdir)
   text = caplog.text
   assert "Taking over the lock" in text and "999999" in text and "gone-host" in text
   # A flipped byte in a compressed chunk fails to decode; in a plain one, the checksum differs.
@@ -416,7 +417,7 @@ def test_arrays_that_read_but_differ_from_their_checksums_are_caught(small_confi
   with open(meta_file, "w") as f:
     json.dump(meta, f)
   with caplog.at_level("WARNING"):
-    trainer.train_and_evaluate(small_config(num_steps=4), workdir)
+    loop.train_and_evaluate(small_config(num_steps=4), workdir)
   assert "Checkpoint 4" in caplog.text and "checksum mismatch in params/fc/kernel" in caplog.text
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "4.corrupt"))
   chex.assert_trees_all_equal(final_state(workdir)[0], final_state(finished_run)[0])
@@ -442,7 +443,7 @@ def test_a_full_disk_is_reported_at_the_save_that_cannot_be_made(small_config, t
   with pytest.raises(checkpoint.CheckpointSaveError,
                      match=r"No room to save checkpoint 2 in .*checkpoints: it needs about \d+ MiB, "
                            r"0 MiB are free"):
-    trainer.train_and_evaluate(small_config(num_steps=4), str(tmp_path / "run"))
+    loop.train_and_evaluate(small_config(num_steps=4), str(tmp_path / "run"))
   assert not os.listdir(tmp_path / "run" / "checkpoints")  # nothing half-written
 
 
@@ -454,7 +455,7 @@ def test_a_failed_asynchronous_save_is_reported_once_with_its_cause(small_config
   with pytest.raises(checkpoint.CheckpointSaveError,
                      match=r"Saving a checkpoint to .*checkpoints failed \(OSError: \[Errno 28\] "
                            r"No space left on device\)"):
-    trainer.train_and_evaluate(small_config(num_steps=4), str(tmp_path / "run"))
+    loop.train_and_evaluate(small_config(num_steps=4), str(tmp_path / "run"))
 
 
 def test_a_read_only_workdir_is_refused_in_one_sentence(small_config, tmp_path, monkeypatch,
@@ -465,21 +466,21 @@ def test_a_read_only_workdir_is_refused_in_one_sentence(small_config, tmp_path, 
   with pytest.raises(errors.StorageError,
                      match=r"Cannot write to --workdir .*run: Read-only file system; choose a "
                            r"writable folder"):
-    trainer.train_and_evaluate(small_config(), str(tmp_path / "run"))
+    loop.train_and_evaluate(small_config(), str(tmp_path / "run"))
 
 
 def test_a_signal_during_setup_stops_at_once_and_leaves_nothing(small_config, tmp_path,
                                                                 monkeypatch):
-  get_info = trainer.data.get_info
+  get_info = loop.data.get_info
 
   def interrupted(config):
     os.kill(os.getpid(), signal.SIGTERM)  # arrives while the dataset is being opened
     return get_info(config)
 
-  monkeypatch.setattr(trainer.data, "get_info", interrupted)
+  monkeypatch.setattr(loop.data, "get_info", interrupted)
   with pytest.raises(Preempted, match="Stopped by SIGTERM during setup, before the first step; "
                                       "nothing was saved or changed") as info:
-    trainer.train_and_evaluate(small_config(), str(tmp_path / "run"))
+    loop.train_and_evaluate(small_config(), str(tmp_path / "run"))
   assert info.value.exit_code == 143 and not os.path.exists(tmp_path / "run")
 
 
@@ -498,10 +499,10 @@ def test_a_dataset_whose_classes_changed_is_named_on_resume(small_config, tmp_pa
   add_class("dog")
   config = small_config(num_steps=2, data={"name": f"folder:{folder}"},
                         train={"batch_size": 8, "eval_batch_size": 8})
-  trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  loop.train_and_evaluate(config, str(tmp_path / "run"))
   add_class("eel")
   no_compiling_after_first_run()
   config.train.num_steps = 4
   with pytest.raises(errors.InvalidInputError, match=r"folder:.* now has 3 classes, but its "
                                                      r"checkpoint 2 was trained on 2"):
-    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    loop.train_and_evaluate(config, str(tmp_path / "run"))

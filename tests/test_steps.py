@@ -10,7 +10,11 @@ import numpy as np
 
 from experiments.configs import default
 from resnet_jax import benchmark
-from resnet_jax.train import parallel, steps, trainer
+from resnet_jax.data.augment import normalize
+from resnet_jax.data.device import host_fed
+from resnet_jax.train import parallel, state as state_lib, step as steps
+from resnet_jax.train.experiment import build
+from resnet_jax.train.metrics import summed_over_windows
 
 
 def tiny_config(**train):
@@ -25,6 +29,11 @@ def tiny_config(**train):
 INFO = benchmark.synthetic_info(num_classes=10, image_size=16, channels=3)
 
 
+def build_step(config, runner):
+  return build(config, INFO, runner, host_fed(config.data, INFO, parallel.AXIS),
+               steps_per_epoch=10, total_steps=100)
+
+
 def host_batches(n, batch_size=16, seed=0):
   rng = np.random.RandomState(seed)
   return [{"image": rng.randint(0, 256, (batch_size, 16, 16, 3), dtype=np.uint8),
@@ -32,7 +41,7 @@ def host_batches(n, batch_size=16, seed=0):
 
 
 def run_steps(config, runner, batches):
-  exp = trainer.build(config, INFO, runner, steps_per_epoch=10, total_steps=100)
+  exp = build_step(config, runner)
   state, rng = runner.replicate(exp.state), runner.replicate(exp.rng)
   losses = []
   for batch in batches:
@@ -80,34 +89,36 @@ def test_loss_falls_on_a_fixed_small_batch():
 def test_train_step_is_traced_once():
   config = tiny_config()
   runner = parallel.MeshRunner()
-  exp = trainer.build(config, INFO, runner, steps_per_epoch=10, total_steps=100)
+  exp = build_step(config, runner)
 
   @chex.assert_max_traces(n=1)
-  def step(state, batch, rng, arrays):
-    return steps.train_step(state, batch, rng, arrays, model=exp.model, tx=exp.tx,
-                            schedule=exp.schedule, config=exp.step_config)
+  def step(state, batch, rng):
+    return steps.train_step(state, batch, rng, model=exp.model, tx=exp.tx,
+                            config=exp.step_config)
 
-  train_fn = runner.train_step(step)
+  train_fn = runner.train_step(summed_over_windows(step, 1), host_fed(config.data, INFO,
+                                                                       parallel.AXIS))
   state, rng = runner.replicate(exp.state), runner.replicate(exp.rng)
   for batch in host_batches(3):
     state, _ = train_fn(state, runner.shard_batch(batch), rng, None)
 
 
-def make_step(exp, runner, **step_overrides):
+def make_step(exp, runner, config, **step_overrides):
   step_config = dataclasses.replace(exp.step_config, **step_overrides)
-  return runner.train_step(functools.partial(steps.train_step, model=exp.model, tx=exp.tx,
-                                             schedule=exp.schedule, config=step_config))
+  train = functools.partial(steps.train_step, model=exp.model, tx=exp.tx, config=step_config)
+  return runner.train_step(summed_over_windows(train, config.train.log_every_steps),
+                           host_fed(config.data, INFO, parallel.AXIS))
 
 
 def test_nonfinite_step_leaves_the_state_untouched():
   runner = parallel.MeshRunner(jax.devices()[:2])
   config = tiny_config()
-  exp = trainer.build(config, INFO, runner, steps_per_epoch=10, total_steps=100)
+  exp = build_step(config, runner)
   rng = runner.replicate(exp.rng)
   batch = runner.shard_batch(host_batches(1)[0])
   for policy in ("stop", "skip"):
-    good_fn = make_step(exp, runner, on_nonfinite=policy)
-    bad_fn = make_step(exp, runner, on_nonfinite=policy, label_smoothing=float("nan"))
+    good_fn = make_step(exp, runner, config, on_nonfinite=policy)
+    bad_fn = make_step(exp, runner, config, on_nonfinite=policy, label_smoothing=float("nan"))
     state, _ = good_fn(runner.replicate(exp.state), batch, rng, None)
     before = runner.unreplicate(state)
     state, metrics = bad_fn(state, batch, rng, None)
@@ -126,7 +137,7 @@ def test_nonfinite_step_leaves_the_state_untouched():
 
 
 def test_dynamic_loss_scale():
-  scale = steps.LossScale.create(initial=8.0, period=2)
+  scale = state_lib.LossScale.create(initial=8.0, period=2)
   scale = scale.update(jnp.array(False))
   assert float(scale.scale) == 4.0 and int(scale.good_steps) == 0
   scale = scale.update(jnp.array(True))
@@ -139,7 +150,7 @@ def test_float16_run_with_loss_scaling_and_ema():
   config = tiny_config(precision="float16")
   config.optim.ema_decay = 0.5
   runner = parallel.MeshRunner()
-  exp = trainer.build(config, INFO, runner, steps_per_epoch=10, total_steps=100)
+  exp = build_step(config, runner)
   assert exp.step_config.on_nonfinite == "skip" and exp.state.loss_scale is not None
   state, rng = runner.replicate(exp.state), runner.replicate(exp.rng)
   state, metrics = exp.train_fn(state, runner.shard_batch(host_batches(1)[0]), rng, None)
@@ -153,13 +164,13 @@ def test_float16_run_with_loss_scaling_and_ema():
 def test_eval_step_counts_exactly_with_masks():
   config = tiny_config()
   runner = parallel.MeshRunner()
-  exp = trainer.build(config, INFO, runner, steps_per_epoch=10, total_steps=100)
+  exp = build_step(config, runner)
   variables = runner.replicate(exp.state.variables())
   batch = host_batches(1)[0]
   batch["mask"] = np.arange(16) < 11
   sums = jax.device_get(exp.eval_fn(variables, runner.shard_batch(batch), None))
   assert float(sums["count"]) == 11.0
-  logits = exp.model.apply(exp.state.variables(), steps.normalize(
+  logits = exp.model.apply(exp.state.variables(), normalize(
       batch["image"][:11], INFO.mean, INFO.std))
   assert float(sums["top1"]) == float(np.sum(np.argmax(logits, -1) == batch["label"][:11]))
   assert float(sums["top1"]) <= float(sums["top5"]) <= 11.0

@@ -10,7 +10,9 @@ import tensorflow_datasets as tfds
 
 from experiments.configs import default
 from resnet_jax import data
-from resnet_jax.train import metrics, trainer
+from resnet_jax.models import create_model
+from resnet_jax.train import loop, metrics
+from resnet_jax.train.experiment import model_architecture
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_FIELDS = {"step", "train_loss", "train_accuracy", "learning_rate", "images_per_sec"}
@@ -25,7 +27,7 @@ def test_two_steps_on_mock_tfds_cifar10(tmp_path):
   config.train.update(batch_size=16, eval_batch_size=24, num_steps=2, log_every_steps=1,
                       progress_bar="no")
   with tfds.testing.mock_data(num_examples=40):
-    final = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    final = loop.train_and_evaluate(config, str(tmp_path / "run"))
   records = metrics.read_metrics(str(tmp_path / "run"))
   assert [r["step"] for r in records] == [1, 2]
   assert TRAIN_FIELDS <= set(records[0])
@@ -42,7 +44,7 @@ def test_eval_is_exact_over_an_uneven_split(small_config, tmp_path):
   config = small_config(num_steps=2)
   num_eval = data.get_info(config.data).num_eval
   assert num_eval % config.train.eval_batch_size  # the last batch is padded and masked
-  final = trainer.train_and_evaluate(config, str(tmp_path))
+  final = loop.train_and_evaluate(config, str(tmp_path))
   correct = final["eval_accuracy"] * num_eval
   assert abs(correct - round(correct)) < 1e-6
 
@@ -63,9 +65,9 @@ def test_default_command_reaches_97_percent_on_the_digits(tmp_path, tfds_dir):
 def test_config_keeps_the_registry_choices_unless_set():
   config = default.get_config()
   config.model.name = "resnet1202"
-  name, options = trainer.model_architecture(config, None)
-  model = trainer.create_model(name, num_classes=10, **options)
+  name, options = model_architecture(config, None)
+  model = create_model(name, num_classes=10, **options)
   assert model.scan_blocks  # the registry scans the thousand-layer networks
   config.model.scan_blocks = False
-  name, options = trainer.model_architecture(config, None)
-  assert not trainer.create_model(name, num_classes=10, **options).scan_blocks
+  name, options = model_architecture(config, None)
+  assert not create_model(name, num_classes=10, **options).scan_blocks

@@ -14,7 +14,7 @@ from PIL import Image
 
 import resnet_jax
 from resnet_jax import inference
-from resnet_jax.train import checkpoint, metrics, pretrained, trainer
+from resnet_jax.train import checkpoint, loop, metrics, pretrained
 
 torch = pytest.importorskip("torch")
 from resnet_jax.interop.torch_reference import TorchResNet  # noqa: E402
@@ -88,7 +88,7 @@ def test_finetune_freezes_stages_bitwise_and_the_head_learns(converted, image_fo
   config = finetune_config(tfds_dir, converted, image_folder, freeze="stage2",
                            backbone_lr_scale=0.1)
   monkeypatch.chdir(tmp_path)
-  final = trainer.train_and_evaluate(config)  # no workdir: a new folder named after the model
+  final = loop.train_and_evaluate(config)  # no workdir: a new folder named after the model
   run_dir = final["workdir"]
   assert re.fullmatch(rf"{tmp_path}/runs/\d{{8}}-\d{{6}}-resnet18-folder_.*images\d*", run_dir)
   state, _ = checkpoint.load(os.path.join(run_dir, "checkpoints"))
@@ -137,11 +137,11 @@ def test_mismatched_checkpoints_and_labels_are_refused(converted, image_folder, 
   config = finetune_config(tfds_dir, converted, image_folder)
   config.model.name = "resnet34"
   with pytest.raises(ValueError, match="holds a resnet18, but model.name is 'resnet34'"):
-    trainer.train_and_evaluate(config, str(tmp_path / "a"))
+    loop.train_and_evaluate(config, str(tmp_path / "a"))
   config = finetune_config(tfds_dir, converted, image_folder, head="keep")
   with pytest.raises(ValueError, match=r"params/fc/kernel: checkpoint \(512, 1000\), model "
                                        r"\(512, 2\) \(a different number of classes"):
-    trainer.train_and_evaluate(config, str(tmp_path / "b"))
+    loop.train_and_evaluate(config, str(tmp_path / "b"))
   source = pretrained.load(str(converted))
   other = resnet_jax.create_model("resnet34", num_classes=1000)
   with pytest.raises(ValueError, match="80 missing: batch_stats/layer1_2/bn1/mean"):

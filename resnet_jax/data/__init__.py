@@ -1,10 +1,22 @@
-"""Datasets by name (tfds, the embedded digits, image folders), input pipelines, augmentation."""
+"""Datasets by name (tfds, the embedded digits, image folders, registered sources), input
+pipelines, augmentation. Names are imported on first use, so that a light submodule (the decoder,
+the transforms) does not pull in tensorflow-datasets or grain."""
 
-from resnet_jax.data import digits  # noqa: F401  (registers the "digits" tfds builder)
-from resnet_jax.data.augment import augment_on_device, normalize
-from resnet_jax.data.catalogue import DATASETS, DatasetInfo, get_info
-from resnet_jax.data.pipeline import Pipeline, create_pipeline
-from resnet_jax.data.transforms import eval_transform
+import importlib
 
-__all__ = ["DATASETS", "DatasetInfo", "Pipeline", "augment_on_device", "create_pipeline",
-           "eval_transform", "get_info", "normalize"]
+_EXPORTS = {
+    "DATASETS": "catalogue", "DatasetInfo": "catalogue", "get_info": "catalogue",
+    "Pipeline": "pipeline", "create_pipeline": "pipeline",
+    "DeviceBatches": "device",
+    "eval_transform": "transforms",
+    "normalize": "augment", "register_augmentation": "augment",
+    "device_augmentation": "augment", "host_augmentation": "augment",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+  if name not in _EXPORTS:
+    raise AttributeError(f"module 'resnet_jax.data' has no attribute {name!r}")
+  return getattr(importlib.import_module(f"resnet_jax.data.{_EXPORTS[name]}"), name)

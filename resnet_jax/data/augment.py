@@ -1,51 +1,200 @@
-"""On-device preprocessing inside the compiled train step: pad-and-crop, flip, normalise."""
+"""Augmentations: one registry, and the one place that decides where each one runs.
 
-from collections.abc import Sequence
+An augmentation has a host implementation (numpy, on each decoded image, in the input pipeline),
+a device implementation (jax, per example inside the compiled train step), or both. `plan` splits
+a run's list into a host stage and a device stage: the host stage is the longest leading run of
+augmentations that the host can do, when it includes one that only the host can do (a crop that
+needs the decoded image); everything after it runs on the device. A dataset stays on the devices
+only when the host stage is empty. A fork adds one from its own file:
+
+    @device_augmentation("cutout")
+    def cutout(image, key, *, size=8): ...
+
+and names it in the config: `data.augmentations=("cutout(size=4)",)`.
+"""
+
+import ast
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from resnet_jax.data.transforms import random_resized_crop
+from resnet_jax.errors import InvalidInputError
+from resnet_jax.registry import Registry
 
 
-def _example_keys(rng: jax.Array, batch: int) -> jax.Array:
-  """One key per example: `rng` itself when it already is a batch of keys, else split."""
-  typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
-  if rng.ndim == (0 if typed else 1):
-    return jax.random.split(rng, batch)
-  if rng.shape[0] != batch:
-    raise ValueError(f"augment_on_device got {rng.shape[0]} keys for {batch} images; pass one "
-                     "key, or one per image.")
-  return rng
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """A registered augmentation.
+
+  Attributes:
+    name: its registry name.
+    host: (image: HWC uint8 numpy, rng: np.random.Generator, **kwargs) -> image, or None.
+    device: (image: HWC jax array, key, **kwargs) -> image of the same shape, or None.
+    resizes: the host implementation takes the decoded image (any size) and returns it at the
+      run's size, in place of the evaluation resize; it must come first.
+  """
+
+  name: str
+  host: Callable[..., np.ndarray] | None = None
+  device: Callable[..., jax.Array] | None = None
+  resizes: bool = False
 
 
-def augment_on_device(images: jax.Array, rng: jax.Array, *, crop_padding: int,
-                      random_flip: bool) -> jax.Array:
-  """Random pad-and-crop (zero padding) and horizontal flip, independently per example.
+AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation", "data.augmentations")
+
+
+def register_augmentation(name: str, *, host: Callable | None = None,
+                          device: Callable | None = None, resizes: bool = False) -> Augmentation:
+  """Registers an augmentation with its host and/or device implementation."""
+  if host is None and device is None:
+    raise ValueError(f"Augmentation {name!r} needs a host or a device implementation.")
+  return AUGMENTATIONS.register(name, Augmentation(name, host, device, resizes))
+
+
+def device_augmentation(name: str) -> Callable[[Callable], Callable]:
+  """Decorator: registers `fn(image, key, **kwargs)` as an on-device augmentation."""
+  def add(fn):
+    register_augmentation(name, device=fn)
+    return fn
+  return add
+
+
+def host_augmentation(name: str, *, resizes: bool = False) -> Callable[[Callable], Callable]:
+  """Decorator: registers `fn(image, rng, **kwargs)` as a host augmentation."""
+  def add(fn):
+    register_augmentation(name, host=fn, resizes=resizes)
+    return fn
+  return add
+
+
+def _random_resized_crop(image, rng, *, size, channels):
+  return random_resized_crop(image, rng, size=size, channels=channels, random_flip=False)
+
+
+def _flip_host(image, rng):
+  return image[:, ::-1] if rng.random() < 0.5 else image
+
+
+def _flip_device(image, key):
+  return jnp.where(jax.random.bernoulli(key), image[:, ::-1, :], image)
+
+
+def _pad_crop(image, key, *, padding):
+  """Zero-pads `padding` pixels on each side and crops back to size at a random offset."""
+  h, w, c = image.shape
+  padded = jnp.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+  dy, dx = jax.random.randint(key, (2,), 0, 2 * padding + 1)
+  return jax.lax.dynamic_slice(padded, (dy, dx, 0), (h, w, c))
+
+
+register_augmentation("random_resized_crop", host=_random_resized_crop, resizes=True)
+register_augmentation("pad_crop", device=_pad_crop)
+register_augmentation("flip", host=_flip_host, device=_flip_device)
+
+# (augmentation, its keyword arguments as sorted (name, value) pairs): hashable, so that a stage
+# can be a static part of a compiled function.
+Stage = tuple[tuple[Augmentation, tuple[tuple[str, Any], ...]], ...]
+
+
+def parse(spec: str) -> tuple[str, dict[str, Any]]:
+  """"name" or "name(key=value, ...)" (Python literals) -> (name, kwargs)."""
+  name, _, rest = spec.partition("(")
+  kwargs = {}
+  if rest:
+    try:
+      call = ast.parse(f"f({rest}", mode="eval").body
+      kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+      if call.args:
+        raise ValueError("positional arguments")
+    except (SyntaxError, ValueError) as e:
+      raise InvalidInputError(f"data.augmentations entry {spec!r} is not name or "
+                              f"name(key=value, ...) with literal values ({e}).") from None
+  return name.strip(), kwargs
+
+
+def requested(data_config: Any) -> list[tuple[str, dict[str, Any]]]:
+  """The augmentations a data config asks for, in order: the built-in switches
+  (random_resized_crop, crop_padding -> pad_crop, random_flip -> flip), then data.augmentations."""
+  items = []
+  if data_config.random_resized_crop:
+    items.append(("random_resized_crop", {}))
+  if data_config.crop_padding:
+    items.append(("pad_crop", {"padding": int(data_config.crop_padding)}))
+  if data_config.random_flip:
+    items.append(("flip", {}))
+  return items + [parse(spec) for spec in data_config.get("augmentations", ())]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Where each augmentation of a run runs."""
+
+  host: Stage = ()
+  device: Stage = ()
+
+
+def plan(items: Sequence[tuple[str, dict[str, Any]]]) -> Plan:
+  """Splits augmentations into the host stage and the device stage (see the module docstring).
+
+  Raises:
+    InvalidInputError: an unknown name, a resizing crop that is not first, or an augmentation
+      that only the device can run placed before one that only the host can run.
+  """
+  stage = tuple((AUGMENTATIONS[name], tuple(sorted(kwargs.items()))) for name, kwargs in items)
+  for i, (aug, _) in enumerate(stage):
+    if aug.resizes and i:
+      raise InvalidInputError(f"Augmentation {aug.name} decides the image size, so it must come "
+                              "first.")
+  host_only = [i for i, (aug, _) in enumerate(stage) if aug.device is None]
+  if not host_only:
+    return Plan(device=stage)
+  cut = host_only[-1] + 1
+  while cut < len(stage) and stage[cut][0].host is not None:
+    cut += 1
+  for aug, _ in stage[:cut]:
+    if aug.host is None:
+      raise InvalidInputError(
+          f"Augmentation {aug.name} runs only on the device but comes before "
+          f"{stage[host_only[-1]][0].name}, which runs only on the host; reorder them.")
+  return Plan(host=stage[:cut], device=stage[cut:])
+
+
+def apply_on_host(image: np.ndarray, stage: Stage, rng: np.random.Generator, *,
+                  size: tuple[int, int], channels: int,
+                  resize: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+  """The host stage on one decoded image.
 
   Args:
-    images: (batch, height, width, channels), any dtype (uint8 from the pipelines).
-    rng: one PRNG key (split per example), or a (batch,) array of keys, one per example.
-      Per-example keys derived from each example's global position make the result independent
-      of how the batch is split over devices.
-    crop_padding: pixels of zero padding on each side before cropping back to size; 0: no crop.
-    random_flip: flip each example left-right with probability 1/2.
-
-  Returns:
-    Augmented images, same shape and dtype (the input itself when both are off).
+    image: the decoded image, HWC uint8 at its own size.
+    stage: `Plan.host`.
+    rng: the example's own generator; the augmentations draw from it in order.
+    size, channels: the run's (height, width) and channel count, for a resizing crop.
+    resize: the evaluation resize, applied first unless a resizing crop replaces it.
   """
-  if not crop_padding and not random_flip:
+  if not (stage and stage[0][0].resizes):
+    image = resize(image)
+  for aug, kwargs in stage:
+    if aug.resizes:
+      image = aug.host(image, rng, size=size, channels=channels, **dict(kwargs))
+    else:
+      image = aug.host(image, rng, **dict(kwargs))
+  return image
+
+
+def apply_on_device(images: jax.Array, keys: jax.Array, stage: Stage) -> jax.Array:
+  """The device stage on a batch, independently per example (one key each, split per
+  augmentation)."""
+  if not stage:
     return images
-  batch, h, w, c = images.shape
-  p = crop_padding
-  keys = _example_keys(rng, batch)
 
   def one(image, key):
-    crop_key, flip_key = jax.random.split(key)
-    if p:
-      padded = jnp.pad(image, ((p, p), (p, p), (0, 0)))
-      dy, dx = jax.random.randint(crop_key, (2,), 0, 2 * p + 1)
-      image = jax.lax.dynamic_slice(padded, (dy, dx, 0), (h, w, c))
-    if random_flip:
-      image = jnp.where(jax.random.bernoulli(flip_key), image[:, ::-1, :], image)
+    for (aug, kwargs), subkey in zip(stage, jax.random.split(key, len(stage))):
+      image = aug.device(image, subkey, **dict(kwargs))
     return image
 
   return jax.vmap(one)(images, keys)
@@ -53,12 +202,12 @@ def augment_on_device(images: jax.Array, rng: jax.Array, *, crop_padding: int,
 
 def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float],
               dtype=jnp.float32) -> jax.Array:
-  """(images - mean) / std per channel, computed in float32 and cast to the compute dtype.
+  """(images - mean) / std per channel, computed in float32 and cast to `dtype`.
 
   Args:
     images: (..., channels) in 0..255 units, any dtype.
     mean, std: per-channel statistics in 0..255 units (`DatasetInfo.mean`, `.std`).
-    dtype: the output (compute) dtype.
+    dtype: the output dtype.
 
   Returns:
     The normalised images in `dtype`.

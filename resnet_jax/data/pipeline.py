@@ -3,19 +3,23 @@
 The order is a pure function of (seed, epoch): step s of the run reads the same examples however
 often the run was interrupted, and each process reads only its own rows of every global batch.
 Host augmentation draws from (seed, global example position), so it does not depend on the
-number of worker processes either.
+number of worker processes either. `train_feed`/`eval_feed` place what the compiled steps read, and
+`device_batches` gives the device functions that turn it into the steps' batches.
 """
 
+import collections
+import itertools
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import grain
 import numpy as np
 
-from resnet_jax.data import catalogue
+from resnet_jax.data import augment, catalogue
 from resnet_jax.data.catalogue import DatasetInfo
-from resnet_jax.data.transforms import eval_transform, random_resized_crop
+from resnet_jax.data.device import DeviceBatches
+from resnet_jax.data.transforms import eval_transform
 from resnet_jax.errors import InvalidInputError, MissingSetupError, check_divisible
 
 DEVICE_RESIDENT = ("auto", "yes", "no")
@@ -38,24 +42,26 @@ class _Reader:
   """Decodes and preprocesses rows of a source into batches; picklable for grain's workers."""
 
   def __init__(self, source: Any, *, image_size: int, channels: int, crop_ratio: float,
-               crop_size: tuple[int, int] | None = None, random_flip: bool = False,
-               seed: int = 0):
+               size: tuple[int, int], host_stage: augment.Stage = (), seed: int = 0):
     self.source, self.image_size, self.channels = source, image_size, channels
-    self.crop_ratio, self.crop_size, self.random_flip, self.seed = (
-        crop_ratio, crop_size, random_flip, seed)
+    self.crop_ratio, self.size, self.host_stage, self.seed = crop_ratio, size, host_stage, seed
+
+  def _resize(self, image: np.ndarray) -> np.ndarray:
+    return eval_transform(image, image_size=self.image_size, channels=self.channels,
+                          crop_ratio=self.crop_ratio)
 
   def batch(self, indices: np.ndarray, positions: np.ndarray | None = None) -> dict:
-    """{"image", "label"} for `indices`; random crops when given the examples' positions."""
+    """{"image", "label"} for `indices`; the host augmentations when given the examples'
+    positions in the run (each example's randomness comes from its position)."""
     # One record at a time: as fast as tfds's __getitems__ here, and tfds's mock_data breaks that.
     records = [self.source[int(i)] for i in indices]
-    if positions is not None and self.crop_size is not None:
-      images = [random_resized_crop(
-          r["image"], np.random.default_rng([self.seed, AUGMENT_STREAM, int(p)]),
-          size=self.crop_size, channels=self.channels, random_flip=self.random_flip)
+    if positions is not None and self.host_stage:
+      images = [augment.apply_on_host(
+          r["image"], self.host_stage, np.random.default_rng([self.seed, AUGMENT_STREAM, int(p)]),
+          size=self.size, channels=self.channels, resize=self._resize)
                 for r, p in zip(records, positions)]
     else:
-      images = [eval_transform(r["image"], image_size=self.image_size, channels=self.channels,
-                               crop_ratio=self.crop_ratio) for r in records]
+      images = [self._resize(r["image"]) for r in records]
     return {"image": np.stack(images), "label": np.asarray([r["label"] for r in records],
                                                              np.int32)}
 
@@ -166,6 +172,24 @@ def _stream(fn: Callable[[int], dict], start: int, stop: int, num_workers: int) 
   return iter(dataset)
 
 
+class Placement(Protocol):
+  """Where batches go: the parallel runner (`resnet_jax.train.parallel`)."""
+
+  def shard_batch(self, batch: dict[str, np.ndarray]) -> Any: ...
+
+  def replicate(self, tree: Any) -> Any: ...
+
+
+def _ahead(iterator: Iterator[dict], placement: Placement, depth: int = 2) -> Iterator[Any]:
+  """Moves batches to the devices `depth` steps ahead of their use."""
+  queue = collections.deque()
+  for batch in iterator:
+    queue.append(placement.shard_batch(batch))
+    if len(queue) > depth:
+      yield queue.popleft()
+  yield from queue
+
+
 class Pipeline:
   """Training batches from any step, and padded, masked evaluation batches.
 
@@ -189,10 +213,11 @@ class Pipeline:
     if mode not in DEVICE_RESIDENT:
       raise InvalidInputError(f"data.device_resident must be one of {DEVICE_RESIDENT}, got "
                               f"{mode!r}.")
-    random_crop = data_config.random_resized_crop
-    if mode == "yes" and random_crop:
-      raise InvalidInputError("data.random_resized_crop runs on the host, on every read; set "
-                              "data.device_resident to auto or no (or turn the crop off).")
+    self.augmentations = augment.plan(augment.requested(data_config))
+    on_host = ", ".join(aug.name for aug, _ in self.augmentations.host)
+    if mode == "yes" and on_host:
+      raise InvalidInputError(f"Augmentation {on_host} runs on the host, on every read; set "
+                              "data.device_resident to auto or no (or turn it off).")
     self.info, self.seed = info, seed
     self.global_batch_size, self.eval_batch_size = global_batch_size, eval_batch_size
     self.process_index, self.process_count = process_index, process_count
@@ -212,14 +237,15 @@ class Pipeline:
     h, w, channels = info.image_shape
     common = dict(image_size=data_config.image_size, channels=channels,
                   crop_ratio=data_config.eval_crop_ratio)
-    self._train_reader = _Reader(train, crop_size=(h, w) if random_crop else None,
-                                 random_flip=data_config.random_flip, seed=seed, **common)
-    self._eval_reader = _Reader(evaluation, **common)
+    self._train_reader = _Reader(train, size=(h, w), host_stage=self.augmentations.host,
+                                 seed=seed, **common)
+    self._eval_reader = _Reader(evaluation, size=(h, w), **common)
 
     nbytes = (info.num_train + info.num_eval) * h * w * channels
     self.device_resident = mode == "yes" or (
-        mode == "auto" and not random_crop and nbytes <= data_config.max_device_bytes)
+        mode == "auto" and not on_host and nbytes <= data_config.max_device_bytes)
     self.arrays = None
+    self._placed: dict[str, Any] = {}  # the resident splits on the devices
     if self.device_resident:
       logging.info("Loading %s into device memory (%.1f MB).", info.name, nbytes / 1e6)
       self.arrays = {"train": self._load(self._train_reader, info.num_train),
@@ -229,6 +255,45 @@ class Pipeline:
     workers = self.num_workers if n >= MIN_WORKER_LOAD else 0
     chunks = list(_stream(_LoadChunk(reader, n), 0, -(-n // LOAD_CHUNK), workers))
     return {k: np.concatenate([c[k] for c in chunks]) for k in ("image", "label")}
+
+  def device_batches(self, axis_name: str) -> DeviceBatches:
+    """The device functions that turn what this pipeline feeds into the steps' batches."""
+    return DeviceBatches(mean=tuple(self.info.mean), std=tuple(self.info.std),
+                         augmentations=self.augmentations.device, axis_name=axis_name,
+                         resident=self.device_resident,
+                         global_batch_size=self.global_batch_size,
+                         steps_per_epoch=max(1, self.steps_per_epoch))
+
+  def _resident(self, split: str, placement: Placement) -> dict:
+    if split not in self._placed:
+      self._placed[split] = placement.replicate(self.arrays[split])
+    return self._placed[split]
+
+  def train_feed(self, start_step: int, placement: Placement) -> Iterator[tuple[Any, Any]]:
+    """(inputs, arrays) for the compiled train step at each step from `start_step` (endless).
+
+    Host-fed: this process's rows, moved to the devices a few steps ahead (the copies overlap
+    the running step). Device-resident: the images stay on the devices, and only each epoch's
+    order is sent, at the epoch's first step.
+    """
+    if not self.device_resident:
+      for batch in _ahead(self.train_batches(start_step), placement):
+        yield batch, None
+      return
+    self._check_steps()
+    empty = placement.shard_batch({})
+    arrays, epoch = self._resident("train", placement), None
+    for step in itertools.count(start_step):
+      if step // self.steps_per_epoch != epoch:
+        epoch = step // self.steps_per_epoch
+        arrays = {**arrays, "order": placement.replicate(self.epoch_order(epoch))}
+      yield empty, arrays
+
+  def eval_feed(self, placement: Placement) -> Iterator[tuple[Any, Any]]:
+    """(inputs, arrays) for the compiled eval step, one per global evaluation batch."""
+    arrays = self._resident("eval", placement) if self.device_resident else None
+    for batch in _ahead(self.eval_batches(), placement, depth=1):
+      yield batch, arrays
 
   def epoch_order(self, epoch: int) -> np.ndarray:
     """The whole global training order of `epoch` (int32); resident runs may slice it on device."""

@@ -8,6 +8,7 @@ by the twin registered for its Flax class (`register_twin`). Importing this modu
 """
 
 import functools
+import time
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 
 from resnet_jax.models import blocks as flax_blocks
 from resnet_jax.models import ResNet
+from resnet_jax.timing import summary, timed
 
 
 # Flax block class -> (spec, in_channels, planes, stride) -> torch module with the same names.
@@ -143,3 +145,55 @@ class TorchResNet(nn.Module):
       x = F.relu(self.final_bn(x))
     x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
     return self.fc(x) if self.fc is not None else x
+
+
+def time_torch(model_spec: Any, *, batch_size: int, image_size: int, channels: int,
+               precision: str, learning_rate: float, momentum: float, weight_decay: float,
+               steps: int, warmup: int, compile: bool | None = None) -> dict[str, Any]:
+  """The same architecture, batch, dtype and optimizer (SGD momentum) in PyTorch.
+
+  channels-last memory format, autocast to the compute dtype, and `torch.compile` (by default on
+  CUDA only: inductor's CPU compilation takes minutes for a ResNet).
+  """
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  net = TorchResNet(model_spec, channels).to(device).to(memory_format=torch.channels_last)
+  opt = torch.optim.SGD(net.parameters(), lr=learning_rate, momentum=momentum,
+                        weight_decay=weight_decay)
+  x = torch.randn(batch_size, channels, image_size, image_size, device=device).to(
+      memory_format=torch.channels_last)
+  y = torch.randint(0, max(1, model_spec.num_classes), (batch_size,), device=device)
+  autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
+  scaler = torch.amp.GradScaler(device) if precision == "float16" else None
+
+  def step(model):
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast(device, dtype=autocast_dtype or torch.float32,
+                        enabled=autocast_dtype is not None):
+      loss = torch.nn.functional.cross_entropy(model(x), y)
+    if scaler is not None:
+      scaler.scale(loss).backward()
+      scaler.step(opt)
+      scaler.update()
+    else:
+      loss.backward()
+      opt.step()
+    return loss
+
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+  if compile is None:
+    compile = device == "cuda"
+  model = torch.compile(net) if compile else net
+  start = time.perf_counter()
+  try:
+    step(model)
+  except Exception:  # noqa: BLE001 - e.g. no C++ compiler for inductor: measure eager instead
+    if model is net:
+      raise
+    model = net
+    step(model)
+  sync()
+  compile_s = time.perf_counter() - start
+  times = timed(lambda: step(model), lambda _: sync(), steps=steps, warmup=warmup)
+  return {**summary(times, batch_size), "compile_time_s": compile_s,
+          "torch_compile": model is not net, "torch_version": torch.__version__,
+          "torch_threads": torch.get_num_threads()}

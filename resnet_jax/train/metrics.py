@@ -1,16 +1,47 @@
-"""Run records: WORKDIR/metrics.jsonl, TensorBoard event files, and a progress display."""
+"""Run records: the step's metrics summed over each logging window (in the train state),
+WORKDIR/metrics.jsonl, TensorBoard event files, and a progress display."""
 
+import functools
 import json
 import logging
 import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
+import jax.numpy as jnp
 import tqdm
 
 METRICS_FILE = "metrics.jsonl"
+
+
+def summed_over_windows(step_fn: Callable, log_every_steps: int) -> Callable:
+  """`step_fn` whose metrics are also added to `state.metric_sums`, restarted every
+  `log_every_steps` steps, so the host reads them once per window (no per-step transfer) and a
+  resumed run logs exactly what an uninterrupted one logs. Steps with a non-finite metric count
+  as skipped ("steps" counts the others).
+
+  Args:
+    step_fn: (state, batch, rng) -> (state, metrics of scalars).
+    log_every_steps: the window length.
+  """
+  def step(state, batch, rng):
+    new, metrics = step_fn(state, batch, rng)
+    finite = functools.reduce(jnp.logical_and, [jnp.isfinite(v) for v in metrics.values()])
+    start = state.step % log_every_steps == 0
+    sums = {k: jnp.where(start, 0.0, state.metric_sums[k]) + jnp.where(finite, v, 0.0)
+            for k, v in metrics.items()}
+    sums["steps"] = jnp.where(start, 0.0, state.metric_sums["steps"]) + finite
+    return new.replace(metric_sums=sums), metrics
+  return step
+
+
+def window_means(sums: dict[str, Any]) -> dict[str, float]:
+  """The mean of each metric over a window, from its sums (NaN when every step was skipped)."""
+  steps = float(sums["steps"])
+  return {k: float(v) / steps if steps else float("nan") for k, v in sums.items() if k != "steps"}
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

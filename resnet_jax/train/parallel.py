@@ -70,12 +70,39 @@ class Runner:
     """One host copy (numpy) of a replicated tree."""
     raise NotImplementedError
 
-  def train_step(self, fn: Callable) -> Callable:
-    """fn(state, batch, rng, arrays) -> (state, metrics), per replica; the state is donated."""
-    raise NotImplementedError
+  def train_step(self, step_fn: Callable, batches: Any) -> Callable:
+    """The compiled train step, fed from the data side, in one program.
 
-  def eval_step(self, fn: Callable) -> Callable:
-    """fn(variables, batch, arrays) -> summed metrics, per replica."""
+    Args:
+      step_fn: (state, batch, rng) -> (state, metrics), per replica.
+      batches: the data side's device functions (`resnet_jax.data.DeviceBatches`): its
+        `train(inputs, arrays, step, rng)` builds each replica's batch.
+
+    Returns:
+      (state, inputs, rng, arrays) -> (state, metrics): `inputs` sharded over the devices (this
+      step's rows from the host, or nothing for a device-resident dataset), `arrays` replicated
+      (a device-resident dataset, or None); the state is donated.
+    """
+    def per_replica(state, inputs, rng, arrays):
+      batch = batches.train(inputs, arrays, state.step, rng)
+      return step_fn(state, batch, jax.random.fold_in(rng, state.step))
+    return self._map(per_replica, in_specs=(P(), P(AXIS), P(), P()), out_specs=(P(), P()),
+                     train=True)
+
+  def eval_step(self, eval_fn: Callable, batches: Any) -> Callable:
+    """The compiled eval step: (variables, inputs, arrays) -> metrics summed over the devices.
+
+    Args:
+      eval_fn: (variables, batch) -> summed metrics, per replica (a psum inside).
+      batches: the data side's device functions; `eval(inputs, arrays)` builds each batch.
+    """
+    def per_replica(variables, inputs, arrays):
+      return eval_fn(variables, batches.eval(inputs, arrays))
+    return self._map(per_replica, in_specs=(P(), P(AXIS), P()), out_specs=P(), train=False)
+
+  def _map(self, fn: Callable, *, in_specs: tuple, out_specs: Any, train: bool) -> Callable:
+    """`fn` mapped over the devices and compiled: the one place steps are transformed. A train
+    step donates its state (first argument); an eval step returns one copy of its sums."""
     raise NotImplementedError
 
 
@@ -101,12 +128,13 @@ class PmapRunner(Runner):
   def unreplicate(self, tree):
     return jax.device_get(jax.tree.map(lambda x: x[0], tree))
 
-  def train_step(self, fn):
-    return jax.pmap(fn, axis_name=AXIS, devices=self.local_devices, donate_argnums=(0,))
-
-  def eval_step(self, fn):
-    step = jax.pmap(fn, axis_name=AXIS, devices=self.local_devices)
-    return lambda *args: jax.tree.map(lambda x: x[0], step(*args))
+  def _map(self, fn, *, in_specs, out_specs, train):
+    del in_specs, out_specs  # pmap maps every argument's leading axis (replicated ones: copies)
+    mapped = jax.pmap(fn, axis_name=AXIS, devices=self.local_devices,
+                      donate_argnums=(0,) if train else ())
+    if train:
+      return mapped
+    return lambda *args: jax.tree.map(lambda x: x[0], mapped(*args))  # equal on every device
 
 
 @register_runner("mesh")
@@ -134,14 +162,10 @@ class MeshRunner(Runner):
   # check_vma=False gives the per-replica function pmap's semantics: with varying-manual-axes
   # checking on, the gradient of a replicated parameter is already summed over the axis (the
   # transpose of its implicit broadcast), and the step's explicit pmean would be redundant.
-  def train_step(self, fn):
-    mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), P(AXIS), P(), P()),
-                           out_specs=(P(), P()), check_vma=False)
-    return jax.jit(mapped, donate_argnums=(0,))
-
-  def eval_step(self, fn):
-    return jax.jit(jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), P(AXIS), P()), out_specs=P(),
-                                 check_vma=False))
+  def _map(self, fn, *, in_specs, out_specs, train):
+    mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs,
+                           check_vma=False)
+    return jax.jit(mapped, donate_argnums=(0,) if train else ())
 
 
 def make_runner(name: str, devices: list | None = None) -> Runner:

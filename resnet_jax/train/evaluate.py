@@ -1,0 +1,85 @@
+"""Exact evaluation: over a whole split (padding masked out), during training and of a saved run."""
+
+import functools
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from resnet_jax import data
+from resnet_jax.errors import InputNotFoundError
+from resnet_jax.train import checkpoint, parallel, pretrained
+from resnet_jax.train.config import PRECISIONS
+from resnet_jax.train.step import StepConfig, eval_step
+from resnet_jax.train.workdir import CONFIG_FILE
+
+
+def evaluate(eval_fn: Any, variables: Any, pipeline: data.Pipeline,
+             runner: parallel.Runner) -> dict[str, float]:
+  """Exact loss, top-1 and top-5 over the whole eval split.
+
+  Args:
+    eval_fn: the runner-compiled eval step (variables, inputs, arrays) -> sums.
+    variables: replicated {"params", "batch_stats"}.
+    pipeline, runner: what feeds the step, and where.
+
+  Returns:
+    {"eval_loss", "eval_accuracy" (top-1, a fraction), "eval_top5"}.
+  """
+  totals = None
+  for inputs, arrays in pipeline.eval_feed(runner):
+    sums = eval_fn(variables, inputs, arrays)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  if count != pipeline.num_eval:
+    raise RuntimeError(f"Evaluated {count} examples, expected {pipeline.num_eval}.")
+  return {"eval_loss": float(totals["loss"]) / count, "eval_accuracy": float(totals["top1"]) / count,
+          "eval_top5": float(totals["top5"]) / count}
+
+
+def load_config(workdir: str) -> Any:
+  """The resolved config a run saved in WORKDIR/config.json."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise InputNotFoundError(f"{workdir} is not a run folder (no {CONFIG_FILE}).")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f)["config"])
+
+
+def evaluate_run(workdir: str, *, split: str = "", step: int | None = None) -> dict[str, Any]:
+  """Exact loss, top-1 and top-5 of a run's checkpoint on a split of its dataset.
+
+  The network is rebuilt from the checkpoint's own description, with the eval step alone (no
+  optimizer, no train state).
+
+  Args:
+    workdir: the run folder.
+    split: a split name (default: the run's evaluation split).
+    step: which checkpoint (default: the newest).
+
+  Returns:
+    {"step", "split", "num_examples", "eval_loss", "eval_accuracy", "eval_top5"}.
+  """
+  config = load_config(workdir)
+  config.data.eval_split = split or config.data.eval_split
+  info = data.get_info(config.data)
+  runner = parallel.make_runner(config.train.runner)
+  runner.check_batch_size(config.train.eval_batch_size, "train.eval_batch_size")
+  pipeline = data.create_pipeline(
+      config.data, info, global_batch_size=config.train.batch_size,
+      eval_batch_size=config.train.eval_batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  state, meta = checkpoint.load(os.path.join(workdir, "checkpoints"), step)
+  source = pretrained.from_description(
+      {"params": state["params"], "batch_stats": state["batch_stats"]}, meta["model"])
+  model = source.create_model(dtype=PRECISIONS[config.train.precision])
+  eval_fn = runner.eval_step(functools.partial(
+      eval_step, model=model, config=StepConfig(num_classes=source.num_classes)),
+      pipeline.device_batches(parallel.AXIS))
+  metrics = evaluate(eval_fn, runner.replicate(source.variables), pipeline, runner)
+  return {"step": int(meta["step"]), "split": config.data.eval_split or "default",
+          "num_examples": pipeline.num_eval, **metrics}

@@ -1,0 +1,247 @@
+"""train_and_evaluate(config, workdir): the loop that joins data, model, optimizer, runner and
+checkpoints. Everything that can be wrong with the input (names, sizes, numbers, the run folder,
+a checkpoint of another shape) is refused before anything is compiled."""
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from resnet_jax import data
+from resnet_jax.errors import check
+from resnet_jax.train import checkpoint, parallel, pretrained, resume
+from resnet_jax.train.config import run_length, validate_config
+from resnet_jax.train.evaluate import evaluate
+from resnet_jax.train.experiment import Experiment, build, model_architecture, model_description
+from resnet_jax.train.metrics import MetricsWriter, Progress, read_metrics, window_means
+from resnet_jax.train.preemption import Preempted, PreemptionWatcher
+from resnet_jax.train.step import NONFINITE_LOSS, metric_names
+from resnet_jax.train.workdir import Workdir, default_workdir, run_identity
+
+
+class NonFiniteError(FloatingPointError):
+  """The loss or the gradients stopped being finite."""
+
+
+def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any]:
+  """Trains and evaluates as `config` says, resuming from `workdir` when it holds a checkpoint.
+
+  Args:
+    config: a config from experiments/configs (see default.py for every key).
+    workdir: the run folder (checkpoints, metrics.jsonl, TensorBoard, config.json); None makes
+      a new one under ./runs.
+
+  Returns:
+    The final record written to metrics.jsonl (step, eval metrics, ...), plus "workdir".
+
+  Raises:
+    InputError: a mistake in the config, the data or the run folder (before anything compiles).
+    Preempted: after checkpointing in response to SIGTERM/SIGINT.
+    NonFiniteError: the loss or gradients became non-finite with on_nonfinite="stop".
+  """
+  validate_config(config)
+  d = config.distributed
+  parallel.initialize_distributed(d.coordinator_address, d.num_processes, d.process_id)
+  with PreemptionWatcher() as watcher:
+    source = pretrained.load(config.init.checkpoint) if config.init.checkpoint else None
+    name = model_architecture(config, source)[0]
+    with Workdir(workdir or default_workdir(name, config.data.name), config,
+                 is_main=jax.process_index() == 0) as run_dir:
+      run = Run.start(config, run_dir, source)
+      try:
+        if run.finished is not None:  # a finished run is reported again, not retrained
+          return run.finished
+        watcher.start_training()
+        device_state, rng = run.runner.replicate(run.state), run.runner.replicate(run.rng)
+        feed, record, eval_metrics = run.pipeline.train_feed(run.start_step, run.runner), {}, {}
+        for step in range(run.start_step, run.total_steps):
+          inputs, arrays = next(feed)
+          device_state, _ = run.exp.train_fn(device_state, inputs, rng, arrays)
+          done = step + 1
+          stop, is_last = watcher.should_stop(done), done == run.total_steps
+          if done % config.train.log_every_steps == 0 or is_last:
+            record = run.log(done, device_state, write=not is_last)
+          evaluate_now = is_last or (run.eval_every and done % run.eval_every == 0)
+          if evaluate_now:
+            eval_metrics = run.evaluate(done, device_state, write=not is_last)
+          if evaluate_now or stop or run.checkpoint_due(done):
+            run.save(done, device_state, eval_metrics if evaluate_now else None)
+          if stop:
+            run.checkpointer.wait()
+            raise Preempted(watcher.signum, done)
+        if run.start_step >= run.total_steps:  # resumed a finished run without its final record
+          eval_metrics = run.evaluate(run.total_steps, device_state, write=False)
+        return run.finish({**record, **eval_metrics})
+      finally:
+        run.close()
+
+
+@dataclasses.dataclass
+class Run:
+  """A run set up to train: its pieces, where it starts, and the loop's small named pieces."""
+
+  config: Any
+  workdir: str
+  info: data.DatasetInfo
+  runner: parallel.Runner
+  pipeline: data.Pipeline
+  exp: Experiment
+  checkpointer: checkpoint.Checkpointer
+  description: dict[str, Any]  # the model, for checkpoints
+  total_steps: int
+  eval_every: int  # steps between evaluations; 0: only at the end
+  state: Any  # the host state to start from
+  rng: Any  # the steps' base key, on the host
+  start_step: int
+  finished: dict[str, Any] | None = None  # the final record of a run that had already finished
+  writer: MetricsWriter | None = None
+  progress: Progress | None = None
+  _window_start: tuple[float, int] = (0.0, 0)  # (time, step) of the current logging window
+
+  @classmethod
+  def start(cls, config: Any, run_dir: Workdir, source: "pretrained.Pretrained | None") -> "Run":
+    """Opens the data, builds the experiment, resumes or initialises the state, and accepts
+    the run folder; refuses a mistaken input before compiling anything."""
+    t = config.train
+    info = data.get_info(config.data)
+    runner = parallel.make_runner(t.runner)
+    runner.check_batch_size(t.batch_size)
+    runner.check_batch_size(t.eval_batch_size, "train.eval_batch_size")
+    pipeline = data.create_pipeline(
+        config.data, info, global_batch_size=t.batch_size, eval_batch_size=t.eval_batch_size,
+        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
+    check(pipeline.steps_per_epoch >= 1, f"train.batch_size={t.batch_size} exceeds the "
+          f"{info.num_train} training examples; lower it.")
+    total_steps, eval_every = run_length(t, pipeline.steps_per_epoch)
+    experiment = lambda c: build(c, info, runner, pipeline.device_batches(parallel.AXIS),
+                                 steps_per_epoch=pipeline.steps_per_epoch,
+                                 total_steps=total_steps, source=source)
+    exp = experiment(config)
+    checkpointer = checkpoint.Checkpointer(
+        os.path.join(run_dir.path, "checkpoints"), identity=run_identity(config),
+        keep=t.keep_checkpoints, keep_best=t.keep_best, async_save=t.async_checkpointing)
+    run = cls(config, run_dir.path, info, runner, pipeline, exp, checkpointer,
+              model_description(config, info, exp), total_steps, eval_every, None, None, 0)
+    try:
+      run._resume_or_initialise(run_dir, lambda c: experiment(c).abstract_state)
+    except BaseException:
+      run.close()
+      raise
+    return run
+
+  def _resume_or_initialise(self, run_dir: Workdir, abstract_state_of: Any) -> None:
+    """The newest intact checkpoint's state, or (with no checkpoint) a fresh one."""
+    t, exp = self.config.train, self.exp
+    restored = resume.restore(self.checkpointer, exp.abstract_state, run_dir, self.config,
+                              self.info, abstract_state_of)
+    if restored is not None:
+      self.state, meta = restored
+      self.start_step, self.rng = int(meta["step"]), np.asarray(meta["rng"], np.uint32)
+      logging.info("Resumed from step %d of %s.", self.start_step, self.checkpointer.directory)
+      if self.start_step >= self.total_steps:
+        self.finished = _final_record(self.workdir, self.total_steps)
+    if self.finished is None:
+      if restored is None:
+        self.state, self.rng = exp.state, exp.rng
+      self.writer = MetricsWriter(self.workdir, enabled=jax.process_index() == 0,
+                                 resume_step=self.start_step)
+      self.progress = Progress(self.total_steps, self.start_step, mode=t.progress_bar,
+                              enabled=jax.process_index() == 0)
+      logging.info("%s on %s: %d steps (%d per epoch), batch %d over %d %s device(s), runner "
+                   "%s; workdir %s", exp.name, self.info.name, self.total_steps,
+                   self.pipeline.steps_per_epoch, t.batch_size, self.runner.num_replicas,
+                   jax.devices()[0].platform, self.runner.name, self.workdir)
+    else:
+      logging.info("The run in %s already finished at step %d.", self.workdir, self.total_steps)
+    run_dir.accept()
+    self._window_start = (time.time(), self.start_step)
+
+  def checkpoint_due(self, step: int) -> bool:
+    every = self.config.train.checkpoint_every_steps
+    return bool(every) and step % every == 0
+
+  def log(self, step: int, device_state: Any, *, write: bool) -> dict[str, Any]:
+    """The means of the step's metrics over the window that ends at `step`, with the learning
+    rate and throughput; shown, and written unless it goes into the final record."""
+    watched = self.runner.unreplicate(_window_fields(device_state))
+    bad = _check_finite(watched, self.exp.step_config.on_nonfinite)
+    self.checkpointer.check_for_errors()
+    now, (since, first) = time.time(), self._window_start
+    means = window_means(watched.metric_sums)
+    record = {**{k: means[k] for k in metric_names(self.exp.step_config)},
+              "learning_rate": float(self.exp.schedule(step - 1)),
+              "epoch": step / self.pipeline.steps_per_epoch,
+              "images_per_sec": (step - first) * self.config.train.batch_size / (now - since)}
+    if bad:
+      record["nonfinite_steps"] = bad
+    self._window_start = (now, step)
+    self.progress.update(step, record)
+    if write:
+      self.writer.write(step, record)
+    return record
+
+  def evaluate(self, step: int, device_state: Any, *, write: bool) -> dict[str, float]:
+    """Exact metrics on the eval split (and of the EMA weights when kept); logged."""
+    result = evaluate(self.exp.eval_fn, device_state.variables(), self.pipeline, self.runner)
+    if self.config.optim.ema_decay:
+      ema = evaluate(self.exp.eval_fn, device_state.variables(ema=True), self.pipeline,
+                     self.runner)
+      result.update({f"ema_{k}": v for k, v in ema.items()})
+    logging.info("step %d: %s", step, " ".join(f"{k}={v:.4f}" for k, v in result.items()))
+    if write:
+      self.writer.write(step, result)
+    self._window_start = (time.time(), self._window_start[1])  # evaluation is not training
+    return result
+
+  def save(self, step: int, device_state: Any, eval_metrics: dict | None) -> None:
+    """Starts an asynchronous checkpoint of the state at `step` (never of a poisoned state)."""
+    host_state = self.runner.unreplicate(device_state)
+    _check_finite(host_state, self.exp.step_config.on_nonfinite)
+    self.checkpointer.save(
+        step, host_state,
+        {"rng": np.asarray(self.rng).tolist(), "data_position": step,
+         "steps_per_epoch": self.pipeline.steps_per_epoch, "model": self.description},
+        eval_accuracy=(eval_metrics or {}).get("eval_accuracy"))
+
+  def finish(self, record: dict[str, Any]) -> dict[str, Any]:
+    """Waits for the last checkpoint and writes the final record."""
+    self.checkpointer.wait()
+    final = {**record, "final": True}
+    self.writer.write(self.total_steps, final)
+    return {"step": self.total_steps, **final, "workdir": self.workdir}
+
+  def close(self) -> None:
+    for closable in (self.progress, self.writer, self.checkpointer):
+      if closable is not None:
+        closable.close()
+
+
+def _final_record(workdir: str, step: int) -> dict[str, Any] | None:
+  """A finished run's report: its "final" record at `step` in metrics.jsonl, if there is one."""
+  finals = [r for r in read_metrics(workdir) if r.get("final") and r["step"] == step]
+  if not finals:
+    return None
+  return {"step": step, **{k: v for k, v in finals[-1].items() if k != "step"},
+          "workdir": workdir}
+
+
+def _window_fields(state: Any) -> Any:
+  """The scalars the host reads at a log step (no big transfers)."""
+  return state.replace(params=None, batch_stats=None, opt_state=None, ema_params=None,
+                       ema_batch_stats=None, loss_scale=None)
+
+
+def _check_finite(host_state: Any, policy: str) -> int:
+  """The number of skipped non-finite steps; raises NonFiniteError under the "stop" policy."""
+  count = int(host_state.nonfinite_count)
+  if policy == "stop" and int(host_state.first_nonfinite_step) >= 0:
+    what = "loss" if int(host_state.first_nonfinite_kind) == NONFINITE_LOSS else "gradient"
+    raise NonFiniteError(f"Non-finite {what} at step {int(host_state.first_nonfinite_step) + 1}; "
+                         "stopped without saving that state (the last checkpoint is intact). "
+                         "Lower optim.learning_rate, set optim.clip_norm, or use "
+                         "train.on_nonfinite=skip.")
+  return count

@@ -1,0 +1,133 @@
+"""The per-replica train and eval steps: pure functions of the state and a batch of normalised
+images and labels, with collectives over a named axis. They know nothing of where batches come
+from (`resnet_jax.data.device` builds them on the device; the runner composes the two)."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from resnet_jax.train.parallel import AXIS
+from resnet_jax.train.state import TrainState
+
+NONFINITE_POLICIES = ("stop", "skip")
+NONFINITE_LOSS, NONFINITE_GRADIENTS = 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """What optimisation needs, bound with `functools.partial` before transforming."""
+
+  num_classes: int
+  axis_name: str = AXIS
+  label_smoothing: float = 0.0
+  ema_decay: float = 0.0
+  on_nonfinite: str = "stop"
+  sync_batchnorm: bool = True
+  loss_scaling: bool = False  # float16: the state carries a dynamic loss scale
+
+
+def metric_names(config: StepConfig) -> tuple[str, ...]:
+  """The names of the metrics `train_step` returns, all scalars."""
+  return ("train_loss", "train_accuracy", "grad_norm") + (
+      ("loss_scale",) if config.loss_scaling else ())
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
+                  label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example softmax cross-entropy in float32, with optional label smoothing."""
+  targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Module,
+               tx: optax.GradientTransformation, config: StepConfig) -> tuple[TrainState, dict]:
+  """One optimisation step on this replica's shard of the global batch.
+
+  Gradients are averaged over `config.axis_name`; BatchNorm statistics are averaged inside the
+  model (its `axis_name`) when `sync_batchnorm`, else after the step. A step whose loss or
+  gradients are not finite leaves every parameter, statistic and moment unchanged; with
+  `on_nonfinite="stop"` every later step is frozen too, so the host can stop with the step number
+  and nothing poisoned can be checkpointed.
+
+  Args:
+    state: the replicated train state.
+    batch: {"image": normalised images, "label"}, this replica's rows.
+    rng: this step's key; a stochastic layer of a fork draws from its "dropout" stream, which
+      differs per replica.
+    model, tx, config: bound with `functools.partial`.
+
+  Returns:
+    (new state, metrics averaged over replicas; see `metric_names`).
+  """
+  axis = config.axis_name
+  images, labels = batch["image"], batch["label"]
+  scale = state.loss_scale.scale if config.loss_scaling else None
+  rngs = {"dropout": jax.random.fold_in(rng, jax.lax.axis_index(axis))}
+
+  def loss_fn(params):
+    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
+                                  train=True, mutable=["batch_stats"], rngs=rngs)
+    loss = jnp.mean(cross_entropy(logits, labels, config.num_classes, config.label_smoothing))
+    return (loss * scale if scale is not None else loss), (loss, logits, updates["batch_stats"])
+
+  grads, (loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads = jax.lax.pmean(grads, axis)
+  if scale is not None:
+    grads = jax.tree.map(lambda g: g / scale, grads)
+  if not config.sync_batchnorm:
+    batch_stats = jax.lax.pmean(batch_stats, axis)
+  loss = jax.lax.pmean(loss, axis)
+  accuracy = jax.lax.pmean(jnp.mean(jnp.argmax(logits, -1) == labels), axis)
+  grad_norm = optax.tree.norm(grads)
+
+  finite_loss, finite_grads = jnp.isfinite(loss), jnp.isfinite(grad_norm)
+  finite = finite_loss & finite_grads
+  apply = finite & (state.first_nonfinite_step < 0) if config.on_nonfinite == "stop" else finite
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
+  if config.ema_decay:
+    d = config.ema_decay
+    ema = lambda old, cur: jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, old, cur)
+    new = new.replace(ema_params=ema(state.ema_params, params),
+                      ema_batch_stats=ema(state.ema_batch_stats, batch_stats))
+  new = jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, state)
+
+  first_bad = (state.first_nonfinite_step < 0) & ~finite
+  kind = jnp.where(finite_loss, NONFINITE_GRADIENTS, NONFINITE_LOSS)
+  new = new.replace(
+      step=state.step + 1,
+      loss_scale=state.loss_scale.update(finite) if scale is not None else state.loss_scale,
+      nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32),
+      first_nonfinite_step=jnp.where(first_bad, state.step, state.first_nonfinite_step),
+      first_nonfinite_kind=jnp.where(first_bad, kind, state.first_nonfinite_kind))
+  metrics = {"train_loss": loss, "train_accuracy": accuracy, "grad_norm": grad_norm}
+  if scale is not None:
+    metrics["loss_scale"] = scale
+  return new, metrics
+
+
+def eval_step(variables: dict, batch: dict, *, model: nn.Module, config: StepConfig) -> dict:
+  """Sums of loss, top-1 and top-5 hits and example count over the global batch (mask-aware).
+
+  Args:
+    variables: {"params", "batch_stats"}.
+    batch: {"image": normalised images, "label", "mask"} (mask False on padding).
+    model, config: bound with `functools.partial`.
+  """
+  logits = model.apply(variables, batch["image"], train=False)
+  labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
+  k = min(5, config.num_classes)
+  top_k = jax.lax.top_k(logits, k)[1]
+  sums = {
+      "loss": jnp.sum(cross_entropy(logits, labels, config.num_classes) * mask),
+      "top1": jnp.sum((top_k[:, 0] == labels) * mask),
+      "top5": jnp.sum(jnp.any(top_k == labels[:, None], axis=-1) * mask),
+      "count": jnp.sum(mask),
+  }
+  return jax.lax.psum(sums, config.axis_name)
