@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     from resnet_jax import inference
     from resnet_jax.interop import convert
     from resnet_jax.train import pretrained
-    from resnet_jax.data.catalogue import IMAGENET_MEAN, IMAGENET_STD
+    from resnet_jax.data.sources import IMAGENET_MEAN, IMAGENET_STD
     from resnet_jax.errors import InvalidInputError
     from resnet_jax.models import create_model
 

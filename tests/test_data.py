@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from resnet_jax import data
-from resnet_jax.data import augment, catalogue, decode, digits, transforms
+from resnet_jax.data import augment, sources, decode, digits, transforms
 
 
 def make_config(**overrides) -> ml_collections.ConfigDict:
@@ -88,8 +88,8 @@ def test_get_info_for_the_digits(tfds_dir):
   assert data.get_info(make_config(data_dir=tfds_dir)) == info  # deterministic statistics
   resized = data.get_info(make_config(data_dir=tfds_dir, image_size=16, normalization="imagenet"))
   assert resized.image_shape == (16, 16, 1)
-  np.testing.assert_allclose(resized.mean, [np.mean(catalogue.IMAGENET_MEAN)])
-  np.testing.assert_allclose(resized.std, [np.mean(catalogue.IMAGENET_STD)])
+  np.testing.assert_allclose(resized.mean, [np.mean(sources.IMAGENET_MEAN)])
+  np.testing.assert_allclose(resized.std, [np.mean(sources.IMAGENET_STD)])
 
 
 # Image folders.
@@ -217,7 +217,7 @@ def test_mock_cifar10_through_the_pipeline(tmp_path):
     info = data.get_info(config)
     assert info.image_shape == (32, 32, 3) and info.num_classes == 10
     assert (info.num_train, info.num_eval) == (40, 40)
-    assert info.mean == catalogue.DATASETS["cifar10"].mean
+    assert info.mean == sources.DATASETS["cifar10"].mean
     pipeline = pipeline_for(config, info=info, batch=16, eval_batch=24)
     batch = next(pipeline.train_batches(0))
     assert batch["image"].shape == (16, 32, 32, 3) and batch["label"].dtype == np.int32

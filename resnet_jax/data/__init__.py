@@ -5,7 +5,8 @@ the transforms) does not pull in tensorflow-datasets or grain."""
 import importlib
 
 _EXPORTS = {
-    "DATASETS": "catalogue", "DatasetInfo": "catalogue", "get_info": "catalogue",
+    "DATASETS": "sources", "DatasetInfo": "sources", "get_info": "sources",
+    "Splits": "sources", "register_source": "sources",
     "Pipeline": "pipeline", "create_pipeline": "pipeline",
     "DeviceBatches": "device",
     "eval_transform": "transforms",

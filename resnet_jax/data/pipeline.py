@@ -16,9 +16,9 @@ from typing import Any, Protocol
 import grain
 import numpy as np
 
-from resnet_jax.data import augment, catalogue
-from resnet_jax.data.catalogue import DatasetInfo
+from resnet_jax.data import augment
 from resnet_jax.data.device import DeviceBatches
+from resnet_jax.data.sources import DatasetInfo, open_dataset
 from resnet_jax.data.transforms import eval_transform
 from resnet_jax.errors import InvalidInputError, MissingSetupError, check_divisible
 
@@ -229,7 +229,8 @@ class Pipeline:
         seed=seed, num_train=info.num_train, global_batch_size=global_batch_size,
         process_index=process_index, process_count=process_count)
 
-    train, evaluation, _, _ = catalogue.open_splits(data_config)
+    splits = open_dataset(data_config)
+    train, evaluation = splits.train, splits.eval
     if (len(train), len(evaluation)) != (info.num_train, info.num_eval):
       raise InvalidInputError(f"{info.name} now has {len(train)}/{len(evaluation)} train/eval "
                               "examples, but the DatasetInfo says "

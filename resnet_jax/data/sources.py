@@ -1,8 +1,21 @@
-"""The dataset catalogue: names, splits, normalisation, preparation; and `get_info`."""
+"""Dataset sources by name, one registry: tfds's datasets (prepared once as array_record, read
+without TensorFlow), the embedded digits, `folder:DIR`, and any a fork registers; and `get_info`.
+
+A source opens a dataset's two splits as random-access sequences of {"image": HWC uint8,
+"label": int} records. A fork adds one from its own file:
+
+    @register_source("stripes", usage="stripes (synthetic)")
+    def stripes(data_config):
+      return Splits(train=..., eval=..., class_names=("h", "v"), native_shape=lambda: (8, 8, 1))
+
+and trains on it with --config.data.name=stripes.
+"""
 
 import dataclasses
+import functools
 import importlib.util
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -12,11 +25,11 @@ from resnet_jax.data import digits  # noqa: F401  (registers the "digits" builde
 from resnet_jax.data import folder as folder_lib
 from resnet_jax.data.transforms import eval_transform
 from resnet_jax.errors import InputNotFoundError, InvalidInputError, MissingDependencyError
+from resnet_jax.registry import Registry
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 STATS_SAMPLE = 1000  # images used to estimate mean/std where none are published
-FOLDER_PREFIX = "folder:"
 NORMALIZATIONS = ("dataset", "imagenet")
 _IMAGENET_INSTRUCTIONS = (
     "imagenet2012 needs a manual download. Get ILSVRC2012_img_train.tar and "
@@ -30,7 +43,7 @@ _IMAGENET_INSTRUCTIONS = (
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
-  """How to find, prepare and normalise one catalogued dataset."""
+  """How to find, prepare and normalise one of tfds's datasets."""
 
   tfds_name: str
   train_split: str = "train"
@@ -40,6 +53,7 @@ class Spec:
   needs_tensorflow_to_prepare: bool = True  # tfds's own builders encode numpy images with TF
   manual_files: tuple[str, ...] = ()  # files the user must place in <data_dir>/downloads/manual
   manual_instructions: str = ""  # formatted with manual_dir, missing, data_dir
+  configs: bool = False  # tfds builder configs, named as <name>/<config>
 
 
 DATASETS: dict[str, Spec] = {
@@ -56,7 +70,7 @@ DATASETS: dict[str, Spec] = {
                          manual_instructions=_IMAGENET_INSTRUCTIONS),
     # tfds's imagenette builder lists its files with tf.io.gfile, so preparing it needs TF too.
     "imagenette": Spec("imagenette", eval_split="validation", mean=IMAGENET_MEAN,
-                       std=IMAGENET_STD),
+                       std=IMAGENET_STD, configs=True),
 }
 
 
@@ -74,26 +88,69 @@ class DatasetInfo:
   std: tuple[float, ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  """An opened dataset.
+
+  Attributes:
+    train, eval: random access (len, [i]) to {"image": HWC uint8, "label": int} records;
+      picklable, for worker processes.
+    class_names: one per label.
+    native_shape: () -> (height, width, channels) of the stored images, height/width None
+      where they vary; called once, by `get_info` (a folder checks its files then).
+    mean, std: published per-channel statistics (0..255 units), or None to estimate them.
+  """
+
+  train: Any
+  eval: Any
+  class_names: tuple[str, ...]
+  native_shape: Callable[[], tuple[int | None, int | None, int]]
+  mean: tuple[float, ...] | None = None
+  std: tuple[float, ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A registered dataset source: `open(data_config) -> Splits`, and how to name it."""
+
+  open: Callable[[Any], Splits]
+  usage: str
+
+
+SOURCES: Registry[Source] = Registry("dataset source", "data.name")
+
+
+def register_source(name: str, *, usage: str = "") -> Callable:
+  """Decorator: registers `open(data_config) -> Splits` as the dataset source `name` (a
+  data.name of `name` or, for sources taking an argument, `name:ARGUMENT`)."""
+  def add(open_fn):
+    SOURCES.register(name, Source(open_fn, usage or name))
+    return open_fn
+  return add
+
+
 def valid_names() -> str:
   """The accepted data.name values, for error messages."""
-  return (", ".join(sorted(DATASETS)) + " (also imagenette/<config>, e.g. imagenette/320px-v2), "
-          "or folder:DIR for images in DIR/train/<class>/ and DIR/test/<class>/")
+  return ", ".join(source.usage for _, source in SOURCES.items())
 
 
-def spec_for(name: str) -> Spec:
-  """The catalogue entry for `name` (`imagenette/320px-v2` style configs included).
+def source_name(name: str) -> str:
+  """The registered source a data.name belongs to: "folder:DIR" -> folder,
+  "imagenette/320px-v2" -> imagenette, "cifar10:3.0.2" -> cifar10."""
+  return name.split(":", 1)[0].split("/", 1)[0]
 
-  Args:
-    name: a tfds name from `DATASETS`, optionally with a /config or :version.
 
-  Returns:
-    The entry, its tfds_name set to `name`.
+def open_dataset(data_config: Any) -> Splits:
+  """Opens (preparing it first if needed) the dataset named by `data_config.name`.
+
+  Raises:
+    InvalidInputError: an unknown name, listing the valid ones.
   """
-  base = name.split("/", 1)[0].split(":", 1)[0]  # "imagenette/320px-v2", "cifar10:3.0.2"
-  if base not in DATASETS or ("/" in name and base != "imagenette"):
+  name = data_config.name
+  if source_name(name) not in SOURCES:
     raise InvalidInputError(f"Unknown dataset {name!r} (data.name). Valid names: "
                             f"{valid_names()}.")
-  return dataclasses.replace(DATASETS[base], tfds_name=name)
+  return SOURCES[source_name(name)].open(data_config)
 
 
 def _mocked() -> bool:
@@ -136,41 +193,45 @@ def _tfds_source(builder: Any, split: str) -> Any:
         "array_record format; delete that folder to have it prepared again.") from e
 
 
-def open_splits(data_config: Any) -> tuple[Any, Any, tuple[str, ...], Spec | None]:
-  """Opens (preparing it first if needed) the dataset named by `data_config.name`.
-
-  Args:
-    data_config: the config's data section (name, data_dir, and optionally eval_split).
-
-  Returns:
-    (train source, eval source, class names, catalogue entry or None for an image folder); the
-    sources give random access to records {"image": uint8 HWC, "label": int}.
-  """
+def _open_tfds(spec: Spec, data_config: Any) -> Splits:
+  """A tfds dataset, prepared as array_record the first time."""
   name = data_config.name
-  eval_split = data_config.get("eval_split", "")
-  if name.startswith(FOLDER_PREFIX):
-    # Absolute: worker processes need not share this process's working directory.
-    root = os.path.abspath(os.path.expanduser(name[len(FOLDER_PREFIX):]))
-    train, evaluation, classes = folder_lib.open_folder(root, eval_split)
-    return train, evaluation, tuple(classes), None
-  spec = spec_for(name)
+  if "/" in name and not spec.configs:
+    raise InvalidInputError(f"Unknown dataset {name!r} (data.name): {spec.tfds_name} has no "
+                            f"configs. Valid names: {valid_names()}.")
+  spec = dataclasses.replace(spec, tfds_name=name)
   builder = _prepare(spec, data_config.data_dir)
   train = _tfds_source(builder, spec.train_split)
-  evaluation = _tfds_source(builder, eval_split or spec.eval_split)
-  return train, evaluation, tuple(builder.info.features["label"].names), spec
+  evaluation = _tfds_source(builder, data_config.get("eval_split", "") or spec.eval_split)
+
+  def native_shape():
+    h, w, c = train.dataset_info.features["image"].shape
+    if (h is None or w is None) and not data_config.image_size:
+      raise InvalidInputError(f"{spec.tfds_name}'s images differ in size; set "
+                              "--config.data.image_size=N to resize them to NxN.")
+    return h, w, c
+
+  return Splits(train, evaluation, tuple(builder.info.features["label"].names), native_shape,
+                spec.mean, spec.std)
 
 
-def _native_shape(data_config: Any, train: Any, evaluation: Any,
-                  spec: Spec | None) -> tuple[int, int, int]:
-  """(height, width, channels) of the stored images; height/width None where they vary."""
-  if spec is None:
-    return folder_lib.native_shape([train, evaluation], data_config.image_size,
-                                   data_config.get("verify_images", "auto"))
-  h, w, c = train.dataset_info.features["image"].shape
-  if (h is None or w is None) and not data_config.image_size:
-    raise InvalidInputError(f"{spec.tfds_name}'s images differ in size; set "
-                            "--config.data.image_size=N to resize them to NxN.")
-  return h, w, c
+for _name, _spec in DATASETS.items():
+  register_source(_name, usage=f"{_name} (also imagenette/<config>, e.g. imagenette/320px-v2)"
+                  if _spec.configs else _name)(functools.partial(_open_tfds, _spec))
+
+
+@register_source("folder", usage="folder:DIR for images in DIR/train/<class>/ and "
+                 "DIR/test/<class>/")
+def _open_folder(data_config: Any) -> Splits:
+  """Image files in class folders (see `folder`)."""
+  path = data_config.name.partition(":")[2]
+  if not path:
+    raise InvalidInputError("data.name=folder:DIR needs the folder, e.g. folder:~/images.")
+  # Absolute: worker processes need not share this process's working directory.
+  root = os.path.abspath(os.path.expanduser(path))
+  train, evaluation, classes = folder_lib.open_folder(root, data_config.get("eval_split", ""))
+  return Splits(train, evaluation, tuple(classes), lambda: folder_lib.native_shape(
+      [train, evaluation], data_config.image_size, data_config.get("verify_images", "auto")))
 
 
 def _check_config(data_config: Any) -> None:
@@ -237,19 +298,20 @@ def get_info(data_config: Any) -> DatasetInfo:
     decode.ImageReadError (an InvalidInputError): a file in an image folder is not an image.
   """
   _check_config(data_config)
-  train, evaluation, classes, spec = open_splits(data_config)
-  h, w, channels = _native_shape(data_config, train, evaluation, spec)
+  splits = open_dataset(data_config)
+  h, w, channels = splits.native_shape()
   size = data_config.image_size
   shape = (size, size, channels) if size else (h, w, channels)
   if data_config.normalization == "imagenet":
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     if channels == 1:  # grey images: one channel with ImageNet's average statistics
       mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)
-  elif spec is not None and spec.mean is not None:
-    mean, std = spec.mean, spec.std
+  elif splits.mean is not None:
+    mean, std = splits.mean, splits.std
   else:
-    mean, std = estimate_mean_std(train, image_size=size, channels=channels,
+    mean, std = estimate_mean_std(splits.train, image_size=size, channels=channels,
                                   crop_ratio=data_config.eval_crop_ratio)
-  return DatasetInfo(name=data_config.name, num_classes=len(classes), class_names=classes,
-                     image_shape=shape, num_train=len(train), num_eval=len(evaluation),
+  return DatasetInfo(name=data_config.name, num_classes=len(splits.class_names),
+                     class_names=tuple(splits.class_names), image_shape=shape,
+                     num_train=len(splits.train), num_eval=len(splits.eval),
                      mean=tuple(map(float, mean)), std=tuple(map(float, std)))
