@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     from resnet_jax.interop import convert
     from resnet_jax.train import pretrained
     from resnet_jax.data.sources import IMAGENET_MEAN, IMAGENET_STD
+    from resnet_jax.data.transforms import Preprocessing
     from resnet_jax.errors import InvalidInputError
     from resnet_jax.models import create_model
 
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
                                                                      (64.0,) * channels)
     source = pretrained.Pretrained(
         variables=variables, model=args.model, num_classes=num_classes,
-        preprocessing=pretrained.Preprocessing(args.image_size, channels, args.crop_ratio, mean,
+        preprocessing=Preprocessing(args.image_size, channels, args.crop_ratio, mean,
                                                std),
         class_names=tuple(labels) if labels else None)
     pretrained.export(args.out, source)

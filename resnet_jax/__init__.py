@@ -1,14 +1,23 @@
-"""ResNets in Flax linen and their training system; the public face of the package."""
+"""ResNets in Flax linen and their training system; the public face of the package.
+
+The names below are imported on first use, so that a layer of the package (the data side, say)
+can be imported without the others.
+"""
 
 import importlib
 
-from resnet_jax.models import ResNet, create_model, list_models, register_block, register_model
+_EXPORTS = {
+    "ResNet": "resnet_jax.models", "create_model": "resnet_jax.models",
+    "list_models": "resnet_jax.models", "register_block": "resnet_jax.models",
+    "register_model": "resnet_jax.models",
+}
 
 __all__ = ["ResNet", "convert", "create_model", "list_models", "register_block", "register_model"]
 
 
 def __getattr__(name: str):
-  # `from resnet_jax import convert` (the weight converter) without importing it with the models.
-  if name == "convert":
+  if name == "convert":  # `from resnet_jax import convert`: the weight converter module
     return importlib.import_module("resnet_jax.interop.convert")
+  if name in _EXPORTS:
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
   raise AttributeError(f"module 'resnet_jax' has no attribute {name!r}")

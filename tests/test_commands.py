@@ -16,6 +16,7 @@ from PIL import Image
 
 import resnet_jax
 from experiments import benchmark, convert, predict
+from resnet_jax.data.transforms import Preprocessing
 from resnet_jax.train import pretrained
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +68,7 @@ def test_a_signal_while_the_train_command_starts_stops_it_with_a_message():
 def exported(tmp_path_factory):
   """A resnet8 with 3 classes, and a headless one, exported as experiments.convert does."""
   root = tmp_path_factory.mktemp("exported")
-  prep = pretrained.Preprocessing(image_size=16, channels=3, crop_ratio=1.0, mean=(127.0,) * 3,
+  prep = Preprocessing(image_size=16, channels=3, crop_ratio=1.0, mean=(127.0,) * 3,
                                   std=(64.0,) * 3)
   for name, classes in (("model", 3), ("headless", 0)):
     model = resnet_jax.create_model("resnet8", num_classes=classes)

@@ -420,7 +420,7 @@ def test_augmentations_run_where_the_plan_puts_them():
                                        "come first"):
     augment.plan([("flip", {}), ("random_resized_crop", {})])
   with pytest.raises(ValueError, match=r"Unknown data.augmentations 'cutout'; valid names: flip, "
-                                       r"pad_crop, random_resized_crop"):
+                                       r".*pad_crop, random_resized_crop"):
     augment.plan([("cutout", {})])
   config = make_config(random_flip=True, crop_padding=4, augmentations=("flip(p=1)",))
   assert augment.requested(config) == [("pad_crop", {"padding": 4}), ("flip", {}),

@@ -42,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
       crop_padding=2,             # on-device pad-and-crop augmentation (0 = off)
       random_flip=False,          # horizontal flip (not for digits), with the crop on the host
       random_resized_crop=False,  # host Inception-style crop (ImageNet); else eval-style resize
+      augmentations=(),           # more registered augmentations, e.g. ("name(key=value)",)
       eval_crop_ratio=1.0,        # <1: resize short side to size/ratio, center-crop (0.875 ImageNet)
       device_resident="auto",     # "auto" | "yes" | "no": keep the dataset on the devices
       max_device_bytes=2 * 1024**3,

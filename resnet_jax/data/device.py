@@ -28,16 +28,16 @@ class DeviceBatches:
 
   Attributes:
     mean, std: per-channel normalisation (0..255 units).
-    augmentations: the device stage (`augment.plan(...).device`).
     axis_name: the data-parallel axis of the runner.
+    augmentations: the device stage (`augment.plan(...).device`).
     resident: the dataset lives on the device (`arrays`); the host sends no rows.
     global_batch_size, steps_per_epoch: for slicing a resident epoch's order.
   """
 
   mean: tuple[float, ...]
   std: tuple[float, ...]
+  axis_name: str
   augmentations: Stage = ()
-  axis_name: str = "batch"
   resident: bool = False
   global_batch_size: int = 0
   steps_per_epoch: int = 1

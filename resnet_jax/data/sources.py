@@ -23,7 +23,7 @@ import tensorflow_datasets as tfds
 
 from resnet_jax.data import digits  # noqa: F401  (registers the "digits" builder with tfds)
 from resnet_jax.data import folder as folder_lib
-from resnet_jax.data.transforms import eval_transform
+from resnet_jax.data.transforms import Preprocessing, eval_transform
 from resnet_jax.errors import InputNotFoundError, InvalidInputError, MissingDependencyError
 from resnet_jax.registry import Registry
 
@@ -86,6 +86,11 @@ class DatasetInfo:
   num_eval: int
   mean: tuple[float, ...]  # per channel, in 0..255 units
   std: tuple[float, ...]
+
+  def preprocessing(self, crop_ratio: float) -> Preprocessing:
+    """How this dataset's images are prepared for evaluation (and so for predict)."""
+    return Preprocessing(image_size=self.image_shape[0], channels=self.image_shape[2],
+                         crop_ratio=crop_ratio, mean=self.mean, std=self.std)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,12 +1,26 @@
 """Host-side image transforms (Pillow): the eval resize/crop shared with inference, and the
 Inception-style random-resized crop (with flip) for ImageNet-style training."""
 
+import dataclasses
 import math
 
 import numpy as np
 from PIL import Image
 
 from resnet_jax.errors import InvalidInputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+  """How images are prepared for a network: `eval_transform`'s arguments, then (x - mean) / std
+  per channel (0..255 units). Saved with the weights, so that predict prepares images as
+  evaluation did."""
+
+  image_size: int
+  channels: int
+  crop_ratio: float
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
 
 
 def to_pil(image: np.ndarray | Image.Image, channels: int) -> Image.Image:

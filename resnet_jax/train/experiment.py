@@ -144,7 +144,5 @@ def model_description(config: Any, info: DatasetInfo, exp: Experiment) -> dict[s
   return pretrained.Pretrained(
       variables={}, model=exp.name, num_classes=info.num_classes,
       options=describe_architecture(exp.model),
-      preprocessing=pretrained.Preprocessing(
-          image_size=info.image_shape[0], channels=info.image_shape[2],
-          crop_ratio=config.data.eval_crop_ratio, mean=info.mean, std=info.std),
+      preprocessing=info.preprocessing(config.data.eval_crop_ratio),
       class_names=info.class_names).describe()

@@ -10,24 +10,13 @@ import flax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from resnet_jax.data.transforms import Preprocessing
 from resnet_jax.errors import InputNotFoundError, InvalidInputError, mismatch_error
 from resnet_jax.models import ResNet, create_model
 from resnet_jax.train import checkpoint
 
 MODEL_FILE = "model.json"
 VARIABLES_DIR = "variables"
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-  """How images must be prepared for the weights: `data.eval_transform`'s arguments, then
-  (x - mean) / std per channel (0..255 units)."""
-
-  image_size: int
-  channels: int
-  crop_ratio: float
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
 
 
 @dataclasses.dataclass
