@@ -73,11 +73,10 @@ def test_training_mode_matches_pytorch():
   logits, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
       variables, x)
   assert relative_error(np.asarray(logits), torch_forward(net, x)) < 1e-4
-  # Running means follow the same momentum; PyTorch's running_var uses the unbiased variance
-  # (n/(n-1)), Flax's the biased one, so only the means are compared.
+  # The running statistics follow PyTorch's: the same momentum, the unbiased batch variance.
   after = convert.to_torchvision({"params": variables["params"], **updates})
   for key, value in net.state_dict().items():
-    if key.endswith("running_mean"):
+    if key.endswith(("running_mean", "running_var")):
       np.testing.assert_allclose(after[key], value.numpy(), rtol=1e-4, atol=1e-5, err_msg=key)
 
 

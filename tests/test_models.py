@@ -162,14 +162,20 @@ def test_batchnorm_train_uses_batch_statistics_and_eval_uses_running_ones():
   model = resnet_jax.create_model("resnet20", num_classes=10)
   x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3)) * 3 + 1
   variables = model.init(jax.random.key(1), x)
-  # Momentum 0.9 in Flax terms: running = 0.9 * running + 0.1 * batch (PyTorch's momentum 0.1).
+  # Momentum 0.9 in Flax terms: running = 0.9 * running + 0.1 * batch (PyTorch's momentum 0.1);
+  # the running variance averages the unbiased batch variance, as PyTorch's does.
   conv_out = nn.Conv(16, (3, 3), padding=((1, 1), (1, 1)), use_bias=False).apply(
       {"params": variables["params"]["conv1"]}, x)
   apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
   _, updates = apply(variables, x, train=True, mutable=("batch_stats",))
   new = updates["batch_stats"]["bn1"]
   np.testing.assert_allclose(new["mean"], 0.1 * conv_out.mean((0, 1, 2)), rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(new["var"], 0.9 + 0.1 * conv_out.var((0, 1, 2)), rtol=1e-4)
+  np.testing.assert_allclose(new["var"], 0.9 + 0.1 * conv_out.var((0, 1, 2), ddof=1), rtol=1e-4)
+  biased = resnet_jax.create_model("resnet20", num_classes=10, bn_unbiased_var=False)
+  _, updates = jax.jit(biased.apply, static_argnames=("train", "mutable"))(
+      variables, x, train=True, mutable=("batch_stats",))
+  np.testing.assert_allclose(updates["batch_stats"]["bn1"]["var"],
+                             0.9 + 0.1 * conv_out.var((0, 1, 2)), rtol=1e-4)
   # Eval: each example's output is independent of the rest of the batch; train: it is not.
   eval_full = apply(variables, x)
   eval_half = apply(variables, x[:4])

@@ -11,7 +11,7 @@ from experiments.configs import _he2015_cifar
 
 def get_config():
   config = _he2015_cifar.get_config("resnet110")
-  # The paper warms up at lr 0.01 for ~400 iterations; a linear warm-up over one epoch (391
-  # iterations) plays the same role.
-  config.optim.warmup_epochs = 1.0
+  # The paper warms up at lr 0.01 for ~400 iterations; a linear warm-up from 0.01 to 0.1 over one
+  # epoch (391 iterations) plays the same role.
+  config.optim.update(warmup_epochs=1.0, warmup_start_factor=0.1)
   return config

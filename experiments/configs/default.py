@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
       remat=False,                # rematerialise blocks in the backward pass (saves memory)
       bn_momentum=0.9,
       bn_epsilon=1e-5,
+      bn_unbiased_var=True,       # running variance of the unbiased batch variance (PyTorch's)
   ))
 
   config.data = ml_collections.ConfigDict(dict(
@@ -63,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
       decay_all=False,            # False: decay conv/dense kernels only
       schedule="cosine",          # constant | cosine | piecewise | onecycle
       warmup_epochs=1.0,
+      warmup_start_factor=0.0,    # the warm-up starts at this fraction of the peak rate
       boundaries=(),              # piecewise boundaries ...
       boundaries_unit="epochs",   # ... in "epochs" or "steps"
       decay_factor=0.1,

@@ -21,6 +21,9 @@ def get_config():
                      normalization="imagenet", num_workers=16)
   config.optim.update(name="sgd", learning_rate=0.1, lr_batch_base=256, momentum=0.9,
                       nesterov=False, weight_decay=1e-4, schedule="piecewise", warmup_epochs=5.0,
+                      # Goyal et al. warm up from the small-batch rate, 0.1 = 0.4 x 256/1024
+                      # (change it with train.batch_size).
+                      warmup_start_factor=0.25,
                       boundaries=(30, 60, 80), boundaries_unit="epochs", label_smoothing=0.1)
   config.train.update(batch_size=1024, eval_batch_size=1000, num_epochs=90.0,
                       precision="bfloat16", eval_every_epochs=5.0, checkpoint_every_steps=2000,

@@ -202,7 +202,8 @@ def apply_on_device(images: jax.Array, keys: jax.Array, stage: Stage) -> jax.Arr
 
 def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float],
               dtype=jnp.float32) -> jax.Array:
-  """(images - mean) / std per channel, computed in float32 and cast to `dtype`.
+  """(images - mean) / std per channel, computed in float32 (float64 for a float64 `dtype`) and
+  cast to `dtype`.
 
   Args:
     images: (..., channels) in 0..255 units, any dtype.
@@ -212,6 +213,7 @@ def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float],
   Returns:
     The normalised images in `dtype`.
   """
-  x = images.astype(jnp.float32)
-  x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  work = jnp.promote_types(dtype, jnp.float32)
+  x = images.astype(work)
+  x = (x - jnp.asarray(mean, work)) / jnp.asarray(std, work)
   return x.astype(dtype)

@@ -32,6 +32,7 @@ class DeviceBatches:
     augmentations: the device stage (`augment.plan(...).device`).
     resident: the dataset lives on the device (`arrays`); the host sends no rows.
     global_batch_size, steps_per_epoch: for slicing a resident epoch's order.
+    dtype: of the normalised images (float32; float64 for a float64 network).
   """
 
   mean: tuple[float, ...]
@@ -41,6 +42,7 @@ class DeviceBatches:
   resident: bool = False
   global_batch_size: int = 0
   steps_per_epoch: int = 1
+  dtype: Any = jnp.float32
 
   def _rows(self, arrays: dict, step: jax.Array) -> jax.Array:
     """This replica's example indices at `step`, from the epoch's order on the device."""
@@ -61,7 +63,7 @@ class DeviceBatches:
     step_rng = jax.random.fold_in(rng, step)
     keys = jax.vmap(lambda i: jax.random.fold_in(step_rng, i))(positions)
     images = apply_on_device(images, keys, self.augmentations)
-    return {"image": normalize(images, self.mean, self.std), "label": labels}
+    return {"image": normalize(images, self.mean, self.std, self.dtype), "label": labels}
 
   def eval(self, inputs: dict, arrays: dict | None) -> dict:
     """{"image", "label", "mask"}: this replica's rows of an evaluation batch (mask False on
@@ -70,7 +72,7 @@ class DeviceBatches:
       images, labels = arrays["image"][inputs["index"]], arrays["label"][inputs["index"]]
     else:
       images, labels = inputs["image"], inputs["label"]
-    return {"image": normalize(images, self.mean, self.std), "label": labels,
+    return {"image": normalize(images, self.mean, self.std, self.dtype), "label": labels,
             "mask": inputs["mask"]}
 
 

@@ -89,6 +89,24 @@ def _entries(tree: Mapping[str, Any], renamings: dict[str, str]):
         yield collection, path, leaf, f"{_torch_prefix(path[:-1], index, renamings)}.{suffix}", index
 
 
+def torch_keys(variables: Mapping[str, Any], model: Any = None) -> dict[str, str]:
+  """The torch name of every leaf: "params/layer1_0/conv1/kernel" -> "layer1.0.conv1.weight".
+
+  Args:
+    variables: {"params", "batch_stats"} (or a tree shaped like them, e.g. optimizer moments).
+    model: the network, whose declared torch names are used (default: the built-in blocks').
+
+  Raises:
+    ValueError: a scanned stage (one Flax leaf holds several torch tensors).
+  """
+  keys = {}
+  for collection, path, _, key, index in _entries(variables, _renamings(model)):
+    if index is not None:
+      raise ValueError(f"{'/'.join(path)} holds a scanned stage; unscan it (scan_blocks=False).")
+    keys["/".join((collection, *path))] = key
+  return keys
+
+
 def to_torchvision(variables: Mapping[str, Any], model: Any = None) -> dict[str, np.ndarray]:
   """Flax variables -> a torch-layout state dict of numpy arrays (loadable with `strict=True`).
 

@@ -6,8 +6,11 @@ needs only two per-channel sums, sum(dy) and sum(dy * x), taken in one pass, and
 pass for dx. On a GPU, where ResNet training is bound by memory traffic around the convolutions,
 that is worth a few percent of the whole step.
 
-Statistics follow flax exactly: float32 reductions, Var = E[x^2] - E[x]^2 clipped at 0, averaged
-over `axis_name` with one pmean, and running averages `momentum * old + (1 - momentum) * new`.
+Statistics follow flax exactly: reductions in float32 (float64 for float64 inputs),
+Var = E[x^2] - E[x]^2 clipped at 0, averaged over `axis_name` with one pmean, and running averages
+`momentum * old + (1 - momentum) * new`; with `unbiased_running_var` the running variance averages
+the unbiased batch variance, n/(n-1) times the biased one over the n values of each channel
+(across devices when synchronised), as PyTorch's BatchNorm does.
 """
 
 import functools
@@ -24,8 +27,13 @@ def _reduce_axes(x: Array) -> tuple[int, ...]:
   return tuple(range(x.ndim - 1))
 
 
+def _stats_dtype(dtype: Any) -> Any:
+  """float32 for float32 and narrower; float64 stays float64."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def _statistics(x: Array, axis_name: str | None) -> tuple[Array, Array]:
-  xf = x.astype(jnp.float32)
+  xf = x.astype(_stats_dtype(x.dtype))
   axes = _reduce_axes(x)
   moments = jnp.stack([jnp.mean(xf, axes), jnp.mean(jnp.square(xf), axes)])
   if axis_name is not None:
@@ -49,15 +57,15 @@ def batch_norm_train(x: Array, scale: Array, bias: Array, epsilon: float,
 def _forward(x, scale, bias, epsilon, axis_name, dtype):
   mean, var = _statistics(x, axis_name)
   inv = jax.lax.rsqrt(var + epsilon)
-  y = (x - mean) * (inv * scale) + bias  # float32 (mean is), as in flax
+  y = (x - mean) * (inv * scale) + bias  # in the statistics' dtype (mean's), as in flax
   return (y.astype(dtype), mean, var), (x, mean, inv, scale)
 
 
 def _backward(epsilon, axis_name, dtype, residuals, cotangents):
   del epsilon, dtype
   x, mean, inv, scale = residuals
-  dy = cotangents[0].astype(jnp.float32)
-  xf = x.astype(jnp.float32)
+  dy = cotangents[0].astype(_stats_dtype(x.dtype))
+  xf = x.astype(dy.dtype)
   axes = _reduce_axes(x)
   n = x.size // x.shape[-1]
   sum_dy = jnp.sum(dy, axes)
@@ -80,7 +88,8 @@ class BatchNorm(nn.Module):
   """Drop-in for `nn.BatchNorm` over the last axis (same variables, same numbers, faster backward).
 
   Attributes: as `flax.linen.BatchNorm` (use_running_average, momentum, epsilon, dtype,
-  param_dtype, axis_name, scale_init, bias_init).
+  param_dtype, axis_name, scale_init, bias_init), and `unbiased_running_var` (PyTorch's running
+  variance; flax's is biased).
   """
 
   use_running_average: bool | None = None
@@ -91,23 +100,29 @@ class BatchNorm(nn.Module):
   axis_name: str | None = None
   scale_init: Any = nn.initializers.ones
   bias_init: Any = nn.initializers.zeros
+  unbiased_running_var: bool = False
 
   @nn.compact
   def __call__(self, x: Array, use_running_average: bool | None = None) -> Array:
     use_running_average = nn.merge_param("use_running_average", self.use_running_average,
                                          use_running_average)
     features = x.shape[-1]
-    ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32),
-                            (features,))
-    ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (features,))
+    stats = _stats_dtype(self.param_dtype)  # float32, or float64 for a float64 network
+    ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, stats), (features,))
+    ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, stats), (features,))
     scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
     bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
     dtype = self.dtype or jnp.result_type(x, scale)
     if use_running_average:
       inv = jax.lax.rsqrt(ra_var.value + self.epsilon)
       return ((x - ra_mean.value) * (inv * scale) + bias).astype(dtype)
-    y, mean, var = batch_norm_train(x, scale.astype(jnp.float32), bias.astype(jnp.float32),
-                                    self.epsilon, self.axis_name, dtype)
+    y, mean, var = batch_norm_train(x, scale.astype(stats), bias.astype(stats), self.epsilon,
+                                    self.axis_name, dtype)
+    if self.unbiased_running_var:
+      n = x.size // features
+      if self.axis_name is not None:
+        n = n * jax.lax.axis_size(self.axis_name)
+      var = var * (n / max(n - 1, 1))
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * var

@@ -56,7 +56,8 @@ def _tap_weight_gradient(x, dy, w_shape, strides, padding):
   for i in range(kh):
     for j in range(kw):
       window = xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
-      taps.append(jnp.dot(window.reshape(-1, cin).T, dy2, preferred_element_type=jnp.float32))
+      taps.append(jnp.dot(window.reshape(-1, cin).T, dy2,
+                          preferred_element_type=jnp.promote_types(dy.dtype, jnp.float32)))
   return jnp.stack(taps).reshape(kh, kw, cin, cout).astype(dy.dtype)
 
 

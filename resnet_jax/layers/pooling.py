@@ -57,8 +57,9 @@ def _max_pool_bwd(window, strides, padding, residuals, dy):
   # Padded input row sh*m + r is tap i = r + sh*q of output row m - q. So each phase (r, t) of the
   # padded input is a sum of a few shifted output-resolution arrays, and the phases interleave.
   mh, mw = -(-(pt + h) // sh), -(-(pl + w) // sw)
-  dtype, dy = dy.dtype, dy.astype(jnp.float32)
-  zero = jnp.zeros((), jnp.float32)
+  dtype = dy.dtype
+  dy = dy.astype(jnp.promote_types(dtype, jnp.float32))
+  zero = jnp.zeros((), dy.dtype)
 
   def won(i, j):  # the gradients of the windows tap (i, j) won, moved to padded-input blocks
     g = jnp.where(winner == i * kw + j, dy, zero)
@@ -66,7 +67,7 @@ def _max_pool_bwd(window, strides, padding, residuals, dy):
     return lax.pad(g, zero, ((0, 0, 0), (q, mh - ho - q, 0), (p, mw - wo - p, 0), (0, 0, 0)))
 
   phases = [[sum((won(i, j) for i in range(r, kh, sh) for j in range(t, kw, sw)),
-                 jnp.zeros((n, mh, mw, c), jnp.float32))
+                 jnp.zeros((n, mh, mw, c), dy.dtype))
              for t in range(sw)] for r in range(sh)]
   dx = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)  # (n, mh, sh, mw, sw, c)
   dx = dx.reshape(n, mh * sh, mw * sw, c)[:, pt:pt + h, pl:pl + w]

@@ -19,9 +19,16 @@ ModuleDef = Any
 STEMS = ("imagenet", "cifar")
 
 # torchvision's initialisers: He-normal over fan_out for convolutions, and nn.Linear's default
-# (uniform in +-1/sqrt(fan_in)) for the classifier.
+# (kernel and bias uniform in +-1/sqrt(fan_in)) for the classifier.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def dense_bias_init(fan_in: int) -> Any:
+  """nn.Linear's bias initialiser: uniform in +-1/sqrt(fan_in)."""
+  bound = 1.0 / fan_in**0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
+                                                                   bound)
 
 
 class _ScanAdapter(nn.Module):
@@ -49,8 +56,11 @@ class ResNet(nn.Module):
     zero_init_residual: zero-init the last BN scale of each branch (last conv when pre-activation),
       making every block the identity at initialisation (Goyal et al. 2017).
     bn_momentum, bn_epsilon: BatchNorm's running-average decay and epsilon (PyTorch's 0.1 -> 0.9).
+    bn_unbiased_var: the running variance averages the unbiased batch variance (PyTorch's);
+      False: the biased one (flax's).
     axis_name: mapped axis over which training-mode BatchNorm statistics are averaged.
-    dtype: compute dtype; parameters, BatchNorm statistics, pooling and logits stay float32.
+    dtype: compute dtype; parameters, BatchNorm statistics, pooling and logits stay float32
+      (float64 for a float64 network).
     param_dtype: parameter dtype.
     conv, norm: the convolution and normalisation modules, bound by the network with `partial`.
       The defaults compute what `flax.linen.Conv` and `flax.linen.BatchNorm` compute (same
@@ -75,6 +85,7 @@ class ResNet(nn.Module):
   zero_init_residual: bool = False
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  bn_unbiased_var: bool = True
   axis_name: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -154,7 +165,8 @@ class ResNet(nn.Module):
       frozen = not train or part < self.frozen_stages
       return self.norm(use_running_average=frozen, momentum=self.bn_momentum,
                        epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
-                       axis_name=None if frozen else self.axis_name, **kwargs)
+                       axis_name=None if frozen else self.axis_name,
+                       unbiased_running_var=self.bn_unbiased_var, **kwargs)
 
     def end_of_part(part: int, x: jnp.ndarray) -> jnp.ndarray:
       # Nothing before the last frozen part needs a gradient: stop the backward pass there.
@@ -196,10 +208,12 @@ class ResNet(nn.Module):
       x = features[f"stage{i + 1}"] = end_of_part(i + 1, x)
 
     # Pool in float32: a bfloat16 mean over 7x7 or 8x8 positions loses precision in the logits.
-    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    head_dtype = jnp.promote_types(self.dtype, jnp.float32)
+    x = jnp.mean(x.astype(head_dtype), axis=(1, 2))
     features["pooled"] = x
     if self.num_classes:
-      x = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype,
-                   kernel_init=dense_kernel_init, name=self.head)(x)
+      x = nn.Dense(self.num_classes, dtype=head_dtype, param_dtype=self.param_dtype,
+                   kernel_init=dense_kernel_init, bias_init=dense_bias_init(x.shape[-1]),
+                   name=self.head)(x)
       features["logits"] = x
     return features if return_features else x

@@ -3,6 +3,7 @@
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from resnet_jax.data import augment
@@ -10,7 +11,9 @@ from resnet_jax.errors import check
 from resnet_jax.models import MODELS
 from resnet_jax.train import optim, parallel, step
 
-PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# float64 (parameters too) needs 64-bit JAX (JAX_ENABLE_X64=1): for checking numerics, not speed.
+PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
+              "float64": jnp.float64}
 
 
 def validate_config(config: Any) -> None:
@@ -43,6 +46,10 @@ def validate_config(config: Any) -> None:
         f"{t.keep_checkpoints}.")
   check(t.precision in PRECISIONS, f"Unknown train.precision {t.precision!r}; choose one of "
         f"{tuple(PRECISIONS)}.")
+  check(t.precision != "float64" or jax.config.jax_enable_x64, "train.precision=float64 needs "
+        "64-bit JAX: set JAX_ENABLE_X64=1.")
+  check(0 <= o.warmup_start_factor <= 1, "optim.warmup_start_factor must be in [0, 1], got "
+        f"{o.warmup_start_factor}.")
   parallel.RUNNERS[t.runner]  # an unknown name is refused, listing the registered ones
   check(t.on_nonfinite in ("auto",) + step.NONFINITE_POLICIES, f"Unknown train.on_nonfinite "
         f"{t.on_nonfinite!r}; choose auto, stop or skip.")

@@ -94,11 +94,15 @@ def build(config: Any, info: DatasetInfo, runner: parallel.Runner, batches: Devi
   """
   t, o, init = config.train, config.optim, config.init
   name, architecture = model_architecture(config, source)
+  float64 = t.precision == "float64"
+  if float64:
+    batches = dataclasses.replace(batches, dtype=jnp.float64)
   model = create_model(
       name, num_classes=info.num_classes, dtype=PRECISIONS[t.precision],
+      param_dtype=jnp.float64 if float64 else jnp.float32,
       axis_name=parallel.AXIS if t.sync_batchnorm else None,
       zero_init_residual=config.model.zero_init_residual, remat=config.model.remat,
-      **architecture)
+      bn_unbiased_var=config.model.get("bn_unbiased_var", True), **architecture)
   frozen_stages = frozen_parts(init.freeze, len(model.stage_sizes))
   model = model.clone(frozen_stages=frozen_stages)
   input_shape = (1,) + tuple(info.image_shape)

@@ -31,8 +31,8 @@ def summed_over_windows(step_fn: Callable, log_every_steps: int) -> Callable:
     new, metrics = step_fn(state, batch, rng)
     finite = functools.reduce(jnp.logical_and, [jnp.isfinite(v) for v in metrics.values()])
     start = state.step % log_every_steps == 0
-    sums = {k: jnp.where(start, 0.0, state.metric_sums[k]) + jnp.where(finite, v, 0.0)
-            for k, v in metrics.items()}
+    sums = {k: (jnp.where(start, 0.0, state.metric_sums[k]) + jnp.where(finite, v, 0.0)).astype(
+        state.metric_sums[k].dtype) for k, v in metrics.items()}
     sums["steps"] = jnp.where(start, 0.0, state.metric_sums["steps"]) + finite
     return new.replace(metric_sums=sums), metrics
   return step

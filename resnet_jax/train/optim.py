@@ -40,17 +40,18 @@ def peak_learning_rate(optim_config: Any, batch_size: int) -> float:
   return lr * batch_size / base if base > 0 else lr
 
 
-def with_warmup(main: optax.Schedule, warmup: int) -> optax.Schedule:
-  """`main` multiplied by a linear ramp from 0 over `warmup` steps (boundaries stay absolute)."""
+def with_warmup(main: optax.Schedule, warmup: int, start: float = 0.0) -> optax.Schedule:
+  """`main` multiplied by a factor that rises linearly from `start` to 1 over `warmup` steps
+  (PyTorch's LinearLR; boundaries of `main` stay absolute step numbers)."""
   if warmup == 0:
     return main
-  return lambda step: main(step) * jnp.minimum(1.0, step / warmup)
+  return lambda step: main(step) * (start + (1.0 - start) * jnp.minimum(1.0, step / warmup))
 
 
 @register_schedule("constant")
 def constant(optim_config, *, peak, warmup, steps_per_epoch, total_steps):
-  del optim_config, steps_per_epoch, total_steps
-  return with_warmup(optax.constant_schedule(peak), warmup)
+  del steps_per_epoch, total_steps
+  return with_warmup(optax.constant_schedule(peak), warmup, optim_config.warmup_start_factor)
 
 
 @register_schedule("piecewise")
@@ -60,13 +61,16 @@ def piecewise(optim_config, *, peak, warmup, steps_per_epoch, total_steps):
   scale = steps_per_epoch if optim_config.boundaries_unit == "epochs" else 1
   boundaries = [int(round(b * scale)) for b in optim_config.boundaries]
   return with_warmup(optax.piecewise_constant_schedule(
-      peak, {b: float(optim_config.decay_factor) for b in boundaries}), warmup)
+      peak, {b: float(optim_config.decay_factor) for b in boundaries}), warmup,
+      optim_config.warmup_start_factor)
 
 
 @register_schedule("cosine")
 def cosine(optim_config, *, peak, warmup, steps_per_epoch, total_steps):
-  del optim_config, steps_per_epoch
-  return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1))
+  """Linear warm-up from warmup_start_factor x peak, then a cosine to 0 at the last step."""
+  del steps_per_epoch
+  return optax.warmup_cosine_decay_schedule(optim_config.warmup_start_factor * peak, peak, warmup,
+                                            max(total_steps, warmup + 1))
 
 
 @register_schedule("onecycle")
@@ -78,7 +82,7 @@ def onecycle(optim_config, *, peak, warmup, steps_per_epoch, total_steps):
 def make_schedule(optim_config: Any, *, steps_per_epoch: int, total_steps: int,
                   batch_size: int) -> optax.Schedule:
   """Learning rate per step: the registered schedule `optim.schedule` (constant, piecewise,
-  cosine, onecycle, or a fork's), with its linear warm-up from 0.
+  cosine, onecycle, or a fork's), with its linear warm-up from warmup_start_factor x peak.
 
   Args:
     optim_config: the config's `optim` section.

@@ -37,11 +37,13 @@ def metric_names(config: StepConfig) -> tuple[str, ...]:
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
                   label_smoothing: float = 0.0) -> jax.Array:
-  """Per-example softmax cross-entropy in float32, with optional label smoothing."""
-  targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  """Per-example softmax cross-entropy in float32 (float64 for float64 logits), with optional
+  label smoothing."""
+  dtype = jnp.promote_types(logits.dtype, jnp.float32)
+  targets = jax.nn.one_hot(labels, num_classes, dtype=dtype)
   if label_smoothing:
     targets = optax.smooth_labels(targets, label_smoothing)
-  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+  return optax.softmax_cross_entropy(logits.astype(dtype), targets)
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Module,
@@ -121,7 +123,7 @@ def eval_step(variables: dict, batch: dict, *, model: nn.Module, config: StepCon
     model, config: bound with `functools.partial`.
   """
   logits = model.apply(variables, batch["image"], train=False)
-  labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
+  labels, mask = batch["label"], batch["mask"].astype(jnp.float32)  # sums stay float32
   k = min(5, config.num_classes)
   top_k = jax.lax.top_k(logits, k)[1]
   sums = {

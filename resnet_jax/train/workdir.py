@@ -46,9 +46,14 @@ def _jsonable(value: Any) -> Any:
 
 
 def identity_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-  """"key: saved X, now Y" for every identity value a resumed run does not share."""
+  """"key: saved X, now Y" for every identity value a resumed run does not share. Keys of a
+  section that the saved run did not have (settings added by a later version) are not compared."""
+  def comparable(now, then):
+    if isinstance(now, dict) and isinstance(then, dict):
+      return {k: comparable(v, then.get(k)) for k, v in now.items() if k in then}
+    return _jsonable(now)
   return [f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in current.items()
-          if _jsonable(saved.get(k)) != _jsonable(v)]
+          if _jsonable(saved.get(k)) != comparable(v, saved.get(k))]
 
 
 def flat_config(config: Any) -> dict[str, Any]:
