@@ -61,7 +61,8 @@ def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
   return tuple(reversed(shape)) if len(shape) == 2 else tuple(shape)
 
 
-def _to_torch_layout(x: np.ndarray) -> np.ndarray:
+def torch_layout(x: np.ndarray) -> np.ndarray:
+  """A Flax array in torch's layout: HWIO kernels as OIHW, dense kernels transposed."""
   if x.ndim == 4:
     return np.transpose(x, (3, 2, 0, 1))
   if x.ndim == 2:
@@ -117,7 +118,7 @@ def to_torchvision(variables: Mapping[str, Any], model: Any = None) -> dict[str,
   state_dict, norms = {}, set()
   for collection, _, leaf, key, index in _entries(variables, _renamings(model)):
     value = np.asarray(jax.device_get(leaf))
-    state_dict[key] = _to_torch_layout(value if index is None else value[index])
+    state_dict[key] = torch_layout(value if index is None else value[index])
     if collection == "batch_stats":
       norms.add(key.rsplit(".", 1)[0])
   for norm in norms:

@@ -1,0 +1,390 @@
+"""Training dynamics against PyTorch's: the same initial weights, the same batches, the same recipe
+written with torch.optim, torch's schedulers and nn.CrossEntropyLoss, BatchNorm in train mode.
+
+Two checks that float32 chaos cannot fool:
+
+- teacher-forced single steps: from the same state (parameters, BatchNorm statistics, optimizer
+  buffers, step count), one step on each side in float64, at the start, around every schedule
+  boundary and at the end. The parameter update, the optimizer's buffers, the running statistics
+  (and the EMA) must agree to `TOLERANCE` relative; a semantic difference shows as 1e-3 and more;
+- the free-running loss curve: the project's float32 curve must stay within 0.1% and within 1% of
+  PyTorch's float64 curve for about as many steps (at least half) as PyTorch's own float32 run.
+
+Augmentation is off on both sides (the same fixed batches); the project's side is its own step,
+built exactly as `experiments.train` builds it (`train.experiment.build`).
+"""
+
+import copy
+import dataclasses
+import itertools
+import math
+import warnings
+from typing import Any
+
+import jax
+import numpy as np
+import torch
+from torch import nn
+
+from resnet_jax import data
+from resnet_jax.data.device import host_fed
+from resnet_jax.errors import InvalidInputError
+from resnet_jax.interop.convert import torch_keys, torch_layout
+from resnet_jax.interop.torch_reference import TorchResNet
+from resnet_jax.train import optim, parallel, pretrained
+from resnet_jax.train.checkpoint import named_leaves
+from resnet_jax.train.config import run_length
+from resnet_jax.train.experiment import build
+
+TOLERANCE = 1e-5  # teacher-forced, float64: differences of 1e-3 and up are semantic
+THRESHOLDS = (1e-3, 1e-2)  # the free-running curve: within 0.1% and within 1%
+BUFFERS = ("trace", "mu", "nu")  # optax's momentum (SGD) and moments (Adam)
+TORCH_BUFFERS = {"trace": "momentum_buffer", "mu": "exp_avg", "nu": "exp_avg_sq"}
+# Deliberate semantic differences (config section, key, value on the project's side only).
+CONTROLS = {"": ("", "", None), "decay_all": ("optim", "decay_all", True),
+            "biased_running_var": ("model", "bn_unbiased_var", False)}
+
+
+def without_augmentation(config: Any) -> Any:
+  """The config with every augmentation off and the data read on the host (fixed batches)."""
+  config = copy.deepcopy(config)
+  config.data.update(crop_padding=0, random_flip=False, random_resized_crop=False,
+                     augmentations=(), device_resident="no", num_workers=0)
+  return config
+
+
+@dataclasses.dataclass
+class Setup:
+  """What both sides share: the config, the dataset, the fixed batches, the schedule's length."""
+
+  config: Any
+  info: data.DatasetInfo
+  batches: list[dict[str, np.ndarray]]
+  steps_per_epoch: int
+  total_steps: int
+  source: Any  # init.checkpoint's weights, or None
+
+
+def setup(config: Any, steps: int) -> Setup:
+  """The first `steps` training batches of the config's dataset, augmentation off."""
+  config = without_augmentation(config)
+  t = config.train
+  info = data.get_info(config.data)
+  pipeline = data.create_pipeline(config.data, info, global_batch_size=t.batch_size,
+                                  eval_batch_size=t.eval_batch_size, seed=config.seed)
+  batches = list(itertools.islice(pipeline.train_batches(0), steps))
+  source = pretrained.load(config.init.checkpoint) if config.init.checkpoint else None
+  return Setup(config, info, batches, pipeline.steps_per_epoch,
+               run_length(t, pipeline.steps_per_epoch)[0], source)
+
+
+class JaxSide:
+  """The project's own train step at a precision, and the states it passes through."""
+
+  def __init__(self, s: Setup, precision: str, start: Any = None):
+    config = copy.deepcopy(s.config)
+    config.train.precision = precision
+    self.runner = parallel.make_runner(config.train.runner)
+    self.exp = build(config, s.info, self.runner, host_fed(config.data, s.info, parallel.AXIS),
+                     steps_per_epoch=s.steps_per_epoch, total_steps=s.total_steps,
+                     source=s.source)
+    self.initial = self.exp.state if start is None else jax.tree.map(
+        lambda a, like: np.asarray(a, like.dtype), start, self.exp.abstract_state)
+    self.rng = self.runner.replicate(self.exp.rng)
+
+  def step(self, host_state: Any, batch: dict) -> tuple[Any, float]:
+    """One step from a host state: (the host state after it, the loss)."""
+    state, metrics = self.exp.train_fn(self.runner.replicate(host_state),
+                                       self.runner.shard_batch(batch), self.rng, None)
+    loss = float(np.asarray(self.runner.unreplicate(metrics)["train_loss"]))
+    return self.runner.unreplicate(state), loss
+
+  def run(self, batches: list[dict]) -> tuple[list[Any], list[float]]:
+    """The states before each step and after the last, and the losses."""
+    states, losses = [self.initial], []
+    for batch in batches:
+      state, loss = self.step(states[-1], batch)
+      states.append(state)
+      losses.append(loss)
+    return states, losses
+
+
+def at_step(state: Any, step: int) -> Any:
+  """`state` with its step counters (the train state's and the optimizer's) set to `step`."""
+  opt_state = jax.tree_util.tree_map_with_path(
+      lambda path, x: np.asarray(step, np.asarray(x).dtype)
+      if getattr(path[-1], "name", None) == "count" else x, state.opt_state)
+  return state.replace(step=np.asarray(step, np.int32), opt_state=opt_state)
+
+
+def _schedule_steps(o: Any, steps_per_epoch: int) -> tuple[int, list[int]]:
+  warmup = int(round(o.warmup_epochs * steps_per_epoch))
+  scale = steps_per_epoch if o.boundaries_unit == "epochs" else 1
+  boundaries = [int(round(b * scale)) for b in o.boundaries] if o.schedule == "piecewise" else []
+  return warmup, boundaries
+
+
+def torch_scheduler(optim_config: Any, optimizer: torch.optim.Optimizer, *, steps_per_epoch: int,
+                    total_steps: int) -> Any:
+  """The config's schedule as PyTorch writes it: LinearLR (or, from 0, a LambdaLR ramp) for the
+  warm-up, MultiStepLR (chained: its boundaries stay absolute) or CosineAnnealingLR (after the
+  warm-up, SequentialLR) for the rest; stepped once per optimizer step."""
+  o, sched = optim_config, torch.optim.lr_scheduler
+  warmup, boundaries = _schedule_steps(o, steps_per_epoch)
+  start = float(o.warmup_start_factor)
+  warm = None
+  if warmup and start > 0:
+    warm = sched.LinearLR(optimizer, start_factor=start, end_factor=1.0, total_iters=warmup)
+  elif warmup:
+    warm = sched.LambdaLR(optimizer, lambda step: min(1.0, step / warmup))
+  if o.schedule == "constant":
+    return warm or sched.LambdaLR(optimizer, lambda step: 1.0)
+  if o.schedule == "piecewise":
+    main = sched.MultiStepLR(optimizer, boundaries, gamma=float(o.decay_factor))
+    if warm is None:
+      return main
+    if start == 0:
+      raise InvalidInputError("A piecewise schedule after a warm-up from 0 has no PyTorch form "
+                              "(LinearLR cannot start at 0); set optim.warmup_start_factor > 0.")
+    return sched.ChainedScheduler([warm, main])
+  if o.schedule == "cosine":
+    main = sched.CosineAnnealingLR(optimizer, T_max=max(total_steps, warmup + 1) - warmup)
+    return sched.SequentialLR(optimizer, [warm, main], milestones=[warmup]) if warm else main
+  raise InvalidInputError(f"optim.schedule={o.schedule!r} has no PyTorch counterpart here; "
+                          "compare constant, piecewise or cosine schedules.")
+
+
+class TorchSide:
+  """The same recipe in PyTorch: the twin network, torch.optim with the same parameter groups,
+  torch's schedulers, nn.CrossEntropyLoss, torch.optim.swa_utils.AveragedModel for the EMA."""
+
+  def __init__(self, s: Setup, jax_side: JaxSide, dtype: torch.dtype):
+    config, exp = s.config, jax_side.exp
+    self.config, self.setup, self.exp, self.dtype = config, s, exp, dtype
+    self.model = TorchResNet(exp.model, s.info.image_shape[-1]).to(dtype)
+    self.keys = torch_keys(exp.abstract_state.variables(), exp.model)
+    self.params = dict(self.model.named_parameters())
+    self.frozen = range(exp.model.frozen_stages)
+    self.loss = nn.CrossEntropyLoss(label_smoothing=float(config.optim.label_smoothing))
+    self.load(jax_side.initial, step=0)
+
+  def _groups(self) -> list[dict]:
+    """Parameter groups from the project's own masks: weight decay on what `optim.decay_mask`
+    decays, the backbone at `init.backbone_lr_scale`, frozen parts left out."""
+    o, init, model = self.config.optim, self.config.init, self.exp.model
+    params = self.exp.abstract_state.params
+    decayed = set(named_leaves(jax.tree.map(lambda flag: np.zeros(()) if flag else None,
+                                            optim.decay_mask(params))))
+    peak = optim.peak_learning_rate(o, self.config.train.batch_size)
+    groups: dict[tuple[float, float], list] = {}
+    for name in named_leaves(params):
+      part = model.part_of(name.split("/")[0])
+      param = self.params[self.keys[f"params/{name}"]]
+      if part is not None and part < model.frozen_stages:
+        param.requires_grad_(False)
+        continue
+      lr = peak * (init.backbone_lr_scale if part is not None else 1.0)
+      wd = float(o.weight_decay) if (o.decay_all or name in decayed) else 0.0
+      groups.setdefault((lr, wd), []).append(param)
+    return [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()]
+
+  def _optimizer(self) -> torch.optim.Optimizer:
+    o = self.config.optim
+    if o.name == "sgd":
+      return torch.optim.SGD(self._groups(), lr=0.0, momentum=float(o.momentum),
+                             nesterov=bool(o.nesterov))
+    if o.name == "adamw":
+      return torch.optim.AdamW(self._groups(), lr=0.0, betas=(float(o.b1), float(o.b2)),
+                               eps=float(o.eps))
+    raise InvalidInputError(f"optim.name={o.name!r} has no torch.optim counterpart here; compare "
+                            "sgd or adamw.")
+
+  def _tensor(self, value: Any) -> torch.Tensor:
+    """A project array as a torch tensor in torch's layout."""
+    return torch.from_numpy(torch_layout(np.array(value, np.float64))).to(self.dtype)
+
+  def load(self, host_state: Any, step: int) -> None:
+    """Sets the network, its statistics, the optimizer's buffers and the schedule to a project
+    train state at `step`."""
+    with torch.no_grad():
+      for name, value in named_leaves(host_state.variables()).items():
+        self.model.state_dict()[self.keys[name]].copy_(self._tensor(value))
+    self.optimizer = self._optimizer()
+    for name, value in named_leaves(host_state.opt_state).items():
+      parts = name.split("/")
+      kind = next((p for p in parts if p in BUFFERS), None)
+      if kind is None:
+        continue
+      param = self.params[self.keys["params/" + "/".join(parts[parts.index(kind) + 1:])]]
+      state = self.optimizer.state[param]
+      state[TORCH_BUFFERS[kind]] = self._tensor(value)
+      if kind != "trace":
+        state["step"] = torch.tensor(float(step))
+    self.scheduler = torch_scheduler(self.config.optim, self.optimizer,
+                                     steps_per_epoch=self.setup.steps_per_epoch,
+                                     total_steps=self.setup.total_steps)
+    with warnings.catch_warnings():  # fast-forwarding before any optimizer step, on purpose
+      warnings.simplefilter("ignore", UserWarning)
+      for _ in range(step):
+        self.scheduler.step()
+    self.ema = None
+    if self.config.optim.ema_decay:
+      ema_fn = torch.optim.swa_utils.get_ema_multi_avg_fn(float(self.config.optim.ema_decay))
+      self.ema = torch.optim.swa_utils.AveragedModel(self.model, multi_avg_fn=ema_fn,
+                                                     use_buffers=True)
+      with torch.no_grad():
+        for name, value in named_leaves(host_state.variables(ema=True)).items():
+          self.ema.module.state_dict()[self.keys[name]].copy_(self._tensor(value))
+      self.ema.n_averaged.fill_(1)
+
+  def step(self, batch: dict) -> float:
+    """One optimizer step on a batch; its loss."""
+    info = self.setup.info
+    x = (batch["image"].astype(np.float64) - np.asarray(info.mean)) / np.asarray(info.std)
+    x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(self.dtype)
+    y = torch.from_numpy(batch["label"].astype(np.int64))
+    self.model.train()
+    for part in self.frozen:  # frozen parts keep BatchNorm in inference mode
+      for name in (("conv1", "bn1") if part == 0 else (f"layer{part}",)):
+        if hasattr(self.model, name):
+          getattr(self.model, name).eval()
+    if self.exp.model.frozen_stages > len(self.exp.model.stage_sizes) and \
+        hasattr(self.model, "final_bn"):
+      self.model.final_bn.eval()
+    self.optimizer.zero_grad(set_to_none=True)
+    loss = self.loss(self.model(x), y)
+    loss.backward()
+    if self.config.optim.clip_norm > 0:
+      nn.utils.clip_grad_norm_([p for p in self.params.values() if p.grad is not None],
+                               float(self.config.optim.clip_norm))
+    self.optimizer.step()
+    self.scheduler.step()
+    if self.ema is not None:
+      self.ema.update_parameters(self.model)
+    return loss.item()
+
+  def arrays(self) -> dict[str, dict[str, np.ndarray]]:
+    """The network's variables, the optimizer's buffers and the EMA, by torch name."""
+    out = {"variables": {k: v.detach().double().numpy().copy()
+                         for k, v in self.model.state_dict().items() if v.is_floating_point()},
+           "buffers": {}}
+    names = {id(p): k for k, p in self.params.items()}
+    for param, state in self.optimizer.state.items():
+      for kind, key in TORCH_BUFFERS.items():
+        if key in state:
+          out["buffers"][f"{kind}/{names[id(param)]}"] = state[key].double().numpy().copy()
+    if self.ema is not None:
+      out["ema"] = {k: v.detach().double().numpy().copy()
+                    for k, v in self.ema.module.state_dict().items() if v.is_floating_point()}
+    return out
+
+
+def jax_arrays(host_state: Any, keys: dict[str, str], ema: bool) -> dict[str, dict]:
+  """The same views of a project train state as `TorchSide.arrays`, by torch name."""
+  array = lambda v: torch_layout(np.asarray(v, np.float64))
+  out = {"variables": {keys[k]: array(v)
+                       for k, v in named_leaves(host_state.variables()).items()},
+         "buffers": {}}
+  for name, value in named_leaves(host_state.opt_state).items():
+    parts = name.split("/")
+    kind = next((p for p in parts if p in BUFFERS), None)
+    if kind is not None:
+      param = keys["params/" + "/".join(parts[parts.index(kind) + 1:])]
+      out["buffers"][f"{kind}/{param}"] = array(value)
+  if ema:
+    out["ema"] = {keys[k]: array(v)
+                  for k, v in named_leaves(host_state.variables(ema=True)).items()}
+  return out
+
+
+def relative(a: dict[str, np.ndarray], b: dict[str, np.ndarray], names: list[str]) -> float:
+  """||a - b|| / ||b|| over the named arrays (0 when both are 0)."""
+  diff = math.sqrt(sum(float(np.sum((a[n] - b[n]) ** 2)) for n in names))
+  norm = math.sqrt(sum(float(np.sum(b[n] ** 2)) for n in names))
+  return diff / norm if norm else diff
+
+
+def teacher_forced(s: Setup, jax64: JaxSide, states: list[Any], torch64: TorchSide,
+                   step: int) -> dict[str, float]:
+  """One float64 step on each side from the project's state at `step`; relative differences."""
+  start = at_step(states[min(step, len(states) - 1)], step)
+  batch = s.batches[step % len(s.batches)]
+  after, _ = jax64.step(start, batch)
+  torch64.load(start, step)
+  torch64.step(batch)
+  keys, ema = torch64.keys, bool(s.config.optim.ema_decay)
+  before, mine, theirs = (jax_arrays(start, keys, ema), jax_arrays(after, keys, ema),
+                          torch64.arrays())
+  params = [keys[f"params/{n}"] for n in named_leaves(start.params)]
+  stats = [keys[f"batch_stats/{n}"] for n in named_leaves(start.batch_stats)]
+  update = lambda side: {n: side["variables"][n] - before["variables"][n] for n in params}
+  result = {"step": step,
+            "params": relative(update(mine), update(theirs), params),
+            "buffers": relative(mine["buffers"], theirs["buffers"], sorted(theirs["buffers"])),
+            "running_mean": relative(mine["variables"], theirs["variables"],
+                                     [n for n in stats if n.endswith("mean")]),
+            "running_var": relative(mine["variables"], theirs["variables"],
+                                    [n for n in stats if n.endswith("var")])}
+  if ema:
+    result["ema"] = relative(mine["ema"], theirs["ema"], sorted(theirs["ema"]))
+  if sorted(mine["buffers"]) != sorted(theirs["buffers"]):
+    result["buffers"] = float("inf")  # one side keeps buffers the other does not
+  return result
+
+
+def checked_steps(s: Setup) -> list[int]:
+  """The start, the end, and each side of every schedule boundary (the warm-up's end too)."""
+  warmup, boundaries = _schedule_steps(s.config.optim, s.steps_per_epoch)
+  around = [b + d for b in [warmup] + boundaries if b for d in (-1, 0, 1)]
+  return sorted({0, s.total_steps - 1, *[k for k in around if 0 <= k < s.total_steps]})
+
+
+def within(curve: list[float], reference: list[float], tolerance: float) -> int:
+  """How many leading steps `curve` stays within `tolerance` (relative) of `reference`."""
+  for i, (a, b) in enumerate(zip(curve, reference)):
+    if abs(a - b) > tolerance * abs(b):
+      return i
+  return len(curve)
+
+
+def compare(config: Any, *, steps: int, control: str = "") -> dict[str, Any]:
+  """Runs both sides from the same weights on the same batches; see the module docstring.
+
+  Args:
+    config: a run config (its dataset is read with augmentation off).
+    steps: free-running steps on each side.
+    control: a semantic difference on the project's side only, which the teacher-forced check
+      must detect: "decay_all" (weight decay on every parameter, PyTorch's on the kernels) or
+      "biased_running_var" (flax's BatchNorm running variance).
+
+  Returns:
+    {"losses": {side: [...]}, "within": {side: {threshold: steps}}, "teacher_forced": [...],
+     "worst_teacher_forced", "passed_teacher_forced", "passed_free_running", "passed"}.
+  """
+  s = setup(config, steps)
+  ours = copy.deepcopy(s)
+  if control not in CONTROLS:
+    raise InvalidInputError(f"Unknown control {control!r}; use one of {sorted(CONTROLS)}.")
+  section, key, value = CONTROLS[control]
+  if section:
+    ours.config[section][key] = value
+  jax32 = JaxSide(ours, "float32")
+  _, jax_losses = jax32.run(s.batches)
+  curves = {"jax_float32": jax_losses}
+  for name, dtype in (("torch_float64", torch.float64), ("torch_float32", torch.float32)):
+    side = TorchSide(s, jax32, dtype)
+    curves[name] = [side.step(batch) for batch in s.batches]
+  with jax.enable_x64(True):
+    jax64 = JaxSide(ours, "float64", start=jax32.initial)
+    states, _ = jax64.run(s.batches)
+    torch64 = TorchSide(s, jax64, torch.float64)
+    teacher = [teacher_forced(s, jax64, states, torch64, k) for k in checked_steps(s)]
+  reference = curves["torch_float64"]
+  counts = {side: {t: within(curves[side], reference, t) for t in THRESHOLDS}
+            for side in ("jax_float32", "torch_float32")}
+  worst = max(max(v for k, v in row.items() if k != "step") for row in teacher)
+  free_running = all(counts["jax_float32"][t] >= math.ceil(counts["torch_float32"][t] / 2)
+                     for t in THRESHOLDS)
+  return {"steps": steps, "losses": curves, "within": counts, "teacher_forced": teacher,
+          "worst_teacher_forced": worst, "passed_teacher_forced": worst <= TOLERANCE,
+          "passed_free_running": free_running, "passed": worst <= TOLERANCE and free_running}
