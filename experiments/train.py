@@ -55,11 +55,14 @@ def main(argv):
 
 
 def stop_while_starting(signum, frame) -> None:
-  # Until the trainer takes the signals over (at the start of train_and_evaluate).
+  # Until the trainer takes the signals over (at the start of train_and_evaluate), nothing is
+  # open that needs closing. os._exit, not sys.exit: a SystemExit raised while Python runs a
+  # callback (a garbage-collection hook of jax's, an import's finaliser) is ignored and printed.
   del frame
   print(f"Stopped by {signal.Signals(signum).name} while starting, before the first step; "
-        "nothing was saved or changed.", file=sys.stderr)
-  sys.exit(128 + signum)
+        "nothing was saved or changed.", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(128 + signum)
 
 
 if __name__ == "__main__":
