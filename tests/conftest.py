@@ -6,6 +6,13 @@ os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One persistent compilation cache for the whole run, its xdist workers and the command-line
+# subprocesses the tests start (they inherit the environment): an identical step compiles once.
+# JAX keys each entry by the program, the compile options and the jax/jaxlib versions.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402  (must follow the flags above)
 import pytest  # noqa: E402
@@ -41,7 +48,9 @@ def small_config(tfds_dir):
     config = default.get_config()
     config.model.name = "resnet8"
     config.data.update(data_dir=tfds_dir, image_size=8, crop_padding=1)
-    config.optim.update(warmup_epochs=0.0)
+    # A schedule that does not depend on num_steps: runs of any length compile the same step, which
+    # the compilation cache then serves to every other test (the schedules have their own tests).
+    config.optim.update(warmup_epochs=0.0, schedule="constant")
     config.train.update(batch_size=64, eval_batch_size=128, num_steps=num_steps,
                         log_every_steps=2, eval_every_epochs=0.0, checkpoint_every_steps=2,
                         progress_bar="no")

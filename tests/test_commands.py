@@ -32,6 +32,7 @@ def lines(text):
 
 
 def test_each_command_reports_an_input_mistake_in_one_line_and_exits_2(tmp_path):
+  # experiments.train, evaluate, predict, convert, compare_torch and benchmark.
   cases = [
       ("experiments.train", ["--config.train.batchsize=3"],
        r"error: unknown config key config\.train\.batchsize \(did you mean batch_size\?\)"),
@@ -44,6 +45,8 @@ def test_each_command_reports_an_input_mistake_in_one_line_and_exits_2(tmp_path)
       ("experiments.convert", ["--model=resnet18", f"--from={tmp_path / 'absent.pth'}",
                                f"--out={tmp_path / 'out'}"],
        r"error: No weights file at .*absent\.pth"),
+      ("experiments.compare_torch", ["--config.optim.nme=sgd"],
+       r"error: unknown config key config\.optim\.nme \(did you mean name\?\)"),
       ("experiments.benchmark", ["--model=resnet5"],
        r"error: Unknown model 'resnet5'; valid names: .*resnet50"),
   ]

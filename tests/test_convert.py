@@ -10,17 +10,19 @@ import pytest
 
 import resnet_jax
 from resnet_jax.interop import convert
-from resnet_jax.models import TORCHVISION_MODELS
 
 torch = pytest.importorskip("torch")
 from resnet_jax.interop.torch_reference import TorchResNet  # noqa: E402
 
-# Every torchvision architecture, plus one of each family torchvision lacks. Deep stages are scanned
-# on the Flax side to bound compile time; the converter stacks their blocks.
-CONVERTIBLE = [(name, {}) for name in TORCHVISION_MODELS] + [
-    ("resnet20", {}), ("resnet110", {"scan_blocks": True}), ("resnet18_cifar", {}),
-    ("preact_resnet18", {}), ("preact_resnet50", {}), ("preact_resnet164", {"scan_blocks": True}),
-    ("resnet50", {"stride_in_1x1": True})]
+# Logits against PyTorch for one depth of each family (block type, groups, width per group, stem,
+# shortcut), scanned stages included; deeper members of a family differ only in block counts, which
+# test_every_registry_entry_maps_every_key_and_shape checks for all of them.
+PARITY = [("resnet18", {}), ("resnet50", {}), ("resnext50_32x4d", {}), ("resnext101_32x8d", {}),
+          ("resnext101_64x4d", {}), ("wide_resnet50_2", {}), ("resnet20", {}),
+          ("resnet20", {"scan_blocks": True}), ("resnet18_cifar", {}), ("preact_resnet18", {}),
+          ("preact_resnet50", {}), ("preact_resnet164", {"scan_blocks": True}),
+          ("resnet50", {"stride_in_1x1": True})]
+PARITY_IDS = [name + "".join(f"_{k}" for k in options) for name, options in PARITY]
 
 
 def random_torch_model(model, in_channels=3, seed=0):
@@ -46,8 +48,7 @@ def relative_error(a, b):
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-@pytest.mark.parametrize("name,overrides", CONVERTIBLE,
-                         ids=[name + ("_v1" if o.get("stride_in_1x1") else "") for name, o in CONVERTIBLE])
+@pytest.mark.parametrize("name,overrides", PARITY, ids=PARITY_IDS)
 def test_flax_logits_equal_pytorch(name, overrides):
   model = resnet_jax.create_model(name, num_classes=10, **overrides)
   channels = 1 if name == "resnet20" else 3  # grayscale stems convert too
@@ -63,6 +64,19 @@ def test_flax_logits_equal_pytorch(name, overrides):
   assert set(back) == set(expected)
   for key, value in expected.items():
     np.testing.assert_array_equal(back[key], value.numpy(), err_msg=key)
+
+
+@pytest.mark.parametrize("name", resnet_jax.list_models())
+def test_every_registry_entry_maps_every_key_and_shape(name):
+  """Each registered network (as the registry builds it, scanned stages included) and its torch
+  twin have the same tensors under the converter's names, both ways; shapes only, nothing runs."""
+  model = resnet_jax.create_model(name, num_classes=10)
+  with torch.device("meta"):  # shapes without allocating or initialising weights
+    twin = TorchResNet(model).state_dict()
+  zeros = {key: np.zeros(tuple(value.shape), np.float32) for key, value in twin.items()}
+  variables = convert.from_torchvision(model, zeros)  # raises naming any unmapped key or shape
+  back = convert.to_torchvision(variables, model)
+  assert {k: v.shape for k, v in back.items()} == {k: tuple(v.shape) for k, v in twin.items()}
 
 
 def test_training_mode_matches_pytorch():

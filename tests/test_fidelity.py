@@ -62,7 +62,13 @@ RECIPES = {
 }
 
 
-@pytest.mark.parametrize("recipe", sorted(RECIPES))
+# The default tier compares the default recipe and the CIFAR paper's (schedule boundaries, decay on
+# every weight) and detects one control; the nightly slow tier adds every other recipe and control.
+FAST_RECIPES = ("cifar10_resnet20", "default")
+
+
+@pytest.mark.parametrize("recipe", [
+    r if r in FAST_RECIPES else pytest.param(r, marks=pytest.mark.slow) for r in sorted(RECIPES)])
 def test_recipe_follows_pytorch(recipe, tfds_dir):
   report = fidelity.compare(RECIPES[recipe](tfds_dir), steps=STEPS)
   assert report["worst_teacher_forced"] <= fidelity.TOLERANCE, report["teacher_forced"]
@@ -81,6 +87,7 @@ def exported_resnet8(tmp_path_factory):
   return root / "model"
 
 
+@pytest.mark.slow
 def test_fine_tuning_with_a_frozen_stage_and_a_backbone_rate_follows_pytorch(tfds_dir,
                                                                            exported_resnet8):
   config = small(finetune.get_config(), tfds_dir, model={"name": ""}, warmup_epochs=warmup(3),
@@ -92,7 +99,8 @@ def test_fine_tuning_with_a_frozen_stage_and_a_backbone_rate_follows_pytorch(tfd
   assert report["passed_free_running"], report["within"]
 
 
-@pytest.mark.parametrize("control", ["decay_all", "biased_running_var"])
+@pytest.mark.parametrize("control", ["decay_all",
+                                     pytest.param("biased_running_var", marks=pytest.mark.slow)])
 def test_a_semantic_difference_is_detected(control, tfds_dir):
   report = fidelity.compare(RECIPES["default"](tfds_dir), steps=4, control=control)
   assert not report["passed_teacher_forced"]

@@ -68,8 +68,10 @@ def run_command(workdir, tfds_dir, *flags):
   return subprocess.Popen(
       [sys.executable, "-m", "experiments.train", f"--workdir={workdir}",
        f"--config.data.data_dir={tfds_dir}", "--config.model.name=resnet8",
-       "--config.data.image_size=8", "--config.train.batch_size=64",
-       "--config.train.progress_bar=no", *flags],
+       "--config.data.image_size=8", "--config.data.crop_padding=1",
+       "--config.optim.warmup_epochs=0", "--config.optim.schedule=constant",
+       "--config.train.batch_size=64", "--config.train.eval_batch_size=128",
+       "--config.train.progress_bar=no", *flags],  # small_config's step: compiled once
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -2,8 +2,6 @@
 
 import os
 import re
-import subprocess
-import sys
 
 import chex
 import jax
@@ -13,19 +11,26 @@ import pytest
 from PIL import Image
 
 import resnet_jax
+from experiments import convert as convert_command, evaluate as evaluate_command
+from experiments import predict as predict_command
 from resnet_jax import inference
 from resnet_jax.train import checkpoint, loop, metrics, pretrained
 
 torch = pytest.importorskip("torch")
 from resnet_jax.interop.torch_reference import TorchResNet  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(module, *args):
-  result = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
-  return result
+def run(command, capsys, *args):
+  """The command's main in this process (tests/test_commands.py starts each as a real process):
+  (exit code, stdout, stderr)."""
+  capsys.readouterr()
+  try:
+    code = command.main([str(a) for a in args])
+  except SystemExit as e:
+    code = e.code
+  out, err = capsys.readouterr()
+  return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +40,8 @@ def converted(tmp_path_factory):
   torch.manual_seed(0)
   net = TorchResNet(resnet_jax.create_model("resnet18", num_classes=1000))
   torch.save(net.state_dict(), tmp / "resnet18.pth")
-  result = run("experiments.convert", "--model=resnet18", f"--from={tmp / 'resnet18.pth'}",
-               f"--out={tmp / 'model'}", "--labels=imagenet")
-  assert result.returncode == 0, result.stderr[-3000:]
+  assert convert_command.main(["--model=resnet18", f"--from={tmp / 'resnet18.pth'}",
+                               f"--out={tmp / 'model'}", "--labels=imagenet"]) == 0
   return tmp / "model"
 
 
@@ -84,7 +88,7 @@ def finetune_config(tfds_dir, checkpoint_dir, folder, **init):
 
 
 def test_finetune_freezes_stages_bitwise_and_the_head_learns(converted, image_folder, tfds_dir,
-                                                              tmp_path, monkeypatch):
+                                                              tmp_path, monkeypatch, capsys):
   config = finetune_config(tfds_dir, converted, image_folder, freeze="stage2",
                            backbone_lr_scale=0.1)
   monkeypatch.chdir(tmp_path)
@@ -109,16 +113,16 @@ def test_finetune_freezes_stages_bitwise_and_the_head_learns(converted, image_fo
   # ... and the run folder predicts, with the folder's class names.
   images = sorted(str(p) for p in (image_folder / "test").rglob("*.*"))
   (tmp_path / "broken.jpg").write_bytes(b"not an image")
-  result = run("experiments.predict", f"--checkpoint={run_dir}", "--top=2", *images,
-               tmp_path / "broken.jpg")
-  assert result.returncode == 1, result.stderr[-3000:]  # one file skipped, the rest predicted
-  assert "skipped" in result.stderr and "broken.jpg" in result.stderr
-  lines = result.stdout.splitlines()
+  code, out, err = run(predict_command, capsys, f"--checkpoint={run_dir}", "--top=2", *images,
+                       tmp_path / "broken.jpg")
+  assert code == 1, err[-3000:]  # one file skipped, the rest predicted
+  assert "skipped" in err and "broken.jpg" in err
+  lines = out.splitlines()
   for path in images:
     best = lines[lines.index(path) + 1].split()[-1]
     assert best == os.path.basename(os.path.dirname(path))
-  evaluation = run("experiments.evaluate", f"--workdir={run_dir}")
-  assert evaluation.returncode == 0 and '"eval_accuracy": 1.0' in evaluation.stdout
+  code, out, _ = run(evaluate_command, capsys, f"--workdir={run_dir}")
+  assert code == 0 and '"eval_accuracy": 1.0' in out
 
 
 def test_grayscale_finetuning_sums_the_stem_over_colours(converted):
@@ -133,7 +137,7 @@ def test_grayscale_finetuning_sums_the_stem_over_colours(converted):
 
 
 def test_mismatched_checkpoints_and_labels_are_refused(converted, image_folder, tfds_dir,
-                                                       tmp_path):
+                                                       tmp_path, capsys):
   config = finetune_config(tfds_dir, converted, image_folder)
   config.model.name = "resnet34"
   with pytest.raises(ValueError, match="holds a resnet18, but model.name is 'resnet34'"):
@@ -151,9 +155,10 @@ def test_mismatched_checkpoints_and_labels_are_refused(converted, image_folder, 
   labels.write_text("cat\ndog\n")
   image = tmp_path / "x.png"
   Image.new("RGB", (40, 30)).save(image)
-  result = run("experiments.predict", f"--checkpoint={converted}", f"--labels={labels}", image)
-  assert result.returncode != 0
-  assert "names 2 classes, but the network's head has 1000 outputs" in result.stderr
+  code, _, err = run(predict_command, capsys, f"--checkpoint={converted}", f"--labels={labels}",
+                     image)
+  assert code == 2
+  assert "names 2 classes, but the network's head has 1000 outputs" in err
 
 
 def test_feature_function_gives_pooled_features_and_stage_maps(converted):
