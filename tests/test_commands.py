@@ -27,6 +27,13 @@ def start(module, *args):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def catches(pid, signum):
+  """Whether process `pid` has a handler installed for `signum` (Linux's /proc)."""
+  with open(f"/proc/{pid}/status") as f:
+    mask = next(line.split()[1] for line in f if line.startswith("SigCgt:"))
+  return bool(int(mask, 16) >> (signum - 1) & 1)
+
+
 def lines(text):
   return [line for line in text.splitlines() if line.strip()]
 
@@ -60,7 +67,11 @@ def test_each_command_reports_an_input_mistake_in_one_line_and_exits_2(tmp_path)
 
 def test_a_signal_while_the_train_command_starts_stops_it_with_a_message():
   process = start("experiments.train")
-  time.sleep(1.0)  # still importing
+  # The moment the command catches SIGTERM (its first statement) it is still importing the trainer:
+  # a fixed delay raced with a warm compilation cache, which reaches the first step in seconds.
+  deadline = time.monotonic() + 60
+  while not catches(process.pid, signal.SIGTERM) and time.monotonic() < deadline:
+    time.sleep(0.005)
   process.send_signal(signal.SIGTERM)
   _, stderr = process.communicate(timeout=60)
   assert process.returncode == 143, stderr[-3000:]
