@@ -31,6 +31,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--compare-torch", action="store_true", help="Also time PyTorch's twin.")
   p.add_argument("--torch-compile", default="auto", choices=["auto", "yes", "no"],
                  help="torch.compile the twin; auto: on CUDA only (inductor's CPU compile is slow).")
+  p.add_argument("--profile-convs", action="store_true",
+                 help="Also time each of the network's convolutions alone (forward, input "
+                 "gradient, weight gradient), and PyTorch's with --compare-torch.")
   p.add_argument("--input", action="store_true",
                  help="Also time the input pipeline alone and the step fed by it.")
   p.add_argument("--data", default="", help="Dataset for --input (a data.name); default: digits "
@@ -134,6 +137,16 @@ def run(args) -> dict:
         compile={"auto": None, "yes": True, "no": False}[args.torch_compile])
     results["jax_vs_torch"] = (results["synthetic"]["images_per_sec"] /
                                results["torch"]["images_per_sec"])
+  if args.profile_convs:
+    shapes = benchmark.convolutions(create_model(args.model, num_classes=args.num_classes),
+                                    (args.image_size, args.image_size, channels),
+                                    args.batch_size // jax.device_count())
+    results["convolutions"] = {"jax": benchmark.time_convolutions(
+        shapes, dtype=args.dtype, steps=args.steps, warmup=args.warmup)}
+    if args.compare_torch:
+      from resnet_jax.interop.torch_reference import time_torch_convolutions
+      results["convolutions"]["torch"] = time_torch_convolutions(
+          shapes, dtype=args.dtype, steps=args.steps, warmup=args.warmup)
   return results
 
 

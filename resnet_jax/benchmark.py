@@ -5,6 +5,7 @@ of the forward and backward pass's convolutions and matrix products; MFU divides
 by the device's published peak.
 """
 
+import collections
 import functools
 import itertools
 import math
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.extend.core
 import jax.numpy as jnp
@@ -86,6 +88,9 @@ def format_table(results: dict[str, Any]) -> str:
               f"{s['achieved_flops_per_sec_per_device'] / 1e12:.2f} TFLOP/s per device, MFU "
               + (f"{100 * s['mfu']:.1f}%" if s["mfu"] is not None else "n/a (peak unknown)")
               + f", peak memory {s['peak_memory_bytes'] / 2**30:.2f} GiB ({s['peak_memory_kind']})")
+  for name, profile in results.get("convolutions", {}).items():
+    rows.append(f"  {name} convolutions alone: " + ", ".join(
+        f"{phase.replace('_', ' ')} {profile[phase + '_ms']:.1f} ms" for phase in PHASES))
   for key, label in (("input_vs_synthetic", "input-fed / synthetic"),
                      ("jax_vs_torch", "JAX / PyTorch")):
     if key in results:
@@ -174,6 +179,65 @@ def train_flops_per_image(model: Any, image_shape: tuple[int, ...]) -> float:
   jaxpr = jax.make_jaxpr(jax.grad(loss, has_aux=True))(variables["params"],
                                                        variables["batch_stats"], x)
   return _jaxpr_flops(jaxpr.jaxpr) / x.shape[0]
+
+
+ConvShape = collections.namedtuple(
+    "ConvShape", "input_shape kernel_shape strides padding groups")
+PHASES = ("forward", "input_gradient", "weight_gradient")
+
+
+def convolutions(model: Any, image_shape: tuple[int, ...],
+                 batch_size: int) -> list[tuple[ConvShape, int]]:
+  """Every convolution one forward pass of `model` computes: (shape, how many times), distinct
+  shapes in order of first use (scanned stages are counted block by block; a space-to-depth stem
+  as the convolution it stands for)."""
+  model = model.clone(scan_blocks=False, axis_name=None)
+  counts: dict[ConvShape, int] = collections.Counter()
+
+  def census(next_fun, args, kwargs, context):
+    m = context.module
+    if isinstance(m, conv.Conv) and context.method_name == "__call__":
+      x = args[0]
+      strides = (m.strides,) * 2 if isinstance(m.strides, int) else tuple(m.strides)
+      kernel = tuple(m.kernel_size) + (x.shape[-1] // m.feature_group_count, m.features)
+      padding = conv.explicit_padding(m.padding, m.kernel_size, strides, x.shape[1:3])
+      counts[ConvShape(tuple(x.shape), kernel, strides, padding, m.feature_group_count)] += 1
+    return next_fun(*args, **kwargs)
+
+  x = jax.ShapeDtypeStruct((batch_size,) + tuple(image_shape), jnp.float32)
+  with nn.intercept_methods(census):
+    jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+  return list(counts.items())
+
+
+def time_convolutions(shapes: list[tuple[ConvShape, int]], *, dtype: str, steps: int,
+                      warmup: int) -> dict[str, Any]:
+  """Each convolution alone, as the train step computes it (`layers.conv.conv2d`: XLA's forward
+  and input gradient, the per-tap weight gradient on CPU): milliseconds per phase, each shape's
+  time times its count, summed over the network (the first convolution's input gradient, which
+  training does not compute, left out)."""
+  dtype = jnp.dtype(dtype)
+  totals = dict.fromkeys(PHASES, 0.0)
+  rows = []
+  for index, (shape, count) in enumerate(shapes):
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], shape.input_shape, dtype)
+    w = jax.random.normal(keys[1], shape.kernel_shape, dtype)
+    forward = functools.partial(conv.conv2d, strides=shape.strides, padding=shape.padding,
+                                groups=shape.groups)
+    dy = jax.random.normal(keys[2], jax.eval_shape(forward, x, w).shape, dtype)
+    fns = {"forward": jax.jit(forward),
+           "input_gradient": jax.jit(lambda x, w: jax.vjp(lambda x: forward(x, w), x)[1](dy)),
+           "weight_gradient": jax.jit(lambda x, w: jax.vjp(lambda w: forward(x, w), w)[1](dy))}
+    row = {"shape": shape._asdict(), "count": count}
+    for phase, fn in fns.items():
+      row[phase + "_ms"] = 1e3 * float(np.median(
+          timed(lambda fn=fn: fn(x, w), jax.block_until_ready, steps=steps, warmup=warmup + 1,
+                window=1)))
+      uses = count - (index == 0 and phase == "input_gradient")
+      totals[phase] += uses * row[phase + "_ms"]
+    rows.append(row)
+  return {**{f"{phase}_ms": totals[phase] for phase in PHASES}, "shapes": rows}
 
 
 def time_train_step(config: Any, info: data.DatasetInfo, *, steps: int, warmup: int,

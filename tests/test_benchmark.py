@@ -31,9 +31,11 @@ def assert_positive(section, keys):
 
 def test_benchmark_reports_every_field_with_input_and_torch(tmp_path, capsys):
   # One invocation for every field: the JPEG pipeline (a generated folder at 64 pixels, decoded and
-  # cropped on the host) alone and feeding the step, the pmap runner, bfloat16, PyTorch's twin.
+  # cropped on the host) alone and feeding the step, the pmap runner, PyTorch's twin, each
+  # convolution alone in both.
   results = run(tmp_path, "--model=resnet8", "--batch-size=8", "--image-size=64",
-                "--dtype=bfloat16", "--input", "--runner=pmap", "--compare-torch")
+                "--dtype=bfloat16", "--input", "--runner=pmap", "--compare-torch",
+                "--profile-convs")
   for key in ("synthetic", "with_input"):
     assert set(STEP) <= set(results[key]), results[key]
     assert_positive(results[key], TIMING + ("compile_time_s", "flops_per_image",
@@ -49,12 +51,28 @@ def test_benchmark_reports_every_field_with_input_and_torch(tmp_path, capsys):
   assert results["torch"]["torch_compile"] is False  # auto: eager on CPU
   assert results["input_vs_synthetic"] > 0 and results["jax_vs_torch"] > 0
   assert results["runner"] == "pmap" and results["dtype"] == "bfloat16"
+  for framework in ("jax", "torch"):  # resnet8: the stem and two convolutions per block
+    profile = results["convolutions"][framework]
+    assert_positive(profile, ("forward_ms", "input_gradient_ms", "weight_gradient_ms"))
+    assert sum(row["count"] for row in profile["shapes"]) == 7
   for key in ("model", "batch_size", "image_size", "device", "platform", "jax_version"):
     assert key in results
   out = capsys.readouterr().out
   for label in ("synthetic", "with_input", "torch", "FLOPs/image", "MFU", "peak memory",
-                "input-fed / synthetic", "JAX / PyTorch"):
+                "input-fed / synthetic", "JAX / PyTorch", "torch convolutions alone"):
     assert label in out, out
+
+
+@pytest.mark.parametrize("name, overrides, count", [
+    ("resnet18", {}, 20),  # the stem, 16 in blocks, 3 projection shortcuts
+    ("resnet110", {"scan_blocks": True}, 109),  # scanned stages counted block by block
+    ("resnext50_32x4d", {}, 53)])
+def test_the_convolution_census_counts_every_layer(name, overrides, count):
+  shapes = benchmark.convolutions(create_model(name, **overrides), (32, 32, 3), batch_size=4)
+  assert sum(n for _, n in shapes) == count
+  first = shapes[0][0]
+  assert first.input_shape == (4, 32, 32, 3) and first.strides in ((1, 1), (2, 2))
+  assert len({shape for shape, _ in shapes}) == len(shapes)
 
 
 # torchvision's published forward GMACs at 224x224 (its "GFLOPS" column).

@@ -197,3 +197,46 @@ def time_torch(model_spec: Any, *, batch_size: int, image_size: int, channels: i
   return {**summary(times, batch_size), "compile_time_s": compile_s,
           "torch_compile": model is not net, "torch_version": torch.__version__,
           "torch_threads": torch.get_num_threads()}
+
+
+def time_torch_convolutions(shapes: list[Any], *, dtype: str, steps: int,
+                            warmup: int) -> dict[str, Any]:
+  """`resnet_jax.benchmark.time_convolutions` for torch's convolutions (channels-last, as
+  `time_torch` runs them): forward, and each gradient alone from one recorded forward."""
+  dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  sync = (lambda _: torch.cuda.synchronize()) if device == "cuda" else (lambda _: None)
+  phases = ("forward", "input_gradient", "weight_gradient")
+  totals = dict.fromkeys(phases, 0.0)
+  rows = []
+  for index, (shape, count) in enumerate(shapes):
+    n, h, w, _ = shape.input_shape
+    kh, kw, cin, cout = shape.kernel_shape
+    (pt, pb), (pl, pr) = shape.padding
+    x = torch.randn(n, cin * shape.groups, h, w, dtype=dtype, device=device).to(
+        memory_format=torch.channels_last)
+    weight = torch.randn(cout, cin, kh, kw, dtype=dtype, device=device).to(
+        memory_format=torch.channels_last)
+
+    def forward(x, weight, shape=shape, pads=(pl, pr, pt, pb)):
+      return F.conv2d(F.pad(x, pads), weight, stride=shape.strides, groups=shape.groups)
+
+    with torch.no_grad():
+      dy = torch.randn_like(forward(x, weight))
+    gradients = {}
+    for phase, wrt in (("input_gradient", x), ("weight_gradient", weight)):
+      wrt = wrt.detach().requires_grad_(True)
+      out = forward(wrt, weight) if phase == "input_gradient" else forward(x, wrt)
+      gradients[phase] = functools.partial(torch.autograd.grad, out, wrt, dy, retain_graph=True)
+
+    def no_grad_forward(x=x, weight=weight, forward=forward):
+      with torch.no_grad():
+        return forward(x, weight)
+
+    row = {"count": count}
+    for phase, fn in (("forward", no_grad_forward), *gradients.items()):
+      times = timed(fn, sync, steps=steps, warmup=warmup + 1, window=1)
+      row[phase + "_ms"] = 1e3 * sorted(times)[len(times) // 2]
+      totals[phase] += (count - (index == 0 and phase == "input_gradient")) * row[phase + "_ms"]
+    rows.append(row)
+  return {**{f"{phase}_ms": totals[phase] for phase in phases}, "shapes": rows}

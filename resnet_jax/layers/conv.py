@@ -112,7 +112,7 @@ def space_to_depth_conv2d(x: Array, w: Array, padding: tuple[tuple[int, int], ..
   return conv2d(x, w, (1, 1), ((0, 0), (0, 0)), 1)
 
 
-def _explicit_padding(padding: Any, kernel_size: Sequence[int], strides: Sequence[int],
+def explicit_padding(padding: Any, kernel_size: Sequence[int], strides: Sequence[int],
                       spatial: Sequence[int]) -> tuple[tuple[int, int], ...]:
   if not isinstance(padding, str):
     return tuple((int(lo), int(hi)) for lo, hi in padding)
@@ -150,7 +150,7 @@ class Conv(nn.Module):
     bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) \
         if self.use_bias else None
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    padding = _explicit_padding(self.padding, kernel_size, strides, x.shape[1:3])
+    padding = explicit_padding(self.padding, kernel_size, strides, x.shape[1:3])
     if (self.space_to_depth and strides == (2, 2) and self.feature_group_count == 1
         and max(kernel_size) > 2 and in_features < MAX_CHANNELS_FOR_SPACE_TO_DEPTH):
       y = space_to_depth_conv2d(x, kernel, padding)
