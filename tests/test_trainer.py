@@ -49,7 +49,7 @@ def test_eval_is_exact_over_an_uneven_split(small_config, tmp_path):
   assert abs(correct - round(correct)) < 1e-6
 
 
-@pytest.mark.slow  # 2 to 3 minutes of training; the default tier runs the command's short runs
+@pytest.mark.slow  # about a minute of training; the default tier runs the command's short runs
 def test_default_command_reaches_97_percent_on_the_digits(tmp_path, tfds_dir):
   """The README's main job, as a user runs it (with a private tfds folder)."""
   result = subprocess.run(
