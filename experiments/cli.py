@@ -9,6 +9,7 @@ import contextlib
 import logging
 import re
 import sys
+from typing import Any
 
 from absl import flags
 
@@ -44,6 +45,19 @@ def command():
     yield
   except InputError as e:
     fail(str(e))
+
+
+def config_from_flags(argv: list[str]) -> Any:
+  """The absl command's `--config` value, after its parse: stray arguments and a config file
+  that did not load fail in one line. Call it inside `command()`."""
+  if len(argv) > 1:
+    fail(f"unexpected arguments {argv[1:]}; flags take the form --name=value.")
+  try:
+    config = flags.FLAGS.config
+    config.to_dict()  # a file that did not load fails on first use
+  except Exception as e:  # noqa: BLE001 - a missing or broken config file
+    fail(flag_error(e, sys.argv))
+  return config
 
 
 def flag_error(error: BaseException, argv: list[str]) -> str:

@@ -63,14 +63,8 @@ def format_report(report: dict) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments {argv[1:]}; flags take the form --name=value.")
   with cli.command():
-    try:
-      config = FLAGS.config
-      config.to_dict()  # a file that did not load fails on first use
-    except Exception as e:  # noqa: BLE001 - a missing or broken config file
-      cli.fail(cli.flag_error(e, sys.argv))
+    config = cli.config_from_flags(argv)
     from resnet_jax.interop import fidelity
     from resnet_jax.train.config import validate_config
     validate_config(config)

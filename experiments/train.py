@@ -34,14 +34,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments {argv[1:]}; flags take the form --name=value.")
   with cli.command():
-    try:
-      config = FLAGS.config
-      config.to_dict()  # a file that did not load fails on first use
-    except Exception as e:  # noqa: BLE001 - a missing or broken config file
-      cli.fail(cli.flag_error(e, sys.argv))
+    config = cli.config_from_flags(argv)
     from resnet_jax.train.preemption import Preempted
     from resnet_jax.train.loop import train_and_evaluate
     try:
