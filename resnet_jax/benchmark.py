@@ -12,7 +12,6 @@ import math
 import os
 import resource
 import time
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn

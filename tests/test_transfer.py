@@ -20,7 +20,6 @@ torch = pytest.importorskip("torch")
 from resnet_jax.interop.torch_reference import TorchResNet  # noqa: E402
 
 
-
 def run(command, capsys, *args):
   """The command's main in this process (tests/test_commands.py starts each as a real process):
   (exit code, stdout, stderr)."""
