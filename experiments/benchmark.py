@@ -9,6 +9,7 @@ Example on CPU:  python -m experiments.benchmark --model=resnet20 --batch-size=6
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import sys
@@ -141,12 +142,13 @@ def run(args) -> dict:
     shapes = benchmark.convolutions(create_model(args.model, num_classes=args.num_classes),
                                     (args.image_size, args.image_size, channels),
                                     args.batch_size // jax.device_count())
-    results["convolutions"] = {"jax": benchmark.time_convolutions(
-        shapes, dtype=args.dtype, steps=args.steps, warmup=args.warmup)}
+    timers = {"jax": benchmark.time_convolution}
     if args.compare_torch:
-      from resnet_jax.interop.torch_reference import time_torch_convolutions
-      results["convolutions"]["torch"] = time_torch_convolutions(
-          shapes, dtype=args.dtype, steps=args.steps, warmup=args.warmup)
+      from resnet_jax.interop.torch_reference import time_torch_convolution
+      timers["torch"] = time_torch_convolution
+    results["convolutions"] = {name: benchmark.profile_convolutions(shapes, functools.partial(
+        timer, dtype=args.dtype, steps=args.steps, warmup=args.warmup))
+        for name, timer in timers.items()}
   return results
 
 

@@ -11,7 +11,9 @@ import itertools
 import math
 import os
 import resource
+import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -24,7 +26,7 @@ from resnet_jax import data
 from resnet_jax.data import pipeline as pipeline_lib
 from resnet_jax.data.device import host_fed
 from resnet_jax.layers import conv
-from resnet_jax.timing import summary, timed
+from resnet_jax.timing import PHASES, summary, timed
 from resnet_jax.train import parallel
 from resnet_jax.train.experiment import build
 
@@ -182,7 +184,6 @@ def train_flops_per_image(model: Any, image_shape: tuple[int, ...]) -> float:
 
 ConvShape = collections.namedtuple(
     "ConvShape", "input_shape kernel_shape strides padding groups")
-PHASES = ("forward", "input_gradient", "weight_gradient")
 
 
 def convolutions(model: Any, image_shape: tuple[int, ...],
@@ -209,34 +210,39 @@ def convolutions(model: Any, image_shape: tuple[int, ...],
   return list(counts.items())
 
 
-def time_convolutions(shapes: list[tuple[ConvShape, int]], *, dtype: str, steps: int,
-                      warmup: int) -> dict[str, Any]:
-  """Each convolution alone, as the train step computes it (`layers.conv.conv2d`: XLA's forward
-  and input gradient, the per-tap weight gradient on CPU): milliseconds per phase, each shape's
-  time times its count, summed over the network (the first convolution's input gradient, which
-  training does not compute, left out)."""
-  dtype = jnp.dtype(dtype)
+def profile_convolutions(shapes: list[tuple[ConvShape, int]],
+                         time_one: Callable[[ConvShape], dict[str, float]]) -> dict[str, Any]:
+  """Milliseconds per phase summed over the network: each shape's `time_one` (milliseconds per
+  phase of that convolution alone) times its count, the first convolution's input gradient, which
+  training does not compute, left out; and the rows per shape."""
   totals = dict.fromkeys(PHASES, 0.0)
   rows = []
   for index, (shape, count) in enumerate(shapes):
-    keys = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(keys[0], shape.input_shape, dtype)
-    w = jax.random.normal(keys[1], shape.kernel_shape, dtype)
-    forward = functools.partial(conv.conv2d, strides=shape.strides, padding=shape.padding,
-                                groups=shape.groups)
-    dy = jax.random.normal(keys[2], jax.eval_shape(forward, x, w).shape, dtype)
-    fns = {"forward": jax.jit(forward),
-           "input_gradient": jax.jit(lambda x, w: jax.vjp(lambda x: forward(x, w), x)[1](dy)),
-           "weight_gradient": jax.jit(lambda x, w: jax.vjp(lambda w: forward(x, w), w)[1](dy))}
-    row = {"shape": shape._asdict(), "count": count}
-    for phase, fn in fns.items():
-      row[phase + "_ms"] = 1e3 * float(np.median(
-          timed(lambda fn=fn: fn(x, w), jax.block_until_ready, steps=steps, warmup=warmup + 1,
-                window=1)))
-      uses = count - (index == 0 and phase == "input_gradient")
-      totals[phase] += uses * row[phase + "_ms"]
-    rows.append(row)
+    times = time_one(shape)
+    rows.append({"shape": shape._asdict(), "count": count,
+                 **{f"{phase}_ms": times[phase] for phase in PHASES}})
+    for phase in PHASES:
+      totals[phase] += (count - (index == 0 and phase == "input_gradient")) * times[phase]
   return {**{f"{phase}_ms": totals[phase] for phase in PHASES}, "shapes": rows}
+
+
+def time_convolution(shape: ConvShape, *, dtype: str, steps: int,
+                     warmup: int) -> dict[str, float]:
+  """One convolution alone as the train step computes it (`layers.conv.conv2d`: XLA's forward
+  and input gradient, the per-tap weight gradient on CPU): median milliseconds per phase."""
+  dtype = jnp.dtype(dtype)
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(keys[0], shape.input_shape, dtype)
+  w = jax.random.normal(keys[1], shape.kernel_shape, dtype)
+  forward = functools.partial(conv.conv2d, strides=shape.strides, padding=shape.padding,
+                              groups=shape.groups)
+  dy = jax.random.normal(keys[2], jax.eval_shape(forward, x, w).shape, dtype)
+  fns = {"forward": jax.jit(forward),
+         "input_gradient": jax.jit(lambda x, w: jax.vjp(lambda x: forward(x, w), x)[1](dy)),
+         "weight_gradient": jax.jit(lambda x, w: jax.vjp(lambda w: forward(x, w), w)[1](dy))}
+  return {phase: 1e3 * statistics.median(
+      timed(lambda fn=fn: fn(x, w), jax.block_until_ready, steps=steps, warmup=warmup + 1,
+            window=1)) for phase, fn in fns.items()}
 
 
 def time_train_step(config: Any, info: data.DatasetInfo, *, steps: int, warmup: int,

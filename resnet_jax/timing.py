@@ -5,6 +5,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+# The three convolutions of a train step, each timed alone by `--profile-convs` on both sides.
+PHASES = ("forward", "input_gradient", "weight_gradient")
+
 
 def timed(step: Callable[[], Any], sync: Callable[[Any], Any], *, steps: int, warmup: int,
            window: int = 5) -> list[float]:

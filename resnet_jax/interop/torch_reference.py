@@ -8,6 +8,7 @@ by the twin registered for its Flax class (`register_twin`). Importing this modu
 """
 
 import functools
+import statistics
 import time
 from typing import Any
 
@@ -199,44 +200,34 @@ def time_torch(model_spec: Any, *, batch_size: int, image_size: int, channels: i
           "torch_threads": torch.get_num_threads()}
 
 
-def time_torch_convolutions(shapes: list[Any], *, dtype: str, steps: int,
-                            warmup: int) -> dict[str, Any]:
-  """`resnet_jax.benchmark.time_convolutions` for torch's convolutions (channels-last, as
-  `time_torch` runs them): forward, and each gradient alone from one recorded forward."""
+def time_torch_convolution(shape: Any, *, dtype: str, steps: int,
+                           warmup: int) -> dict[str, float]:
+  """`resnet_jax.benchmark.time_convolution` for torch's convolution (channels-last, as
+  `time_torch` runs it): the forward, and each gradient alone from one recorded forward."""
   dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
   device = "cuda" if torch.cuda.is_available() else "cpu"
   sync = (lambda _: torch.cuda.synchronize()) if device == "cuda" else (lambda _: None)
-  phases = ("forward", "input_gradient", "weight_gradient")
-  totals = dict.fromkeys(phases, 0.0)
-  rows = []
-  for index, (shape, count) in enumerate(shapes):
-    n, h, w, _ = shape.input_shape
-    kh, kw, cin, cout = shape.kernel_shape
-    (pt, pb), (pl, pr) = shape.padding
-    x = torch.randn(n, cin * shape.groups, h, w, dtype=dtype, device=device).to(
-        memory_format=torch.channels_last)
-    weight = torch.randn(cout, cin, kh, kw, dtype=dtype, device=device).to(
-        memory_format=torch.channels_last)
+  n, h, w, _ = shape.input_shape
+  kh, kw, cin, cout = shape.kernel_shape
+  (pt, pb), (pl, pr) = shape.padding
+  x = torch.randn(n, cin * shape.groups, h, w, dtype=dtype, device=device).to(
+      memory_format=torch.channels_last)
+  weight = torch.randn(cout, cin, kh, kw, dtype=dtype, device=device).to(
+      memory_format=torch.channels_last)
 
-    def forward(x, weight, shape=shape, pads=(pl, pr, pt, pb)):
-      return F.conv2d(F.pad(x, pads), weight, stride=shape.strides, groups=shape.groups)
+  def forward(x, weight):
+    return F.conv2d(F.pad(x, (pl, pr, pt, pb)), weight, stride=shape.strides,
+                    groups=shape.groups)
 
+  def no_grad_forward():
     with torch.no_grad():
-      dy = torch.randn_like(forward(x, weight))
-    gradients = {}
-    for phase, wrt in (("input_gradient", x), ("weight_gradient", weight)):
-      wrt = wrt.detach().requires_grad_(True)
-      out = forward(wrt, weight) if phase == "input_gradient" else forward(x, wrt)
-      gradients[phase] = functools.partial(torch.autograd.grad, out, wrt, dy, retain_graph=True)
+      return forward(x, weight)
 
-    def no_grad_forward(x=x, weight=weight, forward=forward):
-      with torch.no_grad():
-        return forward(x, weight)
-
-    row = {"count": count}
-    for phase, fn in (("forward", no_grad_forward), *gradients.items()):
-      times = timed(fn, sync, steps=steps, warmup=warmup + 1, window=1)
-      row[phase + "_ms"] = 1e3 * sorted(times)[len(times) // 2]
-      totals[phase] += (count - (index == 0 and phase == "input_gradient")) * row[phase + "_ms"]
-    rows.append(row)
-  return {**{f"{phase}_ms": totals[phase] for phase in phases}, "shapes": rows}
+  dy = torch.randn_like(no_grad_forward())
+  fns = {"forward": no_grad_forward}
+  for phase, wrt in (("input_gradient", x), ("weight_gradient", weight)):
+    wrt = wrt.detach().requires_grad_(True)
+    out = forward(wrt, weight) if phase == "input_gradient" else forward(x, wrt)
+    fns[phase] = functools.partial(torch.autograd.grad, out, wrt, dy, retain_graph=True)
+  return {phase: 1e3 * statistics.median(timed(fn, sync, steps=steps, warmup=warmup + 1,
+                                                window=1)) for phase, fn in fns.items()}
