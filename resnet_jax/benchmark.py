@@ -197,11 +197,8 @@ def convolutions(model: Any, image_shape: tuple[int, ...],
   def census(next_fun, args, kwargs, context):
     m = context.module
     if isinstance(m, conv.Conv) and context.method_name == "__call__":
-      x = args[0]
-      strides = (m.strides,) * 2 if isinstance(m.strides, int) else tuple(m.strides)
-      kernel = tuple(m.kernel_size) + (x.shape[-1] // m.feature_group_count, m.features)
-      padding = conv.explicit_padding(m.padding, m.kernel_size, strides, x.shape[1:3])
-      counts[ConvShape(tuple(x.shape), kernel, strides, padding, m.feature_group_count)] += 1
+      shape = tuple(args[0].shape)
+      counts[ConvShape(shape, *m.geometry(shape), m.feature_group_count)] += 1
     return next_fun(*args, **kwargs)
 
   x = jax.ShapeDtypeStruct((batch_size,) + tuple(image_shape), jnp.float32)

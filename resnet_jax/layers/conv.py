@@ -112,7 +112,7 @@ def space_to_depth_conv2d(x: Array, w: Array, padding: tuple[tuple[int, int], ..
   return conv2d(x, w, (1, 1), ((0, 0), (0, 0)), 1)
 
 
-def explicit_padding(padding: Any, kernel_size: Sequence[int], strides: Sequence[int],
+def _explicit_padding(padding: Any, kernel_size: Sequence[int], strides: Sequence[int],
                       spatial: Sequence[int]) -> tuple[tuple[int, int], ...]:
   if not isinstance(padding, str):
     return tuple((int(lo), int(hi)) for lo, hi in padding)
@@ -136,23 +136,28 @@ class Conv(nn.Module):
   bias_init: Any = nn.initializers.zeros
   space_to_depth: bool = True  # stride-2 convolutions over few channels as 2x2 blocks (same sums)
 
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def geometry(self, input_shape: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, int],
+                                                          tuple[tuple[int, int], ...]]:
+    """The kernel's shape (HWIO), the strides and the explicit padding for an NHWC input."""
     kernel_size = tuple(self.kernel_size)
     strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
+    kernel_shape = kernel_size + (input_shape[-1] // self.feature_group_count, self.features)
+    return kernel_shape, strides, _explicit_padding(self.padding, kernel_size, strides,
+                                                    input_shape[1:3])
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
     in_features = x.shape[-1]
     if in_features % self.feature_group_count:
       raise InvalidInputError(f"Input channels {in_features} are not divisible by "
                               f"feature_group_count={self.feature_group_count}.")
-    kernel = self.param("kernel", self.kernel_init,
-                        kernel_size + (in_features // self.feature_group_count, self.features),
-                        self.param_dtype)
+    kernel_shape, strides, padding = self.geometry(x.shape)
+    kernel = self.param("kernel", self.kernel_init, kernel_shape, self.param_dtype)
     bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) \
         if self.use_bias else None
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    padding = explicit_padding(self.padding, kernel_size, strides, x.shape[1:3])
     if (self.space_to_depth and strides == (2, 2) and self.feature_group_count == 1
-        and max(kernel_size) > 2 and in_features < MAX_CHANNELS_FOR_SPACE_TO_DEPTH):
+        and max(kernel_shape[:2]) > 2 and in_features < MAX_CHANNELS_FOR_SPACE_TO_DEPTH):
       y = space_to_depth_conv2d(x, kernel, padding)
     else:
       y = conv2d(x, kernel, strides, padding, self.feature_group_count)
