@@ -81,9 +81,10 @@ def main(argv=None) -> int:
       "runs", "benchmark",
       f"{args.model}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(results, f, indent=2, default=lambda x: x.item() if hasattr(x, "item") else str(x))
-  from resnet_jax import benchmark
+  from resnet_jax import benchmark, files
+  with cli.command():
+    files.write_atomic(path, json.dumps(
+        results, indent=2, default=lambda x: x.item() if hasattr(x, "item") else str(x)))
   print(benchmark.format_table(results))
   print(f"Wrote {path}")
   return 0

@@ -71,8 +71,9 @@ def main(argv):
     report = fidelity.compare(config, steps=FLAGS.steps, control=FLAGS.control)
   print(format_report(report))
   if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
-      json.dump(report, f, indent=2, default=float)
+    from resnet_jax import files
+    with cli.command():
+      files.write_atomic(FLAGS.json, json.dumps(report, indent=2, default=float))
   sys.exit(0 if report["passed"] else 1)
 
 

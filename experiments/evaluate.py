@@ -13,6 +13,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--workdir", required=True, help="A training run folder.")
   p.add_argument("--split", default="", help="Dataset split (default: the run's eval split).")
   p.add_argument("--step", type=int, default=None, help="Checkpoint step (default: newest).")
+  p.add_argument("--data", default="", help="The run's dataset at a new place, e.g. "
+                 "folder:NEW_DIR for an image folder that moved (its classes must not change). "
+                 "Default: as the run saved it (a folder by its absolute path).")
   return p.parse_args(argv)
 
 
@@ -20,7 +23,7 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   with cli.command():
     from resnet_jax.train.evaluate import evaluate_run
-    result = evaluate_run(args.workdir, split=args.split, step=args.step)
+    result = evaluate_run(args.workdir, split=args.split, step=args.step, data_name=args.data)
   print(f"step {result['step']} on {result['split']}: top-1 {result['eval_accuracy']:.4f}, "
         f"top-5 {result['eval_top5']:.4f}, loss {result['eval_loss']:.4f} "
         f"({result['num_examples']} examples)")

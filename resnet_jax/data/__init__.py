@@ -6,7 +6,8 @@ import importlib
 
 _EXPORTS = {
     "DATASETS": "sources", "DatasetInfo": "sources", "get_info": "sources",
-    "Splits": "sources", "register_source": "sources",
+    "Splits": "sources", "register_source": "sources", "check_same_classes": "sources",
+    "identity_name": "sources",
     "Pipeline": "pipeline", "create_pipeline": "pipeline",
     "DeviceBatches": "device",
     "eval_transform": "transforms",

@@ -14,6 +14,7 @@ and trains on it with --config.data.name=stripes.
 import dataclasses
 import functools
 import importlib.util
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -86,6 +87,9 @@ class DatasetInfo:
   num_eval: int
   mean: tuple[float, ...]  # per channel, in 0..255 units
   std: tuple[float, ...]
+  # What the dataset is, saved with a run's checkpoints: name (a folder's absolute path), classes,
+  # split sizes, and what the source adds (a tfds version).
+  identity: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def preprocessing(self, crop_ratio: float) -> Preprocessing:
     """How this dataset's images are prepared for evaluation (and so for predict)."""
@@ -104,6 +108,8 @@ class Splits:
     native_shape: () -> (height, width, channels) of the stored images, height/width None
       where they vary; called once, by `get_info` (a folder checks its files then).
     mean, std: published per-channel statistics (0..255 units), or None to estimate them.
+    identity: what, beyond its classes and split sizes, identifies this data (a folder's absolute
+      path as "name", a tfds version); saved with a run's checkpoints.
   """
 
   train: Any
@@ -112,24 +118,31 @@ class Splits:
   native_shape: Callable[[], tuple[int | None, int | None, int]]
   mean: tuple[float, ...] | None = None
   std: tuple[float, ...] | None = None
+  identity: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """A registered dataset source: `open(data_config) -> Splits`, and how to name it."""
+  """A registered dataset source: `open(data_config) -> Splits`, and how to name it.
+
+  A `located` source's argument says where the data lies (folder:DIR), not what it is: a run on it
+  is identified by the dataset's identity (its classes), so that a moved folder can be named again.
+  """
 
   open: Callable[[Any], Splits]
   usage: str
+  located: bool = False
 
 
 SOURCES: Registry[Source] = Registry("dataset source", "data.name")
 
 
-def register_source(name: str, *, usage: str = "") -> Callable:
+def register_source(name: str, *, usage: str = "", located: bool = False) -> Callable:
   """Decorator: registers `open(data_config) -> Splits` as the dataset source `name` (a
-  data.name of `name` or, for sources taking an argument, `name:ARGUMENT`)."""
+  data.name of `name` or, for sources taking an argument, `name:ARGUMENT`; `located`: the
+  argument is where the data lies, see `Source`)."""
   def add(open_fn):
-    SOURCES.register(name, Source(open_fn, usage or name))
+    SOURCES.register(name, Source(open_fn, usage or name, located))
     return open_fn
   return add
 
@@ -143,6 +156,43 @@ def source_name(name: str) -> str:
   """The registered source a data.name belongs to: "folder:DIR" -> folder,
   "imagenette/320px-v2" -> imagenette, "cifar10:3.0.2" -> cifar10."""
   return name.split(":", 1)[0].split("/", 1)[0]
+
+
+def identity_name(name: str) -> str:
+  """The part of a data.name that a resumed run must share: a located source's name alone."""
+  source = SOURCES.get(source_name(name))
+  return source_name(name) if source is not None and source.located else name
+
+
+def check_same_classes(saved: dict[str, Any] | None, info: DatasetInfo, subject: str,
+                       trained: str, remedy: str) -> None:
+  """Refuses a dataset whose classes differ from those a checkpoint was trained on; warns about
+  any other change of the dataset's identity (its place, version, or split sizes).
+
+  Args:
+    saved: the dataset identity saved with the checkpoint (None: an older version saved none).
+    info: the dataset now.
+    subject, trained, remedy: the message's parts: "Cannot resume DIR", "its checkpoint 4",
+      "use a new --workdir".
+
+  Raises:
+    InvalidInputError: naming the classes removed, added or reordered.
+  """
+  if not saved:
+    return
+  before, now = list(saved.get("classes", info.class_names)), list(info.class_names)
+  if before != now:
+    removed, added = [c for c in before if c not in now], [c for c in now if c not in before]
+    changes = "; ".join([f"removed {', '.join(removed)}"] * bool(removed) +
+                        [f"added {', '.join(added)}"] * bool(added)) or "the same names reordered"
+    count = (f"now has {len(now)} classes, but {trained} was trained on {len(before)}"
+             if len(now) != len(before) else f"has other classes than {trained} was trained on")
+    raise InvalidInputError(f"{subject}: {info.name} {count} ({changes}); restore the dataset's "
+                            f"classes, or {remedy}.")
+  for key, value in info.identity.items():
+    if key in saved and saved[key] != value and key != "classes":
+      logging.warning("%s: the dataset's %s was %r for %s, now %r.", subject, key, saved[key],
+                      trained, value)
 
 
 def open_dataset(data_config: Any) -> Splits:
@@ -217,7 +267,7 @@ def _open_tfds(spec: Spec, data_config: Any) -> Splits:
     return h, w, c
 
   return Splits(train, evaluation, tuple(builder.info.features["label"].names), native_shape,
-                spec.mean, spec.std)
+                spec.mean, spec.std, identity={"version": str(builder.info.version)})
 
 
 for _name, _spec in DATASETS.items():
@@ -226,7 +276,7 @@ for _name, _spec in DATASETS.items():
 
 
 @register_source("folder", usage="folder:DIR for images in DIR/train/<class>/ and "
-                 "DIR/test/<class>/")
+                 "DIR/test/<class>/", located=True)
 def _open_folder(data_config: Any) -> Splits:
   """Image files in class folders (see `folder`)."""
   path = data_config.name.partition(":")[2]
@@ -236,7 +286,8 @@ def _open_folder(data_config: Any) -> Splits:
   root = os.path.abspath(os.path.expanduser(path))
   train, evaluation, classes = folder_lib.open_folder(root, data_config.get("eval_split", ""))
   return Splits(train, evaluation, tuple(classes), lambda: folder_lib.native_shape(
-      [train, evaluation], data_config.image_size, data_config.get("verify_images", "auto")))
+      [train, evaluation], data_config.image_size, data_config.get("verify_images", "auto")),
+      identity={"name": f"folder:{root}"})
 
 
 def _check_config(data_config: Any) -> None:
@@ -316,7 +367,10 @@ def get_info(data_config: Any) -> DatasetInfo:
   else:
     mean, std = estimate_mean_std(splits.train, image_size=size, channels=channels,
                                   crop_ratio=data_config.eval_crop_ratio)
+  identity = {"name": data_config.name, **splits.identity,
+              "classes": list(splits.class_names), "num_train": len(splits.train),
+              "num_eval": len(splits.eval)}
   return DatasetInfo(name=data_config.name, num_classes=len(splits.class_names),
                      class_names=tuple(splits.class_names), image_shape=shape,
                      num_train=len(splits.train), num_eval=len(splits.eval),
-                     mean=tuple(map(float, mean)), std=tuple(map(float, std)))
+                     mean=tuple(map(float, mean)), std=tuple(map(float, std)), identity=identity)

@@ -1,14 +1,17 @@
 """Orbax checkpoints: atomic asynchronous saves, latest-K plus best, verified exact resume.
 
-A checkpoint is moved aside only when it cannot be read or fails its checksums, and a move never
-deletes anything. A checkpoint that reads fine but holds another run's state (another model, or a
-train state of another structure) is refused, never moved.
+A checkpoint is moved aside only when it cannot be read or fails its checksums (a read error, never
+a stop signal), and a move never deletes anything. A checkpoint that reads fine but holds another
+run's state (another model, or a train state of another structure) is refused, never moved. Every
+reader (resume, evaluate, predict, fine-tuning, export) verifies the same checksums.
 """
 
+import dataclasses
 import logging
 import os
 import shutil
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -18,10 +21,12 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from resnet_jax.errors import InputNotFoundError, InvalidInputError, StorageError
-from resnet_jax.train.workdir import identity_differences
+from resnet_jax.train.workdir import CORRUPT_SUFFIX, identity_differences
 
 STATE, META = "state", "meta"
-CORRUPT_SUFFIX = ".corrupt"
+# What reading a damaged or incomplete checkpoint raises (orbax, tensorstore, json): the errors that
+# move a checkpoint aside. Anything else (a stop signal above all) leaves it where it is.
+READ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError)
 # Room a save needs beyond the state's own bytes (orbax's metadata, the JSON item).
 SAVE_HEADROOM_BYTES = 16 * 2**20
 
@@ -67,6 +72,32 @@ def checksums(tree: Any) -> dict[str, str]:
           for name, leaf in named_leaves(tree).items()}
 
 
+def damaged_leaves(state: Any, meta: dict[str, Any]) -> list[str] | None:
+  """The leaves of a read state whose bytes differ from the checksums saved with it (None: it
+  was saved without checksums, by an older version)."""
+  saved = meta.get("checksums")
+  if saved is None:
+    return None
+  now = checksums(jax.device_get(state))
+  return [name for name in sorted(set(saved) | set(now)) if saved.get(name) != now.get(name)]
+
+
+def verified(state: Any, meta: dict[str, Any], what: str) -> Any:
+  """`state` when it matches its checksums; warns when it has none.
+
+  Raises:
+    InvalidInputError: naming the damaged leaves.
+  """
+  damaged = damaged_leaves(state, meta)
+  if damaged is None:
+    logging.warning("%s has no checksums (written by an older version); using it unverified.",
+                    what)
+  elif damaged:
+    raise InvalidInputError(f"{what} is damaged: checksum mismatch in {summarize(damaged)}. Use "
+                            "another checkpoint, or copy it again from its source.")
+  return state
+
+
 def summarize(items: list[str], limit: int = 3) -> str:
   """The first `limit` items joined, and how many more there are."""
   more = f"; and {len(items) - limit} more" if len(items) > limit else ""
@@ -95,6 +126,22 @@ def _short(error: BaseException) -> str:
   return text if len(text) < 300 else text[:300] + "..."
 
 
+@dataclasses.dataclass
+class _BestEvaluated:
+  """Preservation policy: the checkpoint with the best evaluation accuracy recorded so far.
+
+  Saves come before their evaluation (so that a failing evaluation loses no training), so the
+  accuracy is recorded afterwards (`Checkpointer.record_evaluation`), not passed with the save.
+  """
+
+  accuracy: dict[int, float]
+
+  def should_preserve(self, checkpoints: Any, *, context: Any) -> list[bool]:
+    del context
+    best = max(self.accuracy, key=lambda s: (self.accuracy[s], s), default=None)
+    return [info.step == best for info in checkpoints]
+
+
 class Checkpointer:
   """Saves and restores {train state, run metadata}; one instance per run directory.
 
@@ -113,7 +160,7 @@ class Checkpointer:
       identity: the config values a resumed run must share with the saved one (model, data,
         optimizer, batch size, seed, ...); compared on restore.
       keep: how many of the latest checkpoints to keep.
-      keep_best: also keep the checkpoint with the best `eval_accuracy`.
+      keep_best: also keep the checkpoint with the best recorded evaluation accuracy.
       async_save: write in a background thread while training continues.
     """
     self.directory = os.path.abspath(directory)
@@ -123,19 +170,21 @@ class Checkpointer:
     for name in unfinished:
       logging.warning("Ignoring an unfinished checkpoint save (killed while writing?): %s",
                       os.path.join(self.directory, name))
+    self.accuracy: dict[int, float] = {}
     policy = policies.LatestN(keep)
     if keep_best:
-      policy = policies.AnyPreservationPolicy([policy, policies.BestN(
-          get_metric_fn=lambda m: m["eval_accuracy"], n=1,
-          keep_checkpoints_without_metrics=False)])
+      policy = policies.AnyPreservationPolicy([policy, _BestEvaluated(self.accuracy)])
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=_item_handlers())
 
-  def save(self, step: int, state: Any, meta: dict[str, Any],
-           eval_accuracy: float | None = None) -> None:
+  def record_evaluation(self, step: int, accuracy: float) -> None:
+    """Notes the evaluation accuracy of the checkpoint at `step` (for keep_best)."""
+    self.accuracy[int(step)] = float(accuracy)
+
+  def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
     """Starts saving `state` (a host tree) at `step`; returns before it is written.
 
     Raises:
@@ -150,12 +199,11 @@ class Checkpointer:
           f"No room to save checkpoint {step} in {self.directory}: it needs about "
           f"{needed / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free. Free some space and run "
           "the same command again; it resumes from the last complete checkpoint.")
-    metrics = {"eval_accuracy": float(eval_accuracy)} if eval_accuracy is not None else None
     meta = {**meta, "step": int(step), "identity": self.identity, "checksums": checksums(state)}
     try:
       self.manager.save(step, args=ocp.args.Composite(**{
           STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}),
-          metrics=metrics, force=True)
+          force=True)
     except Exception as e:  # noqa: BLE001 - orbax reports write failures as many types
       raise self._save_error(step, e) from e
 
@@ -173,8 +221,14 @@ class Checkpointer:
     except Exception as e:  # noqa: BLE001 - see save
       raise self._save_error(None, e) from e
 
-  def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
+  def restore_latest(self, abstract_state: Any, check_meta: Callable[[int, dict], None] = (
+      lambda step, meta: None)) -> tuple[Any, dict[str, Any]] | None:
     """The newest readable, intact checkpoint as (state, meta), or None when there is none.
+
+    Args:
+      abstract_state: the structure of the train state to restore.
+      check_meta: (step, meta) -> None, raising when the checkpoint is not this run's (called
+        before its state is read).
 
     Raises:
       CheckpointMismatchError: the newest checkpoint was written by a different model/config.
@@ -187,10 +241,11 @@ class Checkpointer:
         meta = self.manager.restore(step, args=ocp.args.Composite(**{
             META: ocp.args.JsonRestore()}))[META]
         saved_structure = self.manager.item_metadata(step)[STATE].tree
-      except Exception as e:  # noqa: BLE001 - any read failure means this checkpoint is unusable
+      except READ_ERRORS as e:
         self._quarantine(step, _short(e))
         continue
       self._check_identity(step, meta.get("identity", {}))
+      check_meta(step, meta)
       differences = structure_differences(saved_structure, abstract_state)
       if differences:
         raise StateStructureError(step, self.directory, differences, meta=meta,
@@ -198,11 +253,14 @@ class Checkpointer:
       try:
         state = self.manager.restore(step, args=ocp.args.Composite(**{
             STATE: ocp.args.StandardRestore(abstract_state)}))[STATE]
-      except Exception as e:  # noqa: BLE001 - see above
+      except READ_ERRORS as e:
         self._quarantine(step, _short(e))
         continue
-      damaged = self._damaged_leaves(step, state, meta)
-      if damaged:
+      damaged = damaged_leaves(state, meta)
+      if damaged is None:
+        logging.warning("Checkpoint %d in %s has no checksums (written by an older version); "
+                        "resuming without verifying it.", step, self.directory)
+      elif damaged:
         self._quarantine(step, f"checksum mismatch in {summarize(damaged)}")
         continue
       if step != steps[0]:
@@ -214,15 +272,6 @@ class Checkpointer:
           "aside as N.corrupt). Move the folder away to start afresh, or point --workdir "
           "elsewhere.")
     return None
-
-  def _damaged_leaves(self, step: int, state: Any, meta: dict[str, Any]) -> list[str]:
-    saved = meta.get("checksums")
-    if saved is None:
-      logging.warning("Checkpoint %d in %s has no checksums (written by an older version); "
-                      "resuming without verifying it.", step, self.directory)
-      return []
-    now = checksums(jax.device_get(state))
-    return [name for name in sorted(set(saved) | set(now)) if saved.get(name) != now.get(name)]
 
   def _quarantine(self, step: int, reason: str) -> None:
     """Moves an unusable checkpoint aside (kept for inspection, never deleted)."""
@@ -263,11 +312,6 @@ class Checkpointer:
     self.manager.close()
 
 
-def abstract(tree: Any) -> Any:
-  """Shape/dtype structure of a host tree, the restore target."""
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-
-
 def load(directory: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
   """Reads a checkpoint as saved (nested dicts of numpy arrays) and its metadata; no target needed.
 
@@ -276,10 +320,12 @@ def load(directory: str, step: int | None = None) -> tuple[dict[str, Any], dict[
     step: which checkpoint; None for the newest.
 
   Returns:
-    (state, meta): the train state's fields by name, and the run metadata.
+    (state, meta): the train state's fields by name, and the run metadata, verified against
+    the checksums saved with them (as resume verifies them).
 
   Raises:
     InputNotFoundError: there is no such checkpoint.
+    InvalidInputError: it cannot be read, or fails its checksums.
   """
   directory = os.path.abspath(directory)
   # Finished saves only: an unfinished one is a temporary folder with a suffix.
@@ -288,10 +334,16 @@ def load(directory: str, step: int | None = None) -> tuple[dict[str, Any], dict[
   if not steps or (step is not None and step not in steps):
     which = "checkpoint" if step is None else f"checkpoint {step}"
     raise InputNotFoundError(f"No {which} in {directory}; it has {steps or 'none'}.")
-  path = os.path.join(directory, str(steps[-1] if step is None else step))
-  # The item handlers directly: a read-only CheckpointManager warns that it is read-only.
-  with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as reader:
-    state = reader.restore(os.path.join(path, STATE))
-  with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as reader:
-    meta = reader.restore(os.path.join(path, META))
-  return state, meta
+  step = steps[-1] if step is None else step
+  path = os.path.join(directory, str(step))
+  try:
+    # The item handlers directly: a read-only CheckpointManager warns that it is read-only.
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as reader:
+      state = reader.restore(os.path.join(path, STATE))
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as reader:
+      meta = reader.restore(os.path.join(path, META))
+  except READ_ERRORS as e:
+    raise InvalidInputError(f"Checkpoint {step} in {directory} cannot be read ({_short(e)}); use "
+                            "another checkpoint (the newest intact one is what a resumed run "
+                            "takes).") from e
+  return verified(state, meta, f"Checkpoint {step} in {directory}"), meta

@@ -1,7 +1,6 @@
 """Exact evaluation: over a whole split (padding masked out), during training and of a saved run."""
 
 import functools
-import json
 import os
 from typing import Any
 
@@ -14,7 +13,7 @@ from resnet_jax.errors import InputNotFoundError
 from resnet_jax.train import checkpoint, parallel, pretrained
 from resnet_jax.train.config import PRECISIONS
 from resnet_jax.train.step import StepConfig, eval_step
-from resnet_jax.train.workdir import CONFIG_FILE
+from resnet_jax.train.workdir import CHECKPOINTS_DIR, CONFIG_FILE, read_saved
 
 
 def evaluate(eval_fn: Any, variables: Any, pipeline: data.Pipeline,
@@ -42,15 +41,18 @@ def evaluate(eval_fn: Any, variables: Any, pipeline: data.Pipeline,
 
 
 def load_config(workdir: str) -> Any:
-  """The resolved config a run saved in WORKDIR/config.json."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  """The resolved config a run saved in WORKDIR/config.json, its dataset named as saved (a
+  folder by its absolute path, whatever the current directory)."""
+  saved = read_saved(workdir)
+  if saved is None:
     raise InputNotFoundError(f"{workdir} is not a run folder (no {CONFIG_FILE}).")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f)["config"])
+  config = ml_collections.ConfigDict(saved["config"])
+  config.data.name = (saved.get("dataset") or {}).get("name", config.data.name)
+  return config
 
 
-def evaluate_run(workdir: str, *, split: str = "", step: int | None = None) -> dict[str, Any]:
+def evaluate_run(workdir: str, *, split: str = "", step: int | None = None,
+                 data_name: str = "") -> dict[str, Any]:
   """Exact loss, top-1 and top-5 of a run's checkpoint on a split of its dataset.
 
   The network is rebuilt from the checkpoint's own description, with the eval step alone (no
@@ -60,20 +62,28 @@ def evaluate_run(workdir: str, *, split: str = "", step: int | None = None) -> d
     workdir: the run folder.
     split: a split name (default: the run's evaluation split).
     step: which checkpoint (default: the newest).
+    data_name: the run's dataset under another name (a folder that moved: folder:NEW_DIR);
+      its classes must be those the checkpoint was trained on.
 
   Returns:
     {"step", "split", "num_examples", "eval_loss", "eval_accuracy", "eval_top5"}.
+
+  Raises:
+    InvalidInputError: the dataset's classes changed, or the checkpoint fails its checksums.
   """
   config = load_config(workdir)
   config.data.eval_split = split or config.data.eval_split
+  config.data.name = data_name or config.data.name
   info = data.get_info(config.data)
+  state, meta = checkpoint.load(os.path.join(workdir, CHECKPOINTS_DIR), step)
+  data.check_same_classes(meta.get("dataset"), info, f"Cannot evaluate {workdir}",
+                          f"its checkpoint {meta['step']}", "name the run's dataset with --data")
   runner = parallel.make_runner(config.train.runner)
   runner.check_batch_size(config.train.eval_batch_size, "train.eval_batch_size")
   pipeline = data.create_pipeline(
       config.data, info, global_batch_size=config.train.batch_size,
       eval_batch_size=config.train.eval_batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
-  state, meta = checkpoint.load(os.path.join(workdir, "checkpoints"), step)
   source = pretrained.from_description(
       {"params": state["params"], "batch_stats": state["batch_stats"]}, meta["model"])
   model = source.create_model(dtype=PRECISIONS[config.train.precision])

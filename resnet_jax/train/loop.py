@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from resnet_jax import data
-from resnet_jax.errors import check
+from resnet_jax.errors import InputError, InvalidInputError, check
 from resnet_jax.train import checkpoint, parallel, pretrained, resume
 from resnet_jax.train.config import run_length, validate_config
 from resnet_jax.train.evaluate import evaluate
@@ -23,8 +23,8 @@ from resnet_jax.train.step import NONFINITE_LOSS, metric_names
 from resnet_jax.train.workdir import Workdir, default_workdir, run_identity
 
 
-class NonFiniteError(FloatingPointError):
-  """The loss or the gradients stopped being finite."""
+class NonFiniteError(InvalidInputError, FloatingPointError):
+  """The loss or the gradients stopped being finite: a setting to lower (one line, exit 2)."""
 
 
 def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any]:
@@ -58,23 +58,30 @@ def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any
         watcher.start_training()
         device_state, rng = run.runner.replicate(run.state), run.runner.replicate(run.rng)
         feed, record, eval_metrics = run.pipeline.train_feed(run.start_step, run.runner), {}, {}
+        if run.evaluation_missing():  # stopped between the save at this step and its evaluation
+          eval_metrics = run.evaluate(run.start_step, device_state,
+                                      write=run.start_step < run.total_steps)
         for step in range(run.start_step, run.total_steps):
-          inputs, arrays = next(feed)
+          try:
+            inputs, arrays = next(feed)
+          except InputError:  # an unreadable image: keep the steps trained so far
+            run.save(step, device_state)
+            run.checkpointer.wait()
+            raise
           device_state, _ = run.exp.train_fn(device_state, inputs, rng, arrays)
           done = step + 1
           stop, is_last = watcher.should_stop(done), done == run.total_steps
           if done % config.train.log_every_steps == 0 or is_last:
             record = run.log(done, device_state, write=not is_last)
-          evaluate_now = is_last or (run.eval_every and done % run.eval_every == 0)
+          evaluate_now = is_last or run.evaluates_at(done)
+          # Saved before its evaluation, which reads files that may fail.
+          if evaluate_now or stop or run.checkpoint_due(done):
+            run.save(done, device_state)
           if evaluate_now:
             eval_metrics = run.evaluate(done, device_state, write=not is_last)
-          if evaluate_now or stop or run.checkpoint_due(done):
-            run.save(done, device_state, eval_metrics if evaluate_now else None)
           if stop:
             run.checkpointer.wait()
             raise Preempted(watcher.signum, done)
-        if run.start_step >= run.total_steps:  # resumed a finished run without its final record
-          eval_metrics = run.evaluate(run.total_steps, device_state, write=False)
         return run.finish({**record, **eval_metrics})
       finally:
         run.close()
@@ -128,6 +135,9 @@ class Run:
               model_description(config, info, exp), total_steps, eval_every, None, None, 0)
     try:
       run._resume_or_initialise(run_dir, lambda c: experiment(c).abstract_state)
+      for r in read_metrics(run.workdir) if run.start_step else []:  # for keep_best
+        if "eval_accuracy" in r and r["step"] <= run.start_step:
+          checkpointer.record_evaluation(r["step"], r["eval_accuracy"])
     except BaseException:
       run.close()
       raise
@@ -141,9 +151,14 @@ class Run:
     if restored is not None:
       self.state, meta = restored
       self.start_step, self.rng = int(meta["step"]), np.asarray(meta["rng"], np.uint32)
+      check(self.start_step <= self.total_steps, f"{self.checkpointer.directory} holds checkpoint "
+            f"{self.start_step}, past this run's {self.total_steps} steps; give train.num_steps "
+            f">= {self.start_step} to continue it, or evaluate one of its checkpoints with "
+            "python -m experiments.evaluate --step=N.")
       logging.info("Resumed from step %d of %s.", self.start_step, self.checkpointer.directory)
-      if self.start_step >= self.total_steps:
+      if self.start_step == self.total_steps:
         self.finished = _final_record(self.workdir, self.total_steps)
+    run_dir.accept(self.info.identity)
     if self.finished is None:
       if restored is None:
         self.state, self.rng = exp.state, exp.rng
@@ -157,8 +172,20 @@ class Run:
                    jax.devices()[0].platform, self.runner.name, self.workdir)
     else:
       logging.info("The run in %s already finished at step %d.", self.workdir, self.total_steps)
-    run_dir.accept()
     self._window_start = (time.time(), self.start_step)
+
+  def evaluates_at(self, step: int) -> bool:
+    """Whether a periodic evaluation falls on `step` (the final one always comes)."""
+    return bool(self.eval_every) and step % self.eval_every == 0
+
+  def evaluation_missing(self) -> bool:
+    """Whether the run resumed from a checkpoint whose evaluation never finished (it failed, or
+    a stop came between the two): that evaluation comes first."""
+    step = self.start_step
+    due = step == self.total_steps or self.evaluates_at(step)
+    return step > 0 and due and not any(
+        r["step"] == step and ("eval_accuracy" in r or r.get("final"))
+        for r in read_metrics(self.workdir))
 
   def checkpoint_due(self, step: int) -> bool:
     every = self.config.train.checkpoint_every_steps
@@ -192,20 +219,24 @@ class Run:
                      self.runner)
       result.update({f"ema_{k}": v for k, v in ema.items()})
     logging.info("step %d: %s", step, " ".join(f"{k}={v:.4f}" for k, v in result.items()))
+    self.checkpointer.record_evaluation(step, result["eval_accuracy"])
     if write:
       self.writer.write(step, result)
     self._window_start = (time.time(), self._window_start[1])  # evaluation is not training
     return result
 
-  def save(self, step: int, device_state: Any, eval_metrics: dict | None) -> None:
-    """Starts an asynchronous checkpoint of the state at `step` (never of a poisoned state)."""
+  def save(self, step: int, device_state: Any) -> None:
+    """Starts an asynchronous checkpoint of the state at `step` (never of a poisoned state, nor
+    again of one already saved)."""
+    if step in (self.start_step, *self.checkpointer.manager.all_steps()):
+      return
     host_state = self.runner.unreplicate(device_state)
     _check_finite(host_state, self.exp.step_config.on_nonfinite)
     self.checkpointer.save(
         step, host_state,
         {"rng": np.asarray(self.rng).tolist(), "data_position": step,
-         "steps_per_epoch": self.pipeline.steps_per_epoch, "model": self.description},
-        eval_accuracy=(eval_metrics or {}).get("eval_accuracy"))
+         "steps_per_epoch": self.pipeline.steps_per_epoch, "model": self.description,
+         "dataset": self.info.identity})
 
   def finish(self, record: dict[str, Any]) -> dict[str, Any]:
     """Waits for the last checkpoint and writes the final record."""

@@ -14,6 +14,9 @@ from typing import Any
 import jax.numpy as jnp
 import tqdm
 
+from resnet_jax import files
+from resnet_jax.errors import InvalidInputError
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -45,30 +48,64 @@ def window_means(sums: dict[str, Any]) -> dict[str, float]:
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """All records of WORKDIR/metrics.jsonl, in order."""
-  path = os.path.join(workdir, METRICS_FILE)
+  """All records of WORKDIR/metrics.jsonl, in order; a damaged last line (a write cut short by a
+  stop or a full disk) is left out with a warning.
+
+  Raises:
+    InvalidInputError: any other line is not a record of this project (naming the line).
+  """
+  return _parse(os.path.join(workdir, METRICS_FILE))[0]
+
+
+def _parse(path: str) -> tuple[list[dict[str, Any]], bool]:
+  """(the records of `path`, whether it must be rewritten before appending: its last line is
+  damaged, or lacks its newline)."""
   if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    return [], False
+  with open(path, "rb") as f:
+    content = f.read()
+  lines = content.splitlines()
+  last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+  records = []
+  for index, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except ValueError:
+      record = None
+    if isinstance(record, dict) and isinstance(record.get("step"), int):
+      records.append(record)
+    elif index == last:
+      logging.warning("%s: leaving out its damaged last line %d (a write cut short?).", path,
+                      index + 1)
+      return records, True
+    else:
+      raise InvalidInputError(f"{path} line {index + 1} is not a resnet_jax metrics record (a JSON "
+                              "object with an integer \"step\"); repair or remove that line, or "
+                              "choose a new --workdir.")
+  return records, bool(content) and not content.endswith(b"\n")
 
 
 class MetricsWriter:
   """Appends records to metrics.jsonl and TensorBoard; a no-op on processes other than 0.
 
-  On resume from step S, records after S (written after the checkpoint the run resumes from)
-  are dropped from both, so the files read as if the run had never stopped.
+  Records are appended, never rewritten in place. On resume from step S, records after S
+  (written after the checkpoint the run resumes from) and a damaged last line are dropped from
+  both, so the files read as if the run had never stopped: the kept records go to a new file that
+  replaces the old one in one rename.
   """
 
   def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int = 0):
     self.enabled = enabled
-    self.path = os.path.join(workdir, METRICS_FILE)
+    self.workdir, self.path = workdir, os.path.join(workdir, METRICS_FILE)
     self._tb = None
     if not enabled:
       return
-    kept = [r for r in read_metrics(workdir) if r["step"] <= resume_step]
-    with open(self.path, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in kept)
+    records, must_rewrite = _parse(self.path)
+    kept = [r for r in records if r["step"] <= resume_step]
+    if must_rewrite or len(kept) < len(records):
+      files.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept), root=workdir)
     from tensorboardX import SummaryWriter
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
                              purge_step=resume_step + 1 if resume_step else None)
@@ -77,8 +114,7 @@ class MetricsWriter:
     if not self.enabled:
       return
     record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    files.append_line(self.path, json.dumps(record), root=self.workdir)
     for key, value in record.items():
       if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
         self._tb.add_scalar(key, value, step)

@@ -8,8 +8,12 @@ import jax
 from jax.experimental import multihost_utils
 
 
-class Preempted(Exception):
-  """Raised by the training loop after it checkpointed in response to a signal."""
+class Preempted(BaseException):
+  """A stop signal: raised during setup at once, and by the training loop after it checkpointed.
+
+  A BaseException, like KeyboardInterrupt: code that catches a reader's failures (`except
+  Exception`, in this project or a library) must never take a stop for a damaged file.
+  """
 
   def __init__(self, signum: int, step: int | None):
     name = signal.Signals(signum).name

@@ -10,6 +10,7 @@ import flax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from resnet_jax import files
 from resnet_jax.data.transforms import Preprocessing
 from resnet_jax.errors import InputNotFoundError, InvalidInputError, mismatch_error
 from resnet_jax.models import ResNet, create_model
@@ -52,29 +53,42 @@ def from_description(variables: dict[str, Any], description: dict[str, Any]) -> 
 
 
 def export(directory: str, pretrained: Pretrained) -> None:
-  """Writes an orbax checkpoint of the variables and model.json describing them."""
+  """Writes an orbax checkpoint of the variables, then model.json describing them (with their
+  checksums); both atomically, model.json last, so a folder with model.json is complete."""
   directory = os.path.abspath(directory)
-  if os.path.exists(os.path.join(directory, VARIABLES_DIR)):
-    raise InvalidInputError(f"{directory} already holds a model; choose a new --out folder.")
+  existing = [n for n in (VARIABLES_DIR, MODEL_FILE) if os.path.lexists(os.path.join(directory, n))]
+  if existing:
+    raise InvalidInputError(f"{directory} already holds {' and '.join(existing)}; choose a new "
+                            "--out folder.")
   os.makedirs(directory, exist_ok=True)
   with ocp.StandardCheckpointer() as saver:
     saver.save(os.path.join(directory, VARIABLES_DIR), pretrained.variables)
-  with open(os.path.join(directory, MODEL_FILE), "w") as f:
-    json.dump(pretrained.describe(), f, indent=2)
+  files.write_atomic(os.path.join(directory, MODEL_FILE), json.dumps(
+      {**pretrained.describe(), "checksums": checkpoint.checksums(pretrained.variables)},
+      indent=2))
 
 
 def load(path: str) -> Pretrained:
   """Reads an exported model (model.json) or a training run folder (its newest checkpoint).
 
+  Both are verified against the checksums saved with them, as a resumed run verifies its
+  checkpoint.
+
   Raises:
     FileNotFoundError: `path` is neither.
+    InvalidInputError: it cannot be read, or fails its checksums.
   """
   path = os.path.abspath(os.path.expanduser(path))
   if os.path.exists(os.path.join(path, MODEL_FILE)):
-    with open(os.path.join(path, MODEL_FILE)) as f:
-      description = json.load(f)
-    with ocp.StandardCheckpointer() as reader:
-      variables = reader.restore(os.path.join(path, VARIABLES_DIR))
+    try:
+      with open(os.path.join(path, MODEL_FILE)) as f:
+        description = json.load(f)
+      with ocp.StandardCheckpointer() as reader:
+        variables = reader.restore(os.path.join(path, VARIABLES_DIR))
+    except checkpoint.READ_ERRORS as e:
+      raise InvalidInputError(f"The model in {path} cannot be read ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); export it again.") from e
+    checkpoint.verified(variables, description, f"The model in {path}")
     return from_description(variables, description)
   checkpoints = os.path.join(path, "checkpoints")
   if os.path.isdir(checkpoints):

@@ -3,7 +3,7 @@
 import copy
 from typing import Any
 
-from resnet_jax.data import DatasetInfo
+from resnet_jax.data import DatasetInfo, check_same_classes
 from resnet_jax.errors import InvalidInputError
 from resnet_jax.train import checkpoint
 from resnet_jax.train.workdir import Workdir, config_differences
@@ -20,11 +20,15 @@ def restore(checkpointer: checkpoint.Checkpointer, abstract_state: Any, run_dir:
     abstract_state_of: config -> the train state's structure under that config.
 
   Raises:
-    InvalidInputError: the checkpoint holds a state of another structure; says why (before
-      anything is compiled).
+    InvalidInputError: the checkpoint was trained on other classes, or holds a state of another
+      structure; says why (before anything is compiled).
   """
+  def same_classes(step: int, meta: dict) -> None:
+    check_same_classes(meta.get("dataset"), info, f"Cannot resume {run_dir.path}",
+                       f"its checkpoint {step}", "use a new --workdir")
+
   try:
-    return checkpointer.restore_latest(abstract_state)
+    return checkpointer.restore_latest(abstract_state, same_classes)
   except checkpoint.StateStructureError as e:
     raise structure_change_error(e, run_dir, config, info, abstract_state_of) from None
 

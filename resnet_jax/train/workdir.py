@@ -1,8 +1,9 @@
 """Run folders: one run at a time (a lock), the saved config, and what a resumed run must share.
 
 Nothing the user already has is deleted or overwritten because a new command differs: config.json
-is written only once a run is accepted, and a refused run removes only what it created itself (an
-empty new folder and its lock file).
+is written (atomically) only once a run is accepted, and a refused run removes only what it created
+itself (an empty new folder and its lock file). A folder holding files this project did not write
+is refused, naming them, and nothing is written through a symlink that leads out of it.
 """
 
 import datetime
@@ -10,13 +11,27 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 from typing import Any
 
+from resnet_jax import files
+from resnet_jax.data import identity_name
 from resnet_jax.errors import InvalidInputError, StorageError
 
 CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".lock"
+RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR, TENSORBOARD_DIR, LOCK_FILE)
+CORRUPT_SUFFIX = ".corrupt"
+# What a checkpoints folder holds: finished saves (N), saves a kill cut short (orbax's temporary
+# N.orbax-checkpoint-tmp-*), and unreadable ones moved aside (N.corrupt, N.corrupt-2, ...).
+_CHECKPOINT_ENTRY = re.compile(r"\d+(\.orbax-checkpoint-tmp.*|" + re.escape(CORRUPT_SUFFIX) +
+                               r"(-\d+)?)?")
+# The lock holder is written in one block of this size: a reader sees the old holder or the new.
+_HOLDER_BYTES = 512
 
 
 def default_workdir(model_name: str, data_name: str) -> str:
@@ -29,7 +44,7 @@ def default_workdir(model_name: str, data_name: str) -> str:
 def run_identity(config: Any) -> dict[str, Any]:
   """The config values that make a run what it is; a resumed run must share them."""
   return {
-      "model": config.model.to_dict(), "data.name": config.data.name,
+      "model": config.model.to_dict(), "data.name": identity_name(config.data.name),
       "data.image_size": config.data.image_size, "optim.name": config.optim.name,
       "train.batch_size": config.train.batch_size, "train.precision": config.train.precision,
       "ema": config.optim.ema_decay > 0, "seed": config.seed,
@@ -47,7 +62,12 @@ def _jsonable(value: Any) -> Any:
 
 def identity_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
   """"key: saved X, now Y" for every identity value a resumed run does not share. Keys of a
-  section that the saved run did not have (settings added by a later version) are not compared."""
+  section that the saved run did not have (settings added by a later version) are not compared;
+  a located dataset's saved name (folder:DIR, as earlier versions saved it) counts by its source
+  alone."""
+  if "data.name" in saved:
+    saved = {**saved, "data.name": identity_name(saved["data.name"])}
+
   def comparable(now, then):
     if isinstance(now, dict) and isinstance(then, dict):
       return {k: comparable(v, then.get(k)) for k, v in now.items() if k in then}
@@ -75,6 +95,52 @@ def config_differences(saved: dict[str, Any], config: Any) -> list[tuple[str, An
           if saved.get(k) != now.get(k)]
 
 
+def read_saved(workdir: str) -> dict[str, Any] | None:
+  """WORKDIR/config.json as saved ({"config", "identity", "dataset"}), or None when absent.
+
+  Raises:
+    InvalidInputError: the file is damaged or was not written by resnet_jax.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.lexists(path):
+    return None
+  files.check_inside(path, workdir)
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    saved = e
+  if not isinstance(saved, dict) or not {"config", "identity"} <= set(saved):
+    reason = f" ({str(saved).splitlines()[0]})" if isinstance(saved, Exception) else ""
+    raise InvalidInputError(f"{path} is damaged or was not written by resnet_jax{reason}. Move it "
+                            "out of the folder (the checkpoints carry the run's identity) and run "
+                            "the same command again, or choose a new --workdir.")
+  return saved
+
+
+def foreign_entries(workdir: str, *, has_config: bool) -> list[str]:
+  """What in a run folder this project did not write (relative paths).
+
+  Without config.json (which a run writes before anything else) the folder may hold only the
+  checkpoints of a run whose config.json was moved away, with that run's metrics and TensorBoard.
+  """
+  foreign = []
+  checkpoints = os.path.join(workdir, CHECKPOINTS_DIR)
+  steps = []
+  if os.path.isdir(checkpoints):
+    for name in sorted(os.listdir(checkpoints)):
+      path = os.path.join(checkpoints, name)
+      if _CHECKPOINT_ENTRY.fullmatch(name) and os.path.isdir(path):
+        steps += [name] if name.isdigit() else []
+      else:
+        foreign.append(os.path.join(CHECKPOINTS_DIR, name))
+  if not has_config:
+    allowed = {LOCK_FILE, CHECKPOINTS_DIR} | ({METRICS_FILE, TENSORBOARD_DIR} if steps else set())
+    foreign += [n for n in sorted(os.listdir(workdir))
+                if n not in allowed and not n.startswith(files.TEMP_PREFIX)]
+  return foreign
+
+
 class Workdir:
   """A run folder held by one run: created if needed, locked, and checked against the saved run.
 
@@ -88,22 +154,30 @@ class Workdir:
     self.path = os.path.abspath(os.path.expanduser(path))
     self.config, self.is_main = config, is_main
     self.saved_config: dict[str, Any] | None = None  # the config.json of the run being resumed
+    self._saved: dict[str, Any] | None = None
     self._created, self._accepted, self._lock_fd = False, False, None
 
   def __enter__(self) -> "Workdir":
     if os.path.exists(self.path) and not os.path.isdir(self.path):
       raise InvalidInputError(f"--workdir {self.path} is a file; give a folder (new, or of this "
                               "same run to resume it).")
-    saved_path = os.path.join(self.path, CONFIG_FILE)
-    if os.path.exists(saved_path):
-      with open(saved_path) as f:
-        saved = json.load(f)
-      diffs = identity_differences(saved.get("identity", {}), run_identity(self.config))
+    if os.path.isdir(self.path):
+      for name in RUN_ENTRIES:
+        files.check_inside(os.path.join(self.path, name), self.path)
+      self._saved = read_saved(self.path)
+      foreign = foreign_entries(self.path, has_config=self._saved is not None)
+      if foreign:
+        raise InvalidInputError(
+            f"--workdir {self.path} holds {', '.join(foreign[:5])}"
+            f"{f' and {len(foreign) - 5} more' if len(foreign) > 5 else ''}, which resnet_jax did "
+            "not write; choose a new --workdir (or move them out of this one).")
+    if self._saved is not None:
+      diffs = identity_differences(self._saved["identity"], run_identity(self.config))
       if diffs:
         raise InvalidInputError(f"--workdir {self.path} holds a run of another config ("
                                 f"{'; '.join(diffs)}); choose a new --workdir, or the same config "
                                 "to resume it.")
-      self.saved_config = saved.get("config")
+      self.saved_config = self._saved["config"]
     if self.is_main:
       self._create_and_lock()
     return self
@@ -113,7 +187,8 @@ class Workdir:
       if not os.path.isdir(self.path):
         os.makedirs(self.path)
         self._created = True
-      fd = os.open(os.path.join(self.path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+      fd = os.open(os.path.join(self.path, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW,
+                   0o644)
     except OSError as e:
       raise StorageError(f"Cannot write to --workdir {self.path}: {e.strerror}; choose a "
                          "writable folder.") from e
@@ -133,19 +208,19 @@ class Workdir:
                       previous.get("since"))
     holder = {"pid": os.getpid(), "host": socket.gethostname(),
               "since": datetime.datetime.now().isoformat(timespec="seconds")}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(holder).encode(), 0)
+    os.pwrite(fd, json.dumps(holder).encode().ljust(_HOLDER_BYTES), 0)
     self._lock_fd = fd
 
-  def accept(self) -> None:
-    """Records the run's config (config.json): the folder now holds this run."""
+  def accept(self, dataset: dict[str, Any] | None = None) -> None:
+    """Records the run's config and dataset (config.json): the folder now holds this run."""
     self._accepted = True
     if not self.is_main:
       return
-    config = self.config
-    with open(os.path.join(self.path, CONFIG_FILE), "w") as f:
-      json.dump({"config": json.loads(config.to_json_best_effort()),
-                 "identity": run_identity(config)}, f, indent=2)
+    saved = {"config": json.loads(self.config.to_json_best_effort()),
+             "identity": run_identity(self.config), "dataset": dataset}
+    if json.loads(json.dumps(saved)) != self._saved:
+      files.write_atomic(os.path.join(self.path, CONFIG_FILE), json.dumps(saved, indent=2),
+                         root=self.path)
 
   def __exit__(self, *exc) -> None:
     if self._lock_fd is not None:
