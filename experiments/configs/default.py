@@ -1,5 +1,8 @@
 """Default config: every key, with values for the offline default run.
 
+Each key's range is documented, and checked before a run starts, in RANGES of
+resnet_jax/train/config.py; a new key goes there too (tests/test_config_ranges.py checks).
+
 A CIFAR-style ResNet-20 on the embedded scikit-learn digits (8x8 grayscale, resized to 16x16).
 
 Command:  python -m experiments.train
@@ -11,7 +14,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.seed = 0
+  config.seed = 0  # in [0, 2**32)
 
   placeholder = ml_collections.config_dict.placeholder
   config.model = ml_collections.ConfigDict(dict(
@@ -65,9 +68,9 @@ def get_config() -> ml_collections.ConfigDict:
       schedule="cosine",          # constant | cosine | piecewise | onecycle
       warmup_epochs=1.0,
       warmup_start_factor=0.0,    # the warm-up starts at this fraction of the peak rate
-      boundaries=(),              # piecewise boundaries ...
+      boundaries=(),              # ascending; schedule=piecewise only ...
       boundaries_unit="epochs",   # ... in "epochs" or "steps"
-      decay_factor=0.1,
+      decay_factor=0.1,           # in (0, 1]: the rate's factor at each boundary
       b1=0.9, b2=0.999, eps=1e-8,  # adamw
       trust_coefficient=0.001,    # lars
       clip_norm=0.0,              # global-norm clipping (0 = off)

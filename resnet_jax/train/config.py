@@ -1,78 +1,258 @@
-"""Checks of a run config, before anything is built or compiled, and the run's length."""
+"""Every config key's documented range (RANGES), checked in one place before anything is built,
+compiled or written (validate_config), and the run's length."""
 
+import dataclasses
 import math
+from collections.abc import Callable, Collection
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.data import augment
-from resnet_jax.errors import check
-from resnet_jax.models import MODELS
+from resnet_jax.data import augment, folder, pipeline, sources
+from resnet_jax.errors import InvalidInputError, check
+from resnet_jax.models import BLOCKS, MODELS
+from resnet_jax.models.blocks import SHORTCUTS
+from resnet_jax.models.resnet import STEMS
 from resnet_jax.train import optim, parallel, step
 
 # float64 (parameters too) needs 64-bit JAX (JAX_ENABLE_X64=1): for checking numerics, not speed.
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
               "float64": jnp.float64}
+HEADS = ("replace", "keep")  # init.head: the checkpoint's classifier
+BOUNDARIES_UNITS = ("steps", "epochs")
+PROGRESS_BARS = ("auto", "yes", "no")  # the modes of metrics.Progress
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+  """One config key's documented range, and how it is checked."""
+
+  kind: type  # int, float (ints too), str, bool or tuple (lists too)
+  text: str  # errors read "<key> must be <text>, got <value>."
+  ok: Callable[[Any], bool] = lambda value: True
+  choices: Callable[[], str] | None = None  # the valid names, for "Unknown <key> ..." errors
+  noun: str = ""  # what an unknown choice is called in errors; "": the key
+  # A check that lives with the code using the key (which also runs it for callers that skip
+  # validate_config); called with the key's section, it raises its own one-line error.
+  checker: Callable[[Any], Any] | None = None
+  optional: bool = False  # None (a placeholder left unset) is in range
+  bad: Any = None  # a value out of range, for the tests; None: every value of `kind` is in range
+
+  def check(self, key: str, value: Any, section: Any) -> None:
+    """Raises InvalidInputError, in one line naming `key` and `value`, unless it is in range."""
+    if value is None and self.optional:
+      return
+    kinds = {float: (int, float), tuple: (tuple, list)}.get(self.kind, self.kind)
+    check(isinstance(value, kinds), f"{key} must be of type {self.kind.__name__}, got {value!r}.")
+    sequence = isinstance(value, (tuple, list))
+    check(all(math.isfinite(v) for v in (value if sequence else [value]) if isinstance(v, float)),
+          f"{key}={value} must be a finite number{'s' if sequence else ''}.")
+    if not self.ok(value):
+      what = f"{self.noun} {value!r} ({key})" if self.noun else f"{key} {value!r}"
+      raise InvalidInputError(f"Unknown {what}; valid names: {self.choices()}." if self.choices
+                              else f"{key} must be {self.text}, got {value!r}.")
+    if self.checker is not None:
+      self.checker(section)
+
+
+def _positive(kind: type = int, note: str = "") -> Range:
+  """A number > 0."""
+  return Range(kind, "positive" + note, lambda value: value > 0, bad=0)
+
+
+def _non_negative(kind: type = int, note: str = "") -> Range:
+  """A number >= 0."""
+  return Range(kind, ">= 0" + note, lambda value: value >= 0, bad=-1)
+
+
+def _fraction(interval: str, note: str = "") -> Range:
+  """A float in `interval`: "[0, 1)", "(0, 1]" or "[0, 1]"; its open end is the bad example."""
+  low_in, high_in = interval[0] == "[", interval[-1] == "]"
+  return Range(float, f"in {interval}{note}",
+               lambda v: (v >= 0 if low_in else v > 0) and (v <= 1 if high_in else v < 1),
+               bad=1.0 if not high_in else 0.0 if not low_in else 1.5)
+
+
+def _one_of(names: Collection[str], text: str = "", **kwargs: Any) -> Range:
+  """A name from `names` (a tuple, dict or registry: read when checked, so forks' names count)."""
+  kwargs = {"ok": lambda value: value in names, "bad": "nonesuch", **kwargs}
+  return Range(str, text or "one of " + " | ".join(names), choices=lambda: ", ".join(names),
+               **kwargs)
+
+
+def _placeholder(value_range: Range) -> Range:
+  """`value_range`, or None for the registered model's own choice."""
+  return dataclasses.replace(value_range, text=value_range.text + " (None: the model's)",
+                             optional=True)
+
+
+def _check_freeze(init_config: Any) -> None:
+  """Refuses an init.freeze that names no part of any ResNet; the stage number is checked against
+  the model once it is built (experiment.frozen_parts)."""
+  from resnet_jax.train.experiment import frozen_parts  # experiment imports this module
+  stage = init_config.freeze.removeprefix("stage")
+  # The stage count is not known yet: accept the named stage, and list four in an error.
+  frozen_parts(init_config.freeze, max(int(stage) if stage.isdigit() else 0, 4))
+
+
+def _ascending_positive(numbers: Any) -> bool:
+  """Whether `numbers` are numbers > 0 in strictly ascending order."""
+  positive = all(isinstance(b, (int, float)) and b > 0 for b in numbers)
+  return positive and all(a < b for a, b in zip(numbers, numbers[1:]))
+
+
+FLAG = Range(bool, "True or False")
+
+# Every key of experiments/configs/default.py, its documented range and its check (a fork adds
+# the keys of its own sections here). Choices come from the registries and constants that the
+# code using them reads.
+RANGES: dict[str, Range] = {
+    "seed": Range(int, "in [0, 2**32) (without 64-bit JAX, larger seeds repeat smaller ones)",
+                  lambda value: 0 <= value < 2**32, bad=-1),
+
+    "model.name": _one_of(MODELS, "a registered model (resnet_jax.list_models()), or '' for the "
+                          "model of init.checkpoint", ok=lambda value: value in MODELS or
+                          value == "", bad="resnet5"),
+    "model.zero_init_residual": FLAG,
+    "model.stride_in_1x1": FLAG,
+    "model.block": _placeholder(_one_of(BLOCKS, "a registered block")),
+    "model.stage_sizes": _placeholder(Range(
+        tuple, "positive ints, at least one", lambda value: len(value) > 0 and all(
+            isinstance(n, int) and n > 0 for n in value), bad=(2, 0))),
+    "model.num_filters": _placeholder(_positive()),
+    "model.stem": _placeholder(_one_of(STEMS)),
+    "model.shortcut": _placeholder(_one_of(SHORTCUTS)),
+    "model.groups": _placeholder(_positive()),
+    "model.width_per_group": _placeholder(_positive()),
+    "model.scan_blocks": _placeholder(FLAG),
+    "model.remat": FLAG,
+    "model.bn_momentum": _fraction("[0, 1]", " (1: the running statistics never change)"),
+    "model.bn_epsilon": _positive(float),
+    "model.bn_unbiased_var": FLAG,
+
+    "data.name": Range(str, "a registered dataset source (a tfds name, digits, folder:DIR, ...)",
+                       lambda value: sources.source_name(value) in sources.SOURCES,
+                       choices=sources.valid_names, noun="dataset", bad="cifar11"),
+    "data.data_dir": Range(str, "a folder, or '' for tfds's default"),
+    "data.eval_split": Range(str, "a split of the dataset, or '' for its test or validation split "
+                             "(checked when the dataset is opened)"),
+    # These three are checked by the data side, which also runs without validate_config.
+    "data.image_size": Range(int, ">= 0 (0: the native size)", checker=sources._check_config,
+                             bad=-1),
+    "data.eval_crop_ratio": Range(float, "in (0, 1]", checker=sources._check_config, bad=0.0),
+    "data.normalization": Range(str, "one of " + " | ".join(sources.NORMALIZATIONS),
+                                checker=sources._check_config, bad="none"),
+    "data.crop_padding": _non_negative(int, " (0: off)"),
+    "data.random_flip": FLAG,
+    "data.random_resized_crop": FLAG,
+    "data.augmentations": Range(tuple, "registered augmentations, \"name\" or \"name(key=value, "
+                                "...)\", in an order augment.plan accepts",
+                                checker=lambda data: augment.plan(augment.requested(data)),
+                                bad=("cutout",)),
+    "data.device_resident": _one_of(pipeline.DEVICE_RESIDENT),
+    "data.max_device_bytes": _non_negative(int, " (the limit of device_resident=auto)"),
+    "data.num_workers": _non_negative(int, " (0: one decoding thread)"),
+    "data.verify_images": _one_of(folder.VERIFY_IMAGES),
+
+    # optim.check_names refuses an unknown optimizer or schedule, listing the registered ones.
+    "optim.name": Range(str, "a registered optimizer, or optax.<name> for any optax optimizer",
+                        checker=optim.check_names, bad="adam"),
+    "optim.kwargs": Range(str, "\"name=value, ...\" with Python literals: optax.<name>'s arguments",
+                          checker=lambda o: optim.parse_kwargs(o.kwargs), bad="b1"),
+    "optim.learning_rate": _positive(float),
+    "optim.lr_batch_base": _non_negative(int, " (0: off; else the rate is scaled by "
+                                         "batch_size / lr_batch_base)"),
+    "optim.momentum": _fraction("[0, 1)"),
+    "optim.nesterov": FLAG,
+    "optim.weight_decay": _non_negative(float),
+    "optim.decay_all": FLAG,
+    "optim.schedule": Range(str, "a registered schedule", checker=optim.check_names, bad="linear"),
+    "optim.warmup_epochs": _non_negative(float),
+    "optim.warmup_start_factor": _fraction("[0, 1]"),
+    "optim.boundaries": Range(tuple, "ascending numbers > 0, in boundaries_unit (schedule "
+                              "piecewise only)", _ascending_positive, bad=(60, 30)),
+    "optim.boundaries_unit": _one_of(BOUNDARIES_UNITS),
+    "optim.decay_factor": _fraction("(0, 1]", " (the rate's factor at each boundary)"),
+    "optim.b1": _fraction("[0, 1)"),
+    "optim.b2": _fraction("[0, 1)"),
+    "optim.eps": _positive(float),
+    "optim.trust_coefficient": _positive(float),
+    "optim.clip_norm": _non_negative(float, " (0: off)"),
+    "optim.label_smoothing": _fraction("[0, 1)"),
+    "optim.ema_decay": _fraction("[0, 1)", " (0: off)"),
+
+    "train.batch_size": _positive(int, " (global; a multiple of the device and process count)"),
+    "train.eval_batch_size": _positive(int, " (a multiple of the device and process count)"),
+    "train.num_epochs": _non_negative(float, " (read when num_steps is 0)"),
+    "train.num_steps": _non_negative(int, " (> 0 overrides num_epochs)"),
+    "train.precision": _one_of(PRECISIONS, bad="fp8"),
+    "train.runner": _one_of(parallel.RUNNERS, "a registered runner"),
+    "train.sync_batchnorm": FLAG,
+    "train.log_every_steps": _positive(),
+    "train.eval_every_epochs": _non_negative(float, " (0: only at the end)"),
+    "train.checkpoint_every_steps": _non_negative(int, " (0: at each evaluation)"),
+    "train.keep_checkpoints": _positive(),
+    "train.keep_best": FLAG,
+    "train.async_checkpointing": FLAG,
+    "train.on_nonfinite": _one_of(("auto",) + step.NONFINITE_POLICIES),
+    "train.loss_scale_period": _positive(int, " (steps between loss-scale increases)"),
+    "train.progress_bar": _one_of(PROGRESS_BARS),
+
+    "init.checkpoint": Range(str, "a converted model or a run folder, or '' for none"),
+    "init.head": _one_of(HEADS),
+    "init.freeze": Range(str, "none | stem | stageK (K up to the model's stage count) | backbone",
+                         checker=_check_freeze, bad="stage0"),
+    "init.backbone_lr_scale": _positive(float, " (freeze with init.freeze instead of a zero "
+                                        "rate)"),
+
+    # initialize_distributed checks the three together, right after validate_config.
+    "distributed.coordinator_address": Range(str, "host:port of process 0, or '' (a single "
+                                             "process, or auto-detected)"),
+    "distributed.num_processes": _non_negative(int, " (0: a single process, or auto-detected)"),
+    "distributed.process_id": Range(int, ">= -1 (-1: auto-detected)", lambda value: value >= -1,
+                                    bad=-2),
+}
+
+
+def flatten(config: Any) -> dict[str, Any]:
+  """Every key of a config, dotted ("optim.momentum"), with its value."""
+  def walk(tree: dict, prefix: str):
+    for key, value in tree.items():
+      if isinstance(value, dict):
+        yield from walk(value, f"{prefix}{key}.")
+      else:
+        yield prefix + key, value
+  return dict(walk(config.to_dict(), ""))
 
 
 def validate_config(config: Any) -> None:
-  """Rejects out-of-range numbers and unknown choices with what to do about them."""
-  for key, value in _numbers(config.to_dict()):
-    check(math.isfinite(value), f"{key}={value} must be a finite number.")
-  t, o, d = config.train, config.optim, config.data
-  check(t.batch_size > 0, f"train.batch_size must be positive, got {t.batch_size}.")
-  check(t.eval_batch_size > 0, f"train.eval_batch_size must be positive, got {t.eval_batch_size}.")
+  """Refuses, in one line, a value out of its range (RANGES) or a mismatch between keys.
+
+  Args:
+    config: a run config (experiments/configs); keys not in RANGES are not checked.
+
+  Raises:
+    InvalidInputError: naming the key, the value given and what it may be.
+  """
+  values = flatten(config)
+  for key, value_range in RANGES.items():
+    if key in values:
+      section = config
+      for name in key.split(".")[:-1]:
+        section = section[name]
+      value_range.check(key, values[key], section)
+  t, o = config.train, config.optim
   check(t.num_steps > 0 or t.num_epochs > 0,
         f"Set train.num_steps or train.num_epochs to a positive value (got {t.num_steps}, "
         f"{t.num_epochs}).")
-  check(t.num_steps >= 0 and t.num_epochs >= 0,
-        "train.num_steps and train.num_epochs must be >= 0.")
-  check(o.learning_rate > 0, f"optim.learning_rate must be positive, got {o.learning_rate}.")
-  check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}.")
-  check(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {o.warmup_epochs}.")
-  check(0 <= o.ema_decay < 1, f"optim.ema_decay must be in [0, 1), got {o.ema_decay}.")
-  check(0 <= o.label_smoothing < 1,
-        f"optim.label_smoothing must be in [0, 1), got {o.label_smoothing}.")
-  check(o.clip_norm >= 0, f"optim.clip_norm must be >= 0 (0: off), got {o.clip_norm}.")
-  check(d.num_workers >= 0, f"data.num_workers must be >= 0 (0: one decoding thread), got "
-        f"{d.num_workers}.")
-  check(d.crop_padding >= 0, f"data.crop_padding must be >= 0 (0: off), got {d.crop_padding}.")
-  check(t.log_every_steps > 0, f"train.log_every_steps must be positive, got {t.log_every_steps}.")
-  check(t.eval_every_epochs >= 0, "train.eval_every_epochs must be >= 0 (0: only at the end).")
-  check(t.checkpoint_every_steps >= 0,
-        "train.checkpoint_every_steps must be >= 0 (0: at each evaluation).")
-  check(t.keep_checkpoints > 0, f"train.keep_checkpoints must be positive, got "
-        f"{t.keep_checkpoints}.")
-  check(t.precision in PRECISIONS, f"Unknown train.precision {t.precision!r}; choose one of "
-        f"{tuple(PRECISIONS)}.")
+  check(not o.boundaries or o.schedule == "piecewise", f"optim.boundaries={o.boundaries} is "
+        f"read only by optim.schedule=piecewise, not {o.schedule!r}; set that schedule or leave "
+        "the boundaries empty.")
   check(t.precision != "float64" or jax.config.jax_enable_x64, "train.precision=float64 needs "
         "64-bit JAX: set JAX_ENABLE_X64=1.")
-  check(0 <= o.warmup_start_factor <= 1, "optim.warmup_start_factor must be in [0, 1], got "
-        f"{o.warmup_start_factor}.")
-  parallel.RUNNERS[t.runner]  # an unknown name is refused, listing the registered ones
-  check(t.on_nonfinite in ("auto",) + step.NONFINITE_POLICIES, f"Unknown train.on_nonfinite "
-        f"{t.on_nonfinite!r}; choose auto, stop or skip.")
-  check(config.model.name in MODELS or (not config.model.name and config.init.checkpoint),
-        f"Unknown model.name {config.model.name!r}; valid names: {', '.join(sorted(MODELS))}.")
-  check(config.init.head in ("replace", "keep"), "init.head must be replace or keep.")
-  check(config.init.backbone_lr_scale > 0, "init.backbone_lr_scale must be positive (freeze "
-        "with init.freeze instead of a zero rate).")
-  optim.check_names(o)
-  augment.plan(augment.requested(d))  # unknown or misordered augmentations
-  check(o.boundaries_unit in ("steps", "epochs"), "optim.boundaries_unit must be steps or epochs.")
-
-
-def _numbers(tree: dict, prefix: str = ""):
-  """(dotted key, value) of every float in a config dict, sequences included."""
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      yield from _numbers(value, name + ".")
-    elif isinstance(value, float):
-      yield name, value
-    elif isinstance(value, (list, tuple)):
-      yield from ((f"{name}[{i}]", v) for i, v in enumerate(value) if isinstance(v, float))
+  check(config.model.name or config.init.checkpoint, "model.name='' takes the model of "
+        "init.checkpoint, which is not set; set one of them.")
 
 
 def run_length(train_config: Any, steps_per_epoch: int) -> tuple[int, int]:
