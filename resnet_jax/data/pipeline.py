@@ -10,6 +10,7 @@ number of worker processes either. `train_feed`/`eval_feed` place what the compi
 import collections
 import itertools
 import logging
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -143,6 +144,25 @@ def _explain_unparsed_flags(iterator: Iterator[dict]) -> Iterator[dict]:
   yield from iterator
 
 
+def _closing(iterator: Any) -> Iterator[dict]:
+  """A grain worker iterator's elements; closed once exhausted or dropped, so that its workers
+  stop and the batches they had computed ahead leave no shared memory behind."""
+  try:
+    yield from _explain_unparsed_flags(iterator)
+  finally:
+    iterator.close()
+
+
+def _leave_interrupts_to_the_trainer(worker_index: int, worker_count: int) -> None:
+  """grain worker start-up: ignore Ctrl-C, which a terminal sends to the whole process group.
+
+  The trainer alone answers it (it checkpoints, then closes the pipeline, which ends the workers);
+  a worker interrupted mid-queue would only print a KeyboardInterrupt traceback.
+  """
+  del worker_index, worker_count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 # Elements (batches) each worker process, or the one decoding thread, computes ahead.
 BATCHES_AHEAD = 2
 
@@ -164,8 +184,9 @@ def _stream(fn: Callable[[int], dict], start: int, stop: int, num_workers: int) 
     dataset = grain.MapDataset.range(start, stop).map(fn).to_iter_dataset(
         grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=num_workers, per_worker_buffer_size=BATCHES_AHEAD))
-    return _explain_unparsed_flags(iter(dataset))
+        num_workers=num_workers, per_worker_buffer_size=BATCHES_AHEAD),
+        worker_init_fn=_leave_interrupts_to_the_trainer)
+    return _closing(iter(dataset))
   # One thread decodes the next batches while the device runs (Pillow and OpenCV release the GIL).
   dataset = grain.MapDataset.range(start, stop).map(fn).to_iter_dataset(
       grain.ReadOptions(num_threads=1, prefetch_buffer_size=BATCHES_AHEAD))

@@ -51,7 +51,7 @@ def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any
     name = model_architecture(config, source)[0]
     with Workdir(workdir or default_workdir(name, config.data.name), config,
                  is_main=jax.process_index() == 0) as run_dir:
-      run = Run.start(config, run_dir, source)
+      run, feed = Run.start(config, run_dir, source), None
       try:
         if run.finished is not None:  # a finished run is reported again, not retrained
           return run.finished
@@ -84,6 +84,8 @@ def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any
             raise Preempted(watcher.signum, done)
         return run.finish({**record, **eval_metrics})
       finally:
+        if feed is not None:
+          feed.close()  # stops the decoding workers before anything else closes
         run.close()
 
 
