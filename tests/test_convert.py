@@ -1,14 +1,22 @@
 """Weight conversion: PyTorch equivalence, file formats, and errors that name the bad keys."""
 
+import json
 import pathlib
 import pickle
+import re
+import struct
+import subprocess
+import sys
+import warnings
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import resnet_jax
+from resnet_jax.errors import InputNotFoundError, InvalidInputError
 from resnet_jax.interop import convert
 
 torch = pytest.importorskip("torch")
@@ -119,9 +127,165 @@ def test_pth_with_pickled_code_is_refused(tmp_path):
   path, marker = tmp_path / "evil.pth", tmp_path / "code-ran"
   with open(path, "wb") as f:
     pickle.dump({"conv1.weight": _Payload(marker)}, f, protocol=2)
-  with pytest.raises(pickle.UnpicklingError):
+  with pytest.raises(InvalidInputError, match="holds pickled Python objects besides tensors"):
     convert.load_state_dict(path)
   assert not marker.exists()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float8_e4m3fn", "float8_e5m2"])
+def test_narrow_float_safetensors_convert_as_the_same_pth_does(tmp_path, dtype):
+  """numpy has no bfloat16 or float8: both readers widen them to float32, exactly."""
+  from safetensors.torch import save_file
+  model = resnet_jax.create_model("resnet8", num_classes=10)
+  state = random_torch_model(model).state_dict()
+  narrow = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v
+            for k, v in state.items()}
+  save_file(narrow, str(tmp_path / "w.safetensors"))
+  torch.save(narrow, tmp_path / "w.pth")
+  # The float32 weights rounded by ml_dtypes (jax's), not by torch, which wrote the files.
+  rounded = {k: v.numpy().astype(getattr(jnp, dtype)).astype(np.float32)
+             if v.is_floating_point() else v.numpy() for k, v in state.items()}
+  expected = convert.from_torchvision(model, rounded)
+  for filename in ("w.safetensors", "w.pth"):
+    variables = convert.from_torchvision("resnet8", convert.load_state_dict(tmp_path / filename))
+    chex.assert_trees_all_equal(variables, expected)
+  assert not np.array_equal(expected["params"]["fc"]["kernel"], state["fc.weight"].numpy().T)
+
+
+class _Options:  # stands in for the argparse.Namespace or config object of a training checkpoint
+  pass
+
+
+def _safetensors(tmp_path):
+  from safetensors.torch import save_file
+  path = tmp_path / "w.safetensors"
+  save_file({"fc.weight": torch.ones(2, 2)}, str(path))
+  return path
+
+
+def _pth(tmp_path, content=None, name="w.pth", **options):
+  path = tmp_path / name
+  torch.save({"fc.weight": torch.ones(2, 2)} if content is None else content, path, **options)
+  return path
+
+
+def _edit(path, edit):
+  path.write_bytes(edit(path.read_bytes()))
+  return path
+
+
+def _header(tmp_path, header, data):
+  path = tmp_path / "w.safetensors"
+  text = json.dumps(header).encode()
+  path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+  return path
+
+
+def _torchscript(tmp_path):
+  path = tmp_path / "w.pth"
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit: still what old files are
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+  return path
+
+
+BAD_FILES = {  # name: (builder(tmp_path) -> path, the error, what its message says)
+    "safetensors header too large": (
+        lambda t: _edit(_safetensors(t), lambda b: struct.pack("<Q", 2**40) + b[8:]),
+        InvalidInputError, r"not a valid \.safetensors file \(.*header too large\); it may be "
+        r"truncated or corrupt"),
+    "safetensors header corrupt": (
+        lambda t: _edit(_safetensors(t), lambda b: b[:8] + b"#" * (len(b) - 8)),
+        InvalidInputError, r"not a valid \.safetensors file \(.*invalid JSON"),
+    "safetensors truncated": (
+        lambda t: _edit(_safetensors(t), lambda b: b[:-3]), InvalidInputError,
+        r"not a valid \.safetensors file"),
+    "safetensors shorter than its header": (
+        lambda t: _edit(_safetensors(t), lambda b: b[:5]), InvalidInputError,
+        r"not a valid \.safetensors file"),
+    "safetensors of an unreadable dtype": (
+        lambda t: _header(t, {"fc.weight": {"dtype": "F8_E8M0", "shape": [2],
+                                            "data_offsets": [0, 2]}}, b"\0\0"),
+        InvalidInputError, r"tensor fc\.weight has dtype F8_E8M0, which resnet_jax cannot read"),
+    "safetensors that is a pth": (
+        lambda t: _pth(t, name="w.safetensors"), InvalidInputError,
+        r"not a valid \.safetensors file"),
+    "safetensors empty": (
+        lambda t: _edit(_safetensors(t), lambda b: b""), InvalidInputError,
+        r"is empty \(0 bytes\)"),
+    "pth empty": (lambda t: _edit(_pth(t), lambda b: b""), InvalidInputError,
+                  r"is empty \(0 bytes\)"),
+    "pth with a pickled class": (
+        lambda t: _pth(t, {"state_dict": {"fc.weight": torch.ones(2, 2)}, "args": _Options()}),
+        InvalidInputError, r"holds pickled Python objects besides tensors \([\w.]*_Options\), "
+        r"and loading those would run code.*torch\.save\(model\.state_dict\(\)"),
+    "pth TorchScript archive": (
+        _torchscript, InvalidInputError, r"is a TorchScript archive \(torch\.jit\.save\), which "
+        r"holds code.*torch\.jit\.load\(path\)\.state_dict\(\)"),
+    "pth pickle protocol 4": (
+        lambda t: _pth(t, pickle_protocol=4), InvalidInputError,
+        r"was pickled with protocol 4, which torch\.load\(weights_only=True\) cannot parse"),
+    "pth truncated zip": (
+        lambda t: _edit(_pth(t), lambda b: b[:len(b) // 2]), InvalidInputError,
+        r"not a readable PyTorch file \(RuntimeError: PytorchStreamReader failed"),
+    "pth truncated legacy pickle": (
+        lambda t: _edit(_pth(t, _use_new_zipfile_serialization=False), lambda b: b[:-10]),
+        InvalidInputError, r"not a readable PyTorch file \(.*\); it may be truncated or corrupt"),
+    "pth of text": (
+        lambda t: _edit(_pth(t), lambda b: b"not weights\n"), InvalidInputError,
+        r"not a readable PyTorch file"),
+    "pth holding a tensor": (
+        lambda t: _pth(t, torch.zeros(3)), InvalidInputError, r"holds a Tensor, not a state dict"),
+    "pth holding values besides tensors": (
+        lambda t: _pth(t, {"fc.weight": torch.ones(2, 2), "epoch": 3}), InvalidInputError,
+        r"holds values that are not tensors under epoch"),
+    "pth that is a folder": (
+        lambda t: (t / "w.pth").mkdir() or t / "w.pth", InvalidInputError, r"is a folder"),
+    "pth missing": (lambda t: t / "w.pth", InputNotFoundError, r"No weights file at"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_each_unreadable_weights_file_is_one_line_naming_it(tmp_path, case):
+  build, error, message = BAD_FILES[case]
+  path = build(tmp_path)
+  with warnings.catch_warnings(record=True) as caught, pytest.raises(error) as info:
+    warnings.simplefilter("always")
+    convert.load_state_dict(path)
+  text = str(info.value)
+  assert re.search(message, text) and str(path) in text and "\n" not in text, text
+  assert not caught, [str(w.message) for w in caught]  # torch's warnings would be more lines
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt(), PermissionError(13, "Permission denied")])
+def test_a_stop_while_reading_passes_and_an_os_error_names_the_file(tmp_path, monkeypatch, raised):
+  import safetensors
+
+  def fail(*args, **kwargs):
+    raise raised
+  paths = _pth(tmp_path), _safetensors(tmp_path)
+  monkeypatch.setattr(torch, "load", fail)
+  monkeypatch.setattr(safetensors, "deserialize", fail)
+  for path in paths:
+    if isinstance(raised, KeyboardInterrupt):
+      with pytest.raises(KeyboardInterrupt):
+        convert.load_state_dict(path)
+    else:
+      message = re.escape(f"Cannot read '{path}': Permission denied; ")
+      with pytest.raises(InvalidInputError, match=message):
+        convert.load_state_dict(path)
+
+
+def test_convert_command_reports_a_torchscript_file_in_one_line(tmp_path):
+  path = _torchscript(tmp_path)
+  process = subprocess.run(
+      [sys.executable, "-m", "experiments.convert", "--model=resnet8", f"--from={path}",
+       f"--out={tmp_path / 'out'}"], cwd=pathlib.Path(__file__).resolve().parents[1],
+      capture_output=True, text=True, timeout=300)
+  lines = [line for line in process.stderr.splitlines() if line.strip()]
+  assert process.returncode == 2, process.stderr[-3000:]
+  assert len(lines) == 1 and lines[0].startswith(f"error: '{path}' is a TorchScript archive"), lines
+  assert not (tmp_path / "out").exists()
 
 
 def test_mismatched_weights_name_the_keys(tmp_path):

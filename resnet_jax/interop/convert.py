@@ -8,7 +8,11 @@ kernels are transposed.
 """
 
 import os
+import pickle
 import re
+import struct
+import warnings
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -132,7 +136,10 @@ def _as_numpy(value: Any) -> np.ndarray:
     if value.is_floating_point():
       value = value.float()
     return value.numpy()
-  return np.asarray(value)
+  value = np.asarray(value)
+  if jnp.issubdtype(value.dtype, jnp.floating) and not np.issubdtype(value.dtype, np.floating):
+    return value.astype(np.float32)  # bfloat16/float8 (safetensors, jax): exact in float32
+  return value
 
 
 def from_torchvision(model: str | ResNet, state_dict: Mapping[str, Any],
@@ -195,30 +202,157 @@ def from_torchvision(model: str | ResNet, state_dict: Mapping[str, Any],
   return {c: flax.traverse_util.unflatten_dict(t) for c, t in out.items()}
 
 
+# safetensors dtype -> numpy dtype. numpy has no bfloat16 or float8; jax's (from ml_dtypes) hold
+# them exactly, and `_as_numpy` widens them to float32, as the torch reader does for .pth files.
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16,
+    "F8_E4M3": jnp.float8_e4m3fn, "F8_E5M2": jnp.float8_e5m2, "C64": np.complex64,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U64": np.uint64,
+    "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
+}
+# What torch.load raises for a file it cannot parse, found by truncating and corrupting files of
+# both torch formats: its weights-only unpickler lets a broken stream surface as any of these.
+# Only torch.load runs under them; a stop (KeyboardInterrupt) or a MemoryError passes through.
+_TORCH_READ_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, LookupError,
+                      TypeError, AttributeError, AssertionError, struct.error)
+
+
+def _reason(error: BaseException, limit: int = 150) -> str:
+  """A library's error as a short clause on one line (torch's run to paragraphs)."""
+  text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(error)).split())
+  text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+  return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."
+
+
+def _unreadable(path: str, error: OSError) -> InvalidInputError:
+  return InvalidInputError(f"Cannot read {path!r}: {error.strerror or _reason(error)}; check that "
+                           "you may read it (permissions) and that its disk is mounted.")
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+  """Every tensor of a .safetensors file, in its stored dtype (bfloat16/float8 as jax's types)."""
+  import safetensors
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+    # safetensors validates the header (size, JSON, offsets covering the data) and hands back raw
+    # bytes; safetensors.numpy would fail on bfloat16, which numpy lacks.
+    tensors = safetensors.deserialize(data)
+  except OSError as e:
+    raise _unreadable(path, e) from e
+  except safetensors.SafetensorError as e:
+    raise InvalidInputError(f"{path!r} is not a valid .safetensors file ({_reason(e)}); it may be "
+                            "truncated or corrupt: download or export it again.") from e
+  del data  # the tensors hold copies; drop the file's bytes before the arrays are built
+  state = {}
+  for key, view in tensors:
+    dtype = _SAFETENSORS_DTYPES.get(view["dtype"])
+    if dtype is None:
+      raise InvalidInputError(f"{path!r}: tensor {key} has dtype {view['dtype']}, which "
+                              "resnet_jax cannot read; save the weights as float32, float16 or "
+                              "bfloat16.")
+    state[key] = np.frombuffer(view["data"], dtype).reshape(view["shape"])
+  return state
+
+
+def _is_torchscript(path: str) -> bool:
+  """Whether `path` is a torch.jit.save archive: a zip whose top folder holds constants.pkl."""
+  try:
+    with zipfile.ZipFile(path) as archive:
+      return any(name.count("/") == 1 and name.endswith("/constants.pkl")
+                 for name in archive.namelist())
+  except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, struct.error):
+    return False  # what zipfile raises for a damaged archive: then it is no TorchScript either
+
+
+def _read_torch(path: str) -> Any:
+  """A .pth/.pt/.bin file's object, through torch's weights-only unpickler (no code runs)."""
+  try:
+    import torch
+  except ImportError as e:
+    raise MissingDependencyError(f"Reading {path!r} needs torch (pip install torch), or convert "
+                                 "the file to .safetensors, which needs only numpy.") from e
+  resave = ("If you trust its source, load it in Python with torch.load(weights_only=False), "
+            "save only the weights with torch.save(model.state_dict(), 'weights.pth') or "
+            "safetensors.torch.save_file, and convert that file.")
+  # torch warns before some of the refusals below (a TorchScript archive, a pickle protocol other
+  # than 2), which the error then says in one line; the warnings of a file that loads are kept.
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    try:
+      state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:
+      raise _unreadable(path, e) from e
+    except pickle.UnpicklingError as e:
+      # torch's weights-only unpickler raises this both for an object it refuses and for an
+      # opcode it cannot parse (a damaged stream, or a protocol other than 2 that uses one).
+      broken = re.search(r"Unsupported operand \S+|String is too long", str(e))
+      if not broken:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
+        raise InvalidInputError(f"{path!r} holds pickled Python objects besides tensors{what}, "
+                                "and loading those would run code from the file, so it is not "
+                                "read. " + resave) from e
+      protocols = [m.group(1) for w in caught
+                   if (m := re.search(r"Detected pickle protocol (\d+)", str(w.message)))]
+      if protocols:
+        raise InvalidInputError(f"{path!r} was pickled with protocol {protocols[0]}, which "
+                                f"torch.load(weights_only=True) cannot parse ({broken.group(0)}); "
+                                "if you trust its source, save it again with torch.save's default "
+                                "protocol (2) or with safetensors.torch.save_file.") from e
+      raise InvalidInputError(f"{path!r} is not a readable PyTorch file ({broken.group(0)}): it is "
+                              "truncated or corrupt, or pickled with protocol 0 or 1, which "
+                              "torch.load(weights_only=True) cannot parse; download it again or "
+                              "save it with torch.save's defaults.") from e
+    except _TORCH_READ_ERRORS as e:
+      if isinstance(e, RuntimeError) and ("TorchScript" in str(e) or _is_torchscript(path)):
+        raise InvalidInputError(f"{path!r} is a TorchScript archive (torch.jit.save), which holds "
+                                "code, so it is not read. If you trust its source, save "
+                                "torch.jit.load(path).state_dict() with torch.save or "
+                                "safetensors.torch.save_file and convert that file.") from e
+      raise InvalidInputError(f"{path!r} is not a readable PyTorch file ({_reason(e)}); it may be "
+                              "truncated or corrupt: download or export it again.") from e
+  for w in caught:
+    if "Detected pickle protocol" not in str(w.message):  # protocol 3 loads: no news
+      warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+  return state
+
+
+def _is_tensor(value: Any) -> bool:
+  return isinstance(value, np.ndarray) or hasattr(value, "detach")  # numpy or torch
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
   """Reads a torch-layout state dict without executing code from the file.
 
-  `.safetensors` files are read with numpy alone. `.pth`/`.pt`/`.bin` files need torch and are read
-  with `torch.load(weights_only=True)`, which refuses pickled code. A checkpoint wrapping the weights
-  under "state_dict", "model" or "model_state" is unwrapped and a DataParallel "module." prefix
-  stripped.
+  `.safetensors` files are read with numpy alone (bfloat16 and float8 tensors as jax's dtypes).
+  `.pth`/`.pt`/`.bin` files need torch and are read with `torch.load(weights_only=True)`, which
+  refuses pickled code. A checkpoint wrapping the weights under "state_dict", "model" or
+  "model_state" is unwrapped and a DataParallel "module." prefix stripped.
+
+  Raises:
+    InputNotFoundError: nothing at `path`.
+    InvalidInputError: a folder, an unknown suffix, or a file that is empty, truncated, corrupt,
+      holds code (pickled objects, TorchScript) or holds no state dict; the message names the file.
+    MissingDependencyError: a torch file without torch installed.
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not os.path.exists(path):
     raise InputNotFoundError(f"No weights file at {path!r}.")
-  if path.endswith(".safetensors"):
-    from safetensors.numpy import load_file
-    state = load_file(path)
-  elif path.endswith((".pth", ".pt", ".bin")):
-    try:
-      import torch
-    except ImportError as e:
-      raise MissingDependencyError(f"Reading {path!r} needs torch (pip install torch), or convert "
-                                   "the file to .safetensors, which needs only numpy.") from e
-    state = torch.load(path, map_location="cpu", weights_only=True)
-  else:
+  if os.path.isdir(path):
+    raise InvalidInputError(f"{path!r} is a folder, not a weights file; give the .safetensors or "
+                            ".pth file inside it.")
+  if not path.endswith((".safetensors", ".pth", ".pt", ".bin")):
     raise InvalidInputError(f"Unknown weights format {path!r}: expected .safetensors, .pth, .pt "
                             "or .bin.")
+  try:
+    empty = os.path.getsize(path) == 0
+  except OSError as e:
+    raise _unreadable(path, e) from e
+  if empty:
+    raise InvalidInputError(f"{path!r} is empty (0 bytes): it was not fully written or "
+                            "downloaded; download or export it again.")
+  state = _read_safetensors(path) if path.endswith(".safetensors") else _read_torch(path)
   if not isinstance(state, Mapping):
     raise InvalidInputError(f"{path!r} holds a {type(state).__name__}, not a state dict (a "
                             "mapping of parameter names to tensors); save model.state_dict().")
@@ -227,4 +361,9 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
       state = state[wrapper]
   if not all(isinstance(k, str) for k in state):
     raise InvalidInputError(f"{path!r} does not hold a mapping of parameter names to tensors.")
+  others = [k for k, v in state.items() if not _is_tensor(v)]
+  if others:
+    shown = ", ".join(others[:5]) + (f", ... ({len(others) - 5} more)" if len(others) > 5 else "")
+    raise InvalidInputError(f"{path!r} holds values that are not tensors under {shown}; save "
+                            "model.state_dict().")
   return {k.removeprefix("module."): v for k, v in state.items()}
