@@ -481,7 +481,7 @@ def test_a_signal_during_setup_stops_at_once_and_leaves_nothing(small_config, tm
 
   monkeypatch.setattr(loop.data, "get_info", interrupted)
   with pytest.raises(Preempted, match="Stopped by SIGTERM during setup, before the first step; "
-                                      "nothing was saved or changed") as info:
+                                      "every checkpoint and metrics record is as it was") as info:
     loop.train_and_evaluate(small_config(), str(tmp_path / "run"))
   assert info.value.exit_code == 143 and not os.path.exists(tmp_path / "run")
 

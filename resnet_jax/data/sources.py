@@ -164,16 +164,16 @@ def identity_name(name: str) -> str:
   return source_name(name) if source is not None and source.located else name
 
 
-def check_same_classes(saved: dict[str, Any] | None, info: DatasetInfo, subject: str,
-                       trained: str, remedy: str) -> None:
+def check_same_classes(saved: dict[str, Any] | None, info: DatasetInfo, *, action: str,
+                       where: str, trained: str, remedy: str) -> None:
   """Refuses a dataset whose classes differ from those a checkpoint was trained on; warns about
   any other change of the dataset's identity (its place, version, or split sizes).
 
   Args:
     saved: the dataset identity saved with the checkpoint (None: an older version saved none).
     info: the dataset now.
-    subject, trained, remedy: the message's parts: "Cannot resume DIR", "its checkpoint 4",
-      "use a new --workdir".
+    action, where, trained, remedy: the message's parts: "resume", the run folder, "its
+      checkpoint 4", "use a new --workdir".
 
   Raises:
     InvalidInputError: naming the classes removed, added or reordered.
@@ -187,12 +187,12 @@ def check_same_classes(saved: dict[str, Any] | None, info: DatasetInfo, subject:
                         [f"added {', '.join(added)}"] * bool(added)) or "the same names reordered"
     count = (f"now has {len(now)} classes, but {trained} was trained on {len(before)}"
              if len(now) != len(before) else f"has other classes than {trained} was trained on")
-    raise InvalidInputError(f"{subject}: {info.name} {count} ({changes}); restore the dataset's "
-                            f"classes, or {remedy}.")
+    raise InvalidInputError(f"Cannot {action} {where}: {info.name} {count} ({changes}); restore "
+                            f"the dataset's classes, or {remedy}.")
   for key, value in info.identity.items():
-    if key in saved and saved[key] != value and key != "classes":
-      logging.warning("%s: the dataset's %s was %r for %s, now %r.", subject, key, saved[key],
-                      trained, value)
+    if key in saved and saved[key] != value:
+      logging.warning("%s: the dataset's %s was %r when %s was saved, now %r.", where, key,
+                      saved[key], trained, value)
 
 
 def open_dataset(data_config: Any) -> Splits:

@@ -76,8 +76,9 @@ def evaluate_run(workdir: str, *, split: str = "", step: int | None = None,
   config.data.name = data_name or config.data.name
   info = data.get_info(config.data)
   state, meta = checkpoint.load(os.path.join(workdir, CHECKPOINTS_DIR), step)
-  data.check_same_classes(meta.get("dataset"), info, f"Cannot evaluate {workdir}",
-                          f"its checkpoint {meta['step']}", "name the run's dataset with --data")
+  data.check_same_classes(meta.get("dataset"), info, action="evaluate", where=workdir,
+                          trained=f"its checkpoint {meta['step']}",
+                          remedy="name the run's dataset with --data")
   runner = parallel.make_runner(config.train.runner)
   runner.check_batch_size(config.train.eval_batch_size, "train.eval_batch_size")
   pipeline = data.create_pipeline(

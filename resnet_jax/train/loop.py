@@ -107,6 +107,7 @@ class Run:
   rng: Any  # the steps' base key, on the host
   start_step: int
   finished: dict[str, Any] | None = None  # the final record of a run that had already finished
+  records: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # metrics.jsonl's
   writer: MetricsWriter | None = None
   progress: Progress | None = None
   _window_start: tuple[float, int] = (0.0, 0)  # (time, step) of the current logging window
@@ -137,7 +138,7 @@ class Run:
               model_description(config, info, exp), total_steps, eval_every, None, None, 0)
     try:
       run._resume_or_initialise(run_dir, lambda c: experiment(c).abstract_state)
-      for r in read_metrics(run.workdir) if run.start_step else []:  # for keep_best
+      for r in run.records:  # for keep_best
         if "eval_accuracy" in r and r["step"] <= run.start_step:
           checkpointer.record_evaluation(r["step"], r["eval_accuracy"])
     except BaseException:
@@ -148,6 +149,7 @@ class Run:
   def _resume_or_initialise(self, run_dir: Workdir, abstract_state_of: Any) -> None:
     """The newest intact checkpoint's state, or (with no checkpoint) a fresh one."""
     t, exp = self.config.train, self.exp
+    self.records = read_metrics(self.workdir)  # damage is refused before anything is written
     restored = resume.restore(self.checkpointer, exp.abstract_state, run_dir, self.config,
                               self.info, abstract_state_of)
     if restored is not None:
@@ -159,7 +161,7 @@ class Run:
             "python -m experiments.evaluate --step=N.")
       logging.info("Resumed from step %d of %s.", self.start_step, self.checkpointer.directory)
       if self.start_step == self.total_steps:
-        self.finished = _final_record(self.workdir, self.total_steps)
+        self.finished = self._final_record()
     run_dir.accept(self.info.identity)
     if self.finished is None:
       if restored is None:
@@ -186,8 +188,15 @@ class Run:
     step = self.start_step
     due = step == self.total_steps or self.evaluates_at(step)
     return step > 0 and due and not any(
-        r["step"] == step and ("eval_accuracy" in r or r.get("final"))
-        for r in read_metrics(self.workdir))
+        r["step"] == step and ("eval_accuracy" in r or r.get("final")) for r in self.records)
+
+  def _final_record(self) -> dict[str, Any] | None:
+    """A finished run's report: its "final" record at the last step, if there is one."""
+    finals = [r for r in self.records if r.get("final") and r["step"] == self.total_steps]
+    if not finals:
+      return None
+    return {"step": self.total_steps, **{k: v for k, v in finals[-1].items() if k != "step"},
+            "workdir": self.workdir}
 
   def checkpoint_due(self, step: int) -> bool:
     every = self.config.train.checkpoint_every_steps
@@ -251,15 +260,6 @@ class Run:
     for closable in (self.progress, self.writer, self.checkpointer):
       if closable is not None:
         closable.close()
-
-
-def _final_record(workdir: str, step: int) -> dict[str, Any] | None:
-  """A finished run's report: its "final" record at `step` in metrics.jsonl, if there is one."""
-  finals = [r for r in read_metrics(workdir) if r.get("final") and r["step"] == step]
-  if not finals:
-    return None
-  return {"step": step, **{k: v for k, v in finals[-1].items() if k != "step"},
-          "workdir": workdir}
 
 
 def _window_fields(state: Any) -> Any:

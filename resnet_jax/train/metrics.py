@@ -16,8 +16,7 @@ import tqdm
 
 from resnet_jax import files
 from resnet_jax.errors import InvalidInputError
-
-METRICS_FILE = "metrics.jsonl"
+from resnet_jax.train.workdir import METRICS_FILE
 
 
 def summed_over_windows(step_fn: Callable, log_every_steps: int) -> Callable:
@@ -54,14 +53,19 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   Raises:
     InvalidInputError: any other line is not a record of this project (naming the line).
   """
-  return _parse(os.path.join(workdir, METRICS_FILE))[0]
+  path = os.path.join(workdir, METRICS_FILE)
+  records, damaged_line, _ = _parse(path)
+  if damaged_line:
+    logging.warning("%s: leaving out its damaged last line %d (a write cut short?).", path,
+                    damaged_line)
+  return records
 
 
-def _parse(path: str) -> tuple[list[dict[str, Any]], bool]:
-  """(the records of `path`, whether it must be rewritten before appending: its last line is
-  damaged, or lacks its newline)."""
+def _parse(path: str) -> tuple[list[dict[str, Any]], int | None, bool]:
+  """(the records of `path`, the number of its damaged last line or None, whether its last line
+  lacks its newline)."""
   if not os.path.exists(path):
-    return [], False
+    return [], None, False
   with open(path, "rb") as f:
     content = f.read()
   lines = content.splitlines()
@@ -77,14 +81,12 @@ def _parse(path: str) -> tuple[list[dict[str, Any]], bool]:
     if isinstance(record, dict) and isinstance(record.get("step"), int):
       records.append(record)
     elif index == last:
-      logging.warning("%s: leaving out its damaged last line %d (a write cut short?).", path,
-                      index + 1)
-      return records, True
+      return records, index + 1, True
     else:
       raise InvalidInputError(f"{path} line {index + 1} is not a resnet_jax metrics record (a JSON "
                               "object with an integer \"step\"); repair or remove that line, or "
                               "choose a new --workdir.")
-  return records, bool(content) and not content.endswith(b"\n")
+  return records, None, bool(content) and not content.endswith(b"\n")
 
 
 class MetricsWriter:
@@ -102,9 +104,9 @@ class MetricsWriter:
     self._tb = None
     if not enabled:
       return
-    records, must_rewrite = _parse(self.path)
+    records, _, cut_short = _parse(self.path)
     kept = [r for r in records if r["step"] <= resume_step]
-    if must_rewrite or len(kept) < len(records):
+    if cut_short or len(kept) < len(records):
       files.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept), root=workdir)
     from tensorboardX import SummaryWriter
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),

@@ -18,8 +18,8 @@ class Preempted(BaseException):
   def __init__(self, signum: int, step: int | None):
     name = signal.Signals(signum).name
     if step is None:
-      message = (f"Stopped by {name} during setup, before the first step; nothing was saved or "
-                 "changed.")
+      message = (f"Stopped by {name} during setup, before the first step; every checkpoint and "
+                 "metrics record is as it was.")
     else:
       message = (f"Stopped by {name} after step {step}; the run resumes from this checkpoint when "
                  "started again with the same --workdir.")

@@ -24,8 +24,8 @@ def restore(checkpointer: checkpoint.Checkpointer, abstract_state: Any, run_dir:
       structure; says why (before anything is compiled).
   """
   def same_classes(step: int, meta: dict) -> None:
-    check_same_classes(meta.get("dataset"), info, f"Cannot resume {run_dir.path}",
-                       f"its checkpoint {step}", "use a new --workdir")
+    check_same_classes(meta.get("dataset"), info, action="resume", where=run_dir.path,
+                       trained=f"its checkpoint {step}", remedy="use a new --workdir")
 
   try:
     return checkpointer.restore_latest(abstract_state, same_classes)

@@ -206,6 +206,9 @@ class Workdir:
       logging.warning("Taking over the lock of %s: pid %s on %s (since %s) ended without "
                       "releasing it.", self.path, previous.get("pid"), previous.get("host"),
                       previous.get("since"))
+    for name in os.listdir(self.path):  # what a write cut short (kill, full disk) left behind
+      if name.startswith(files.TEMP_PREFIX):
+        os.remove(os.path.join(self.path, name))
     holder = {"pid": os.getpid(), "host": socket.gethostname(),
               "since": datetime.datetime.now().isoformat(timespec="seconds")}
     os.pwrite(fd, json.dumps(holder).encode().ljust(_HOLDER_BYTES), 0)

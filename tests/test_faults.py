@@ -1,0 +1,449 @@
+"""Nothing lost (README "Reliability"): a stop signal, a full disk or a damaged file at any moment
+of the commands leaves every checkpoint and metrics record that existed; run files are written
+atomically; an evaluation that fails cannot throw training away; a dataset keeps its identity; every
+reader verifies checksums. Faults are made as a user meets them: a real signal sent when a given
+file is opened, a real size limit (ulimit -f)."""
+
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+
+import chex
+import pytest
+from PIL import Image
+
+from resnet_jax import errors
+from resnet_jax.data import folder as folder_lib
+from resnet_jax.train import checkpoint, evaluate, loop, metrics, pretrained
+from test_reliability import (REPO, assert_same_run, comparable_metrics, copy_run, final_state,
+                              no_compiling, no_compiling_after_first_run, snapshot)  # noqa: F401
+
+SMALL = ["--config.model.name=resnet8", "--config.data.image_size=8",
+         "--config.data.crop_padding=1", "--config.optim.warmup_epochs=0",
+         "--config.optim.schedule=constant", "--config.train.batch_size=64",
+         "--config.train.eval_batch_size=128", "--config.train.progress_bar=no",
+         "--config.train.log_every_steps=2", "--config.train.eval_every_epochs=0",
+         "--config.train.checkpoint_every_steps=2"]  # small_config's step: compiled once
+
+# Runs a command module with an audit hook that sends FAULT_SIGNAL to the process when the
+# FAULT_NTH-th file whose path matches FAULT_OPEN is opened (for writing, with FAULT_WRITE=1).
+FAULT_HOOK = """
+import os, re, runpy, sys
+pattern, signum = re.compile(os.environ["FAULT_OPEN"]), int(os.environ["FAULT_SIGNAL"])
+nth, writes_only, seen = int(os.environ["FAULT_NTH"]), os.environ["FAULT_WRITE"] == "1", []
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT
+def writes(mode, flags):
+  return any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & WRITE_FLAGS)
+def hook(event, args):
+  if event == "open" and isinstance(args[0], str) and len(seen) < nth and pattern.search(args[0]) \\
+      and (not writes_only or writes(args[1], args[2])):
+    seen.append(args[0])
+    if len(seen) == nth:
+      print("fault: signal", signum, "at", args[0], file=sys.stderr, flush=True)
+      os.kill(os.getpid(), signum)
+sys.addaudithook(hook)
+module, sys.argv = sys.argv[1], sys.argv[1:]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def command(module, *args, fault=None, file_size=None, cwd=REPO):
+  """Runs `python -m module args`; `fault`: (path pattern, signal, nth open, writes only);
+  `file_size`: the largest file it may write, in bytes (ulimit -f)."""
+  env = dict(os.environ)
+  head = [sys.executable, "-m", module]
+  if fault:
+    pattern, signum, nth, writes_only = fault
+    env.update(FAULT_OPEN=pattern, FAULT_SIGNAL=str(int(signum)), FAULT_NTH=str(nth),
+               FAULT_WRITE="1" if writes_only else "0")
+    head = [sys.executable, "-c", FAULT_HOOK, module]
+  limit = (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))) \
+      if file_size else None
+  return subprocess.run([*head, *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                        text=True, timeout=600, preexec_fn=limit)
+
+
+def train(workdir, tfds_dir, *flags, **kwargs):
+  return command("experiments.train", f"--workdir={workdir}",
+                 f"--config.data.data_dir={tfds_dir}", *SMALL, *flags, **kwargs)
+
+
+def error_lines(result):
+  return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def assert_one_line_error(result, pattern):
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert len(error_lines(result)) == 1 and re.search(pattern, error_lines(result)[0]), \
+      result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def finished_command_run(tfds_dir, tmp_path_factory):
+  """Command runs: 4 steps (checkpoints 2 and 4), a copy of it continued to 6, and 6 at once."""
+  root = tmp_path_factory.mktemp("command_runs")
+  four, continued, six = root / "four", root / "continued", root / "six"
+  for workdir, steps in ((four, 4), (continued, 6), (six, 6)):
+    if workdir == continued:
+      shutil.copytree(four, continued)
+    result = train(workdir, tfds_dir, f"--config.train.num_steps={steps}")
+    assert result.returncode == 0, result.stderr[-3000:]
+  return str(four), str(continued), str(six)
+
+
+def steps_of(workdir):
+  return sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+
+
+# 2. A stop signal during restore is not a read error: every checkpoint stays as it was.
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_while_restoring_leaves_every_checkpoint(tfds_dir, finished_command_run, tmp_path,
+                                                       signum):
+  four, six, _ = finished_command_run
+  workdir = copy_run(four, tmp_path)
+  before = snapshot(workdir)
+  stopped = train(workdir, tfds_dir, "--config.train.num_steps=6",
+                  fault=("checkpoints/4/", signum, 2, False))  # reading its metadata
+  assert stopped.returncode == 128 + signum, stopped.stderr[-3000:]
+  assert "fault: signal" in stopped.stderr and "Stopped by" in stopped.stderr
+  assert "corrupt" not in stopped.stderr and snapshot(workdir) == before
+  resumed = train(workdir, tfds_dir, "--config.train.num_steps=6")
+  assert resumed.returncode == 0 and "Resumed from step 4" in resumed.stderr, resumed.stderr
+  assert_same_run(six, workdir)
+
+
+# 1. metrics.jsonl is never rewritten in place: a stop while it is truncated keeps every record.
+def test_a_stop_while_metrics_are_truncated_keeps_every_record(tfds_dir, finished_command_run,
+                                                               tmp_path):
+  four, _, six = finished_command_run
+  workdir = copy_run(four, tmp_path)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))  # killed before save 4 committed
+  before = snapshot(workdir)
+  stopped = train(workdir, tfds_dir, "--config.train.num_steps=6",
+                  fault=(r"metrics\.jsonl", signal.SIGINT, 1, True))
+  assert stopped.returncode == 130, stopped.stderr[-3000:]
+  after = snapshot(workdir)
+  assert after.pop("config.json") != before.pop("config.json")  # the new num_steps, accepted
+  assert after == before and not [n for n in os.listdir(workdir) if ".tmp" in n]
+  resumed = train(workdir, tfds_dir, "--config.train.num_steps=6")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert_same_run(six, workdir)  # the record at step 4 dropped once, then written again
+
+
+# 1. config.json is written atomically: a full disk while it is rewritten leaves the old one.
+def test_a_full_disk_while_resuming_keeps_config_checkpoints_and_records(
+    tfds_dir, finished_command_run, tmp_path):
+  four, six, _ = finished_command_run
+  workdir = copy_run(four, tmp_path)
+  before = snapshot(workdir)
+  assert len(before["config.json"]) > 2048
+  full = train(workdir, tfds_dir, "--config.train.num_steps=6", file_size=2048)  # ulimit -f 2
+  assert_one_line_error(full, r"Cannot write .*config\.json: File too large")
+  assert snapshot(workdir) == before  # config.json whole; checkpoints and metrics untouched
+  resumed = train(workdir, tfds_dir, "--config.train.num_steps=6")
+  assert resumed.returncode == 0 and "Resumed from step 4" in resumed.stderr, resumed.stderr
+  assert not [n for n in os.listdir(workdir) if n.startswith(".tmp-")]  # the cut file is gone
+  assert_same_run(six, workdir)
+
+
+# "Done when": interrupted at any moment by SIGINT, SIGTERM or a full disk, the run resumes with
+# every checkpoint and record that existed, and ends where an uninterrupted run ends.
+@pytest.mark.slow
+def test_a_run_interrupted_at_any_moment_loses_nothing(tfds_dir, tmp_path):
+  flags = ["--config.train.num_steps=12", "--config.train.checkpoint_every_steps=4"]
+  straight = train(tmp_path / "straight", tfds_dir, *flags)
+  assert straight.returncode == 0, straight.stderr[-3000:]
+  workdir = tmp_path / "run"
+  faults = [dict(fault=(re.escape(str(workdir)), signum, nth, False))
+            for nth, signum in zip((1, 2, 3, 5, 8, 12, 17, 23, 30, 40, 55, 70),
+                                   [signal.SIGINT, signal.SIGTERM] * 6)]
+  faults += [dict(file_size=size) for size in (1024, 4096, 65536)]
+  for fault in faults:
+    before = comparable_metrics(workdir) if os.path.exists(workdir) else []
+    saved = max(map(int, filter(str.isdigit, steps_of(workdir)))) if \
+        os.path.isdir(workdir / "checkpoints") else 0
+    result = train(workdir, tfds_dir, *flags, **fault)
+    assert "Traceback" not in result.stderr, (fault, result.stderr[-3000:])
+    if not os.path.exists(workdir):
+      continue  # stopped before the folder was made
+    assert not [n for n in steps_of(workdir) if "corrupt" in n], fault
+    now = max([0] + list(map(int, filter(str.isdigit, steps_of(workdir)))))
+    assert now >= saved, fault
+    kept = [r for r in before if r["step"] <= now]
+    assert comparable_metrics(workdir)[:len(kept)] == kept, fault
+  finished = train(workdir, tfds_dir, *flags)
+  assert finished.returncode == 0, finished.stderr[-3000:]
+  assert_same_run(str(tmp_path / "straight"), str(workdir))
+
+
+def write_images(root, classes, count=4, size=8, seed=0):
+  import numpy as np
+  rng = np.random.RandomState(seed)
+  for split in ("train", "test"):
+    for name in classes:
+      (root / split / name).mkdir(parents=True, exist_ok=True)
+      for i in range(count):
+        Image.fromarray(rng.randint(0, 256, (size, size, 3), np.uint8)).save(
+            root / split / name / f"{i}.png")
+
+
+def truncate(path):
+  """Cuts an image file in half: its header reads, its pixels do not decode."""
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2])
+
+
+# 3. An unreadable evaluation image stops the run only after its state is saved, and the rerun
+# evaluates that saved state without training again.
+def test_an_unreadable_evaluation_image_keeps_the_training(tmp_path):
+  images = tmp_path / "images"
+  write_images(images, ("cat", "dog"))
+  truncate(images / "test" / "dog" / "1.png")
+  flags = [f"--config.data.name=folder:{images}", "--config.data.verify_images=no",
+           "--config.data.device_resident=no",  # streamed: the test split is read at the end
+           "--config.train.num_steps=4", "--config.train.checkpoint_every_steps=0",
+           "--config.train.batch_size=8", "--config.train.eval_batch_size=8"]
+  failed = train(tmp_path / "run", "", *flags)
+  assert_one_line_error(failed, r"Cannot read image .*test/dog/1\.png")
+  assert final_state(tmp_path / "run")[1]["step"] == 4  # saved before the evaluation
+  assert [r["step"] for r in metrics.read_metrics(tmp_path / "run")] == [2]
+  write_images(images, ("cat", "dog"))  # the file replaced
+  rerun = train(tmp_path / "run", "", *flags)
+  assert rerun.returncode == 0 and "Finished step 4" in rerun.stdout, rerun.stderr[-3000:]
+  assert "Resumed from step 4" in rerun.stderr
+  assert [r["step"] for r in metrics.read_metrics(tmp_path / "run") if r.get("final")] == [4]
+
+
+def test_the_folder_check_decodes_the_evaluation_split_of_a_large_folder(tmp_path, monkeypatch):
+  images = tmp_path / "images"
+  write_images(images, ("cat", "dog"), count=6)
+  for i in range(6, 10):
+    shutil.copy(images / "train" / "cat" / "0.png", images / "train" / "cat" / f"{i}.png")
+  truncate(images / "test" / "cat" / "2.png")
+  monkeypatch.setattr(folder_lib, "VERIFY_LIMIT", 12)  # train (16 files) is "large", test is not
+  with pytest.raises(errors.InvalidInputError, match=r"Cannot read image .*test/cat/2\.png"):
+    train_source, eval_source, _ = folder_lib.open_folder(str(images))
+    folder_lib.native_shape([train_source, eval_source], 8, "auto")
+
+
+# 4. A folder dataset's identity: its absolute path and classes, checked on resume and evaluate.
+@pytest.fixture
+def folder_run(small_config, tmp_path, monkeypatch):
+  images = tmp_path / "images"
+  write_images(images, ("cat", "dog"))
+  monkeypatch.chdir(tmp_path)
+  config = small_config(num_steps=2, data={"name": "folder:images"},
+                        train={"batch_size": 8, "eval_batch_size": 8})
+  loop.train_and_evaluate(config, str(tmp_path / "run"))
+  return config, images, str(tmp_path / "run")
+
+
+def test_evaluate_from_another_directory_reads_the_runs_own_folder(folder_run, tmp_path,
+                                                                   monkeypatch):
+  _, images, workdir = folder_run
+  elsewhere = tmp_path / "elsewhere"
+  write_images(elsewhere / "images", ("ant", "bee", "cow"), count=2)
+  monkeypatch.chdir(elsewhere)  # where folder:images is another dataset
+  result = evaluate.evaluate_run(workdir)
+  assert result["num_examples"] == 8  # the run's 2 x 4 test images, not the other 3 x 2
+  saved = json.loads(open(os.path.join(workdir, "config.json")).read())["dataset"]
+  assert saved == {"name": f"folder:{images}", "classes": ["cat", "dog"], "num_train": 8,
+                   "num_eval": 8}
+
+
+def test_a_renamed_class_is_refused_on_resume_and_evaluate(folder_run, no_compiling_after_first_run):
+  config, images, workdir = folder_run
+  no_compiling_after_first_run()
+  for split in ("train", "test"):
+    os.rename(images / split / "cat", images / split / "zebra")
+  before = snapshot(workdir)
+  config.train.num_steps = 4
+  with pytest.raises(errors.InvalidInputError, match=r"Cannot resume .*run: folder:images has "
+                     r"other classes than its checkpoint 2 was trained on \(removed cat; added "
+                     r"zebra\); restore the dataset's classes"):
+    loop.train_and_evaluate(config, workdir)
+  with pytest.raises(errors.InvalidInputError, match=r"Cannot evaluate .*removed cat; added zebra"):
+    evaluate.evaluate_run(workdir)
+  assert snapshot(workdir) == before
+
+
+def test_a_moved_folder_is_named_again(folder_run, tmp_path, caplog):
+  config, images, workdir = folder_run
+  moved = tmp_path / "moved"
+  os.rename(images, moved)
+  with pytest.raises(errors.InvalidInputError, match="does not exist"):
+    evaluate.evaluate_run(workdir)
+  result = evaluate.evaluate_run(workdir, data_name=f"folder:{moved}")
+  assert result["num_examples"] == 8 and result["step"] == 2
+  config.data.name = f"folder:{moved}"
+  config.train.num_steps = 4
+  with caplog.at_level("WARNING"):
+    assert loop.train_and_evaluate(config, workdir)["step"] == 4
+  assert f"name was 'folder:{images}' when its checkpoint 2 was saved, now 'folder:{moved}'" \
+      in caplog.text
+
+
+def test_a_tfds_dataset_records_its_version_and_split_sizes(small_config, tmp_path):
+  loop.train_and_evaluate(small_config(num_steps=2), str(tmp_path / "run"))
+  saved = json.loads((tmp_path / "run" / "config.json").read_text())["dataset"]
+  assert saved["name"] == "digits" and re.fullmatch(r"\d+\.\d+\.\d+", saved["version"])
+  assert saved["classes"] == [str(i) for i in range(10)]
+  assert saved["num_train"] + saved["num_eval"] == 1797  # scikit-learn's digits
+  assert final_state(str(tmp_path / "run"))[1]["dataset"] == saved
+
+
+# 5. One verification for every reader: evaluate, predict, fine-tuning and exported models.
+def tamper_classifier(workdir, step=4):
+  meta_file = os.path.join(workdir, "checkpoints", str(step), "meta", "metadata")
+  meta = json.loads(open(meta_file).read())
+  meta["checksums"]["params/fc/kernel"] = "00000000"
+  with open(meta_file, "w") as f:
+    json.dump(meta, f)
+
+
+def test_every_reader_refuses_a_checkpoint_that_fails_its_checksums(
+    small_config, finished_command_run, tmp_path):
+  workdir = copy_run(finished_command_run[0], tmp_path)
+  tamper_classifier(workdir)
+  damaged = r"Checkpoint 4 in .*checkpoints is damaged: checksum mismatch in params/fc/kernel"
+  assert_one_line_error(command("experiments.evaluate", f"--workdir={workdir}"), damaged)
+  image = tmp_path / "x.png"
+  Image.new("L", (8, 8)).save(image)
+  assert_one_line_error(command("experiments.predict", f"--checkpoint={workdir}", image), damaged)
+  with pytest.raises(errors.InvalidInputError, match=damaged):
+    pretrained.load(workdir)
+  tuned = small_config(num_steps=2, init={"checkpoint": workdir})
+  with pytest.raises(errors.InvalidInputError, match=damaged):
+    loop.train_and_evaluate(tuned, str(tmp_path / "tuned"))
+  assert evaluate.evaluate_run(workdir, step=2)["step"] == 2  # the intact one still reads
+
+
+def test_an_exported_model_is_verified_when_loaded(finished_command_run, tmp_path):
+  source = pretrained.load(finished_command_run[0])
+  pretrained.export(str(tmp_path / "model"), source)
+  chex.assert_trees_all_equal(pretrained.load(str(tmp_path / "model")).variables,
+                              source.variables)
+  description = json.loads((tmp_path / "model" / "model.json").read_text())
+  description["checksums"]["params/fc/bias"] = "00000000"
+  (tmp_path / "model" / "model.json").write_text(json.dumps(description))
+  with pytest.raises(errors.InvalidInputError, match=r"The model in .*model is damaged: checksum "
+                                                     r"mismatch in params/fc/bias"):
+    pretrained.load(str(tmp_path / "model"))
+  with pytest.raises(errors.InvalidInputError, match="already holds variables and model.json"):
+    pretrained.export(str(tmp_path / "model"), source)
+
+
+# 6. Smaller ones, each one line through the command line.
+def test_fewer_steps_than_the_latest_checkpoint_are_refused(tfds_dir, finished_command_run,
+                                                            tmp_path):
+  workdir = copy_run(finished_command_run[0], tmp_path)
+  before = snapshot(workdir)
+  result = train(workdir, tfds_dir, "--config.train.num_steps=2")
+  assert_one_line_error(result, r"holds checkpoint 4, past this run's 2 steps; give "
+                                r"train.num_steps >= 4")
+  assert snapshot(workdir) == before and "Finished" not in result.stdout
+
+
+def test_divergence_ends_in_one_line_naming_the_settings_to_lower(tfds_dir, tmp_path):
+  result = train(tmp_path / "run", tfds_dir, "--config.optim.learning_rate=1e30",
+                 "--config.train.num_steps=40")
+  assert_one_line_error(result, r"Non-finite (loss|gradient) at step \d+.*Lower "
+                                r"optim\.learning_rate")
+
+
+def test_ctrl_c_with_decoding_workers_prints_no_traceback(tmp_path):
+  images = tmp_path / "images"
+  write_images(images, ("cat", "dog"), count=40, size=12)
+  process = subprocess.Popen(
+      [sys.executable, "-m", "experiments.train", f"--workdir={tmp_path / 'run'}", *SMALL,
+       f"--config.data.name=folder:{images}", "--config.data.num_workers=2",
+       "--config.data.device_resident=no", "--config.train.batch_size=16",
+       "--config.train.num_steps=100000"],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      start_new_session=True)  # its own process group, as a terminal's job
+  output = []
+  for line in process.stdout:
+    output.append(line)
+    if "step 4/" in line:
+      os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the whole group, workers too
+      break
+  output += process.stdout.readlines()
+  text = "".join(output)
+  assert process.wait(timeout=120) == 130, text[-3000:]
+  assert "Stopped by SIGINT after step" in text
+  assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+
+
+# 1. metrics.jsonl: a damaged last line is tolerated; other damage and foreign files are refused.
+def test_a_damaged_last_metrics_line_is_left_out_with_a_warning(small_config, tmp_path, caplog):
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(small_config(num_steps=2), workdir)
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path, "a") as f:
+    f.write('{"step": 4, "train_lo')  # a write cut short
+  with caplog.at_level("WARNING"):
+    records = metrics.read_metrics(workdir)
+    loop.train_and_evaluate(small_config(num_steps=4), workdir)
+  assert "damaged last line 2" in caplog.text and [r["step"] for r in records] == [2]
+  straight = str(tmp_path / "straight")
+  loop.train_and_evaluate(small_config(num_steps=2), straight)
+  loop.train_and_evaluate(small_config(num_steps=4), straight)
+  assert comparable_metrics(workdir) == comparable_metrics(straight)
+
+
+@pytest.mark.parametrize("line", ["not json", '{"loss": 1.0}'], ids=["garbage", "no_step"])
+def test_a_damaged_metrics_record_is_refused_naming_its_line(small_config, tmp_path, line,
+                                                            no_compiling_after_first_run):
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(small_config(num_steps=4), workdir)
+  path = os.path.join(workdir, "metrics.jsonl")
+  content = open(path).read().splitlines()
+  open(path, "w").write("\n".join([content[0], line, *content[1:]]) + "\n")
+  before = snapshot(workdir)
+  no_compiling_after_first_run()
+  with pytest.raises(errors.InvalidInputError, match=r"metrics\.jsonl line 2 is not a resnet_jax "
+                                                     "metrics record"):
+    loop.train_and_evaluate(small_config(num_steps=6), workdir)
+  assert snapshot(workdir) == before
+
+
+def test_a_workdir_with_files_this_project_did_not_write_is_refused(small_config, tmp_path,
+                                                                    no_compiling):
+  theirs = tmp_path / "theirs"
+  theirs.mkdir()
+  (theirs / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')  # another tool's
+  with pytest.raises(errors.InvalidInputError, match=r"holds metrics\.jsonl, which resnet_jax did "
+                                                     "not write"):
+    loop.train_and_evaluate(small_config(), str(theirs))
+  assert (theirs / "metrics.jsonl").read_text() == '{"step": 1, "loss": 3.0}\n'
+  assert os.listdir(theirs) == ["metrics.jsonl"]
+  strange = tmp_path / "strange"
+  (strange / "checkpoints" / "notes").mkdir(parents=True)
+  (strange / "config.json").write_text("{ cut sho")
+  with pytest.raises(errors.InvalidInputError, match=r"config\.json is damaged or was not written "
+                                                     "by resnet_jax"):
+    loop.train_and_evaluate(small_config(), str(strange))
+  (strange / "config.json").unlink()
+  with pytest.raises(errors.InvalidInputError, match=r"holds checkpoints/notes, which"):
+    loop.train_and_evaluate(small_config(), str(strange))
+
+
+def test_nothing_is_written_through_a_symlink_that_leaves_the_run_folder(small_config, tmp_path,
+                                                                        no_compiling_after_first_run):
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(small_config(num_steps=2), workdir)
+  outside = tmp_path / "precious.txt"
+  outside.write_text("keep me\n")
+  os.remove(os.path.join(workdir, "metrics.jsonl"))
+  os.symlink(outside, os.path.join(workdir, "metrics.jsonl"))
+  no_compiling_after_first_run()
+  with pytest.raises(errors.InvalidInputError, match=r"metrics\.jsonl is a link to .*precious\.txt"
+                                                     ", outside .*run"):
+    loop.train_and_evaluate(small_config(num_steps=4), workdir)
+  assert outside.read_text() == "keep me\n"
