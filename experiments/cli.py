@@ -16,10 +16,23 @@ from absl import flags
 
 def _quiet_libraries(record: logging.LogRecord) -> bool:
   # Orbax and tfds log every save/read at INFO (and orbax warns about read-only opens); keep their
-  # errors, drop the chatter.
+  # errors, drop the chatter. Orbax's errors come from its background threads with tracebacks;
+  # the failure itself reaches the command, which reports it in one line, so they keep one line.
   chatty = any(f"/{lib}/" in record.pathname for lib in ("orbax", "tensorflow_datasets", "etils"))
+  if "/orbax/" in record.pathname and record.exc_info:
+    record.exc_info, record.exc_text = None, None
   return not chatty or record.levelno >= (logging.ERROR if "/orbax/" in record.pathname
                                           else logging.WARNING)
+
+
+def _drop_closed_loop_callbacks(unraisable: Any) -> None:
+  # When an asynchronous checkpoint save fails, orbax closes its asyncio loop while tensorstore's
+  # threads still hand it completions: each raises "Event loop is closed" where nothing can catch
+  # it, and Python would print dozens of tracebacks burying the command's one-line error.
+  error = unraisable.exc_value
+  if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    return
+  sys.__unraisablehook__(unraisable)
 
 
 def fail(message: str) -> None:
@@ -32,14 +45,16 @@ def fail(message: str) -> None:
 def command():
   """The context of a command's work: input errors become one line and exit status 2.
 
-  It also quiets library logs, and marks absl flags parsed for commands that parse their own
-  (argparse): grain's worker processes read its absl flags and refuse unparsed ones.
+  It also quiets library logs (and the teardown noise of a failed asynchronous save), and marks
+  absl flags parsed for commands that parse their own (argparse): grain's worker processes read
+  its absl flags and refuse unparsed ones.
   """
   for logger in (logging.getLogger(), logging.getLogger("absl")):  # orbax and tfds log via absl
     if _quiet_libraries not in logger.filters:
       logger.addFilter(_quiet_libraries)
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
+  sys.unraisablehook = _drop_closed_loop_callbacks
   from resnet_jax.errors import InputError
   try:
     yield
