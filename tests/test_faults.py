@@ -7,7 +7,6 @@ file is opened, a real size limit (ulimit -f)."""
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -54,7 +53,7 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 def command(module, *args, fault=None, file_size=None, cwd=REPO):
   """Runs `python -m module args`; `fault`: (path pattern, signal, nth open, writes only);
-  `file_size`: the largest file it may write, in bytes (ulimit -f)."""
+  `file_size`: the largest file it may write, in bytes (`ulimit -f`)."""
   env = dict(os.environ)
   head = [sys.executable, "-m", module]
   if fault:
@@ -62,10 +61,10 @@ def command(module, *args, fault=None, file_size=None, cwd=REPO):
     env.update(FAULT_OPEN=pattern, FAULT_SIGNAL=str(int(signum)), FAULT_NTH=str(nth),
                FAULT_WRITE="1" if writes_only else "0")
     head = [sys.executable, "-c", FAULT_HOOK, module]
-  limit = (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))) \
-      if file_size else None
-  return subprocess.run([*head, *map(str, args)], cwd=cwd, env=env, capture_output=True,
-                        text=True, timeout=600, preexec_fn=limit)
+  argv = [*head, *map(str, args)]
+  if file_size:  # in 1024-byte blocks, as bash counts them
+    argv = ["bash", "-c", f"ulimit -f {file_size // 1024} && exec \"$@\"", "bash", *argv]
+  return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def train(workdir, tfds_dir, *flags, **kwargs):
@@ -86,15 +85,15 @@ def assert_one_line_error(result, pattern):
 
 @pytest.fixture(scope="module")
 def finished_command_run(tfds_dir, tmp_path_factory):
-  """Command runs: 4 steps (checkpoints 2 and 4), a copy of it continued to 6, and 6 at once."""
+  """Command runs: 4 steps (checkpoints 2 and 4), and a copy of it continued to 6 steps."""
   root = tmp_path_factory.mktemp("command_runs")
-  four, continued, six = root / "four", root / "continued", root / "six"
-  for workdir, steps in ((four, 4), (continued, 6), (six, 6)):
+  four, continued = root / "four", root / "continued"
+  for workdir, steps in ((four, 4), (continued, 6)):
     if workdir == continued:
       shutil.copytree(four, continued)
     result = train(workdir, tfds_dir, f"--config.train.num_steps={steps}")
     assert result.returncode == 0, result.stderr[-3000:]
-  return str(four), str(continued), str(six)
+  return str(four), str(continued)
 
 
 def steps_of(workdir):
@@ -107,10 +106,11 @@ def newest_step(workdir):
 
 
 # 2. A stop signal during restore is not a read error: every checkpoint stays as it was.
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, pytest.param(signal.SIGTERM,
+                                                                  marks=pytest.mark.slow)])
 def test_a_stop_while_restoring_leaves_every_checkpoint(tfds_dir, finished_command_run, tmp_path,
                                                        signum):
-  four, six, _ = finished_command_run
+  four, continued = finished_command_run
   workdir = copy_run(four, tmp_path)
   before = snapshot(workdir)
   stopped = train(workdir, tfds_dir, "--config.train.num_steps=6",
@@ -120,36 +120,35 @@ def test_a_stop_while_restoring_leaves_every_checkpoint(tfds_dir, finished_comma
   assert "corrupt" not in stopped.stderr and snapshot(workdir) == before
   resumed = train(workdir, tfds_dir, "--config.train.num_steps=6")
   assert resumed.returncode == 0 and "Resumed from step 4" in resumed.stderr, resumed.stderr
-  assert_same_run(six, workdir)
+  assert_same_run(continued, workdir)
 
 
 # 1. metrics.jsonl is never rewritten in place: a stop while it is truncated keeps every record.
 def test_a_stop_while_metrics_are_truncated_keeps_every_record(tfds_dir, finished_command_run,
                                                                tmp_path):
-  four, _, six = finished_command_run
-  workdir = copy_run(four, tmp_path)
-  shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))  # killed before save 4 committed
+  continued = finished_command_run[1]
+  workdir = copy_run(continued, tmp_path)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))  # killed before save 6 committed
   before = snapshot(workdir)
   stopped = train(workdir, tfds_dir, "--config.train.num_steps=6",
                   fault=(r"metrics\.jsonl", signal.SIGINT, 1, True))
   assert stopped.returncode == 130, stopped.stderr[-3000:]
-  after = snapshot(workdir)
-  assert after.pop("config.json") != before.pop("config.json")  # the new num_steps, accepted
-  assert after == before and not [n for n in os.listdir(workdir) if ".tmp" in n]
+  assert snapshot(workdir) == before and not [n for n in os.listdir(workdir) if ".tmp" in n]
   resumed = train(workdir, tfds_dir, "--config.train.num_steps=6")
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert_same_run(six, workdir)  # the record at step 4 dropped once, then written again
+  assert resumed.returncode == 0 and "Resumed from step 4" in resumed.stderr, resumed.stderr
+  assert_same_run(continued, workdir)  # the records after step 4 dropped once, then written again
 
 
 # 1. A full disk: while config.json is rewritten (it is written atomically, so the old one stays)
 # or while a checkpoint is saved (one line, no tracebacks from orbax's threads).
 @pytest.mark.parametrize("file_size,message", [
     (2048, r"Cannot write .*config\.json: File too large"),  # ulimit -f 2
-    (65536, r"Saving a checkpoint to .*checkpoints failed \(.*(File too large|Failed writing)")],
+    pytest.param(65536, r"Saving a checkpoint to .*checkpoints failed \(.*(File too large|"
+                 r"Failed writing)", marks=pytest.mark.slow)],
     ids=["config", "checkpoint"])
 def test_a_full_disk_while_resuming_keeps_every_checkpoint_and_record(
     tfds_dir, finished_command_run, tmp_path, file_size, message):
-  four, continued, _ = finished_command_run
+  four, continued = finished_command_run
   workdir = copy_run(four, tmp_path)
   before = snapshot(workdir)
   assert len(before["config.json"]) > 2048
@@ -176,7 +175,7 @@ def test_a_full_disk_while_resuming_keeps_every_checkpoint_and_record(
     *[dict(file_size=size) for size in (1024, 4096, 65536)]], ids=lambda f: str(list(f.values())))
 def test_a_run_interrupted_at_any_moment_loses_nothing(tfds_dir, finished_command_run, tmp_path,
                                                       fault):
-  four, continued, _ = finished_command_run
+  four, continued = finished_command_run
   workdir = copy_run(four, tmp_path)
   before = comparable_metrics(workdir)
   result = train(workdir, tfds_dir, "--config.train.num_steps=6", **fault)
@@ -315,14 +314,19 @@ def tamper_classifier(workdir, step=4):
 
 
 def test_every_reader_refuses_a_checkpoint_that_fails_its_checksums(
-    small_config, finished_command_run, tmp_path):
+    small_config, finished_command_run, tmp_path, capsys):
+  from experiments import evaluate as evaluate_command, predict
   workdir = copy_run(finished_command_run[0], tmp_path)
   tamper_classifier(workdir)
   damaged = r"Checkpoint 4 in .*checkpoints is damaged: checksum mismatch in params/fc/kernel"
-  assert_one_line_error(command("experiments.evaluate", f"--workdir={workdir}"), damaged)
   image = tmp_path / "x.png"
   Image.new("L", (8, 8)).save(image)
-  assert_one_line_error(command("experiments.predict", f"--checkpoint={workdir}", image), damaged)
+  for main, argv in ((evaluate_command.main, [f"--workdir={workdir}"]),
+                     (predict.main, [f"--checkpoint={workdir}", str(image)])):
+    with pytest.raises(SystemExit) as info:
+      main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and re.fullmatch(f"error: {damaged}.*\n", err), err
   with pytest.raises(errors.InvalidInputError, match=damaged):
     pretrained.load(workdir)
   tuned = small_config(num_steps=2, init={"checkpoint": workdir})
@@ -357,13 +361,6 @@ def test_fewer_steps_than_the_latest_checkpoint_are_refused(tfds_dir, finished_c
   assert snapshot(workdir) == before and "Finished" not in result.stdout
 
 
-def test_divergence_ends_in_one_line_naming_the_settings_to_lower(tfds_dir, tmp_path):
-  result = train(tmp_path / "run", tfds_dir, "--config.optim.learning_rate=1e30",
-                 "--config.train.num_steps=40")
-  assert_one_line_error(result, r"Non-finite (loss|gradient) at step \d+.*Lower "
-                                r"optim\.learning_rate")
-
-
 def test_ctrl_c_with_decoding_workers_prints_no_traceback(tmp_path):
   images = tmp_path / "images"
   write_images(images, ("cat", "dog"), count=40, size=12)
@@ -392,16 +389,16 @@ def test_a_damaged_last_metrics_line_is_left_out_with_a_warning(small_config, tm
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(small_config(num_steps=2), workdir)
   path = os.path.join(workdir, "metrics.jsonl")
+  kept = open(path).read()
   with open(path, "a") as f:
     f.write('{"step": 4, "train_lo')  # a write cut short
   with caplog.at_level("WARNING"):
-    records = metrics.read_metrics(workdir)
+    assert metrics.read_metrics(workdir) == [json.loads(kept)]
     loop.train_and_evaluate(small_config(num_steps=4), workdir)
-  assert "damaged last line 2" in caplog.text and [r["step"] for r in records] == [2]
-  straight = str(tmp_path / "straight")
-  loop.train_and_evaluate(small_config(num_steps=2), straight)
-  loop.train_and_evaluate(small_config(num_steps=4), straight)
-  assert comparable_metrics(workdir) == comparable_metrics(straight)
+  assert "damaged last line 2" in caplog.text
+  assert open(path).read().startswith(kept + '{"step": 4, ')  # the cut line replaced
+  assert [(r["step"], r.get("final")) for r in metrics.read_metrics(workdir)] == [(2, True),
+                                                                                  (4, True)]
 
 
 @pytest.mark.parametrize("line", ["not json", '{"loss": 1.0}'], ids=["garbage", "no_step"])

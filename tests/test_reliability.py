@@ -198,8 +198,11 @@ def test_checkpoint_of_another_model_or_config_is_refused(small_config, tmp_path
 # 4. Numerical faults.
 def test_nonfinite_loss_stops_with_the_step_and_saves_nothing_poisoned(small_config, tmp_path):
   config = small_config(num_steps=40, optim={"learning_rate": 1e30, "schedule": "constant"})
-  with pytest.raises(loop.NonFiniteError, match=r"Non-finite (loss|gradient) at step \d+"):
+  # An input error: the commands print it in one line, naming the settings to lower.
+  with pytest.raises(errors.InputError, match=r"Non-finite (loss|gradient) at step \d+; .* Lower "
+                     r"optim\.learning_rate, set optim\.clip_norm") as info:
     loop.train_and_evaluate(config, str(tmp_path))
+  assert isinstance(info.value, loop.NonFiniteError)
   ckpts = os.path.join(str(tmp_path), "checkpoints")
   if os.path.isdir(ckpts) and os.listdir(ckpts):
     state, _ = checkpoint.load(ckpts)
