@@ -25,8 +25,8 @@ def check_inside(path: str, root: str) -> None:
   """
   real_root, real = os.path.realpath(root), os.path.realpath(path)
   if os.path.commonpath([real_root, real]) != real_root:
-    raise InvalidInputError(f"{path} is a link to {real}, outside {root}; resnet_jax writes nothing "
-                            "through it. Remove the link, or choose another folder.")
+    raise InvalidInputError(f"{path} is a link to {real}, outside {root}; resnet_jax writes "
+                            "nothing through it. Remove the link, or choose another folder.")
 
 
 @contextlib.contextmanager

@@ -5,7 +5,6 @@ import pathlib
 import pickle
 import re
 import struct
-import subprocess
 import sys
 import warnings
 
@@ -276,14 +275,13 @@ def test_a_stop_while_reading_passes_and_an_os_error_names_the_file(tmp_path, mo
         convert.load_state_dict(path)
 
 
-def test_convert_command_reports_a_torchscript_file_in_one_line(tmp_path):
+def test_convert_command_reports_a_torchscript_file_in_one_line(tmp_path, capsys):
+  from experiments import convert as convert_command
   path = _torchscript(tmp_path)
-  process = subprocess.run(
-      [sys.executable, "-m", "experiments.convert", "--model=resnet8", f"--from={path}",
-       f"--out={tmp_path / 'out'}"], cwd=pathlib.Path(__file__).resolve().parents[1],
-      capture_output=True, text=True, timeout=300)
-  lines = [line for line in process.stderr.splitlines() if line.strip()]
-  assert process.returncode == 2, process.stderr[-3000:]
+  with pytest.raises(SystemExit) as info:
+    convert_command.main(["--model=resnet8", f"--from={path}", f"--out={tmp_path / 'out'}"])
+  lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+  assert info.value.code == 2
   assert len(lines) == 1 and lines[0].startswith(f"error: '{path}' is a TorchScript archive"), lines
   assert not (tmp_path / "out").exists()
 

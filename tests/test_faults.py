@@ -84,16 +84,21 @@ def assert_one_line_error(result, pattern):
 
 
 @pytest.fixture(scope="module")
-def finished_command_run(tfds_dir, tmp_path_factory):
-  """Command runs: 4 steps (checkpoints 2 and 4), and a copy of it continued to 6 steps."""
-  root = tmp_path_factory.mktemp("command_runs")
-  four, continued = root / "four", root / "continued"
-  for workdir, steps in ((four, 4), (continued, 6)):
-    if workdir == continued:
-      shutil.copytree(four, continued)
-    result = train(workdir, tfds_dir, f"--config.train.num_steps={steps}")
-    assert result.returncode == 0, result.stderr[-3000:]
-  return str(four), str(continued)
+def finished_runs(small_config, tmp_path_factory):
+  """A finished 4-step run (checkpoints 2 and 4), and a copy of it continued to 6 steps; made
+  in-process with the command runs' config (SMALL), so the commands resume them bitwise."""
+  root = tmp_path_factory.mktemp("runs")
+  four, continued = str(root / "four"), str(root / "continued")
+  loop.train_and_evaluate(small_config(num_steps=4), four)
+  shutil.copytree(four, continued)
+  loop.train_and_evaluate(small_config(num_steps=6), continued)
+  return four, continued
+
+
+def resume(small_config, workdir):
+  """The plain rerun, in-process (SMALL's config). Then `assert_same_run` against the continued
+  run proves it resumed from step 4: a fresh start would have dropped the final record of step 4."""
+  loop.train_and_evaluate(small_config(num_steps=6), workdir)
 
 
 def steps_of(workdir):
@@ -108,9 +113,9 @@ def newest_step(workdir):
 # 2. A stop signal during restore is not a read error: every checkpoint stays as it was.
 @pytest.mark.parametrize("signum", [signal.SIGINT, pytest.param(signal.SIGTERM,
                                                                   marks=pytest.mark.slow)])
-def test_a_stop_while_restoring_leaves_every_checkpoint(tfds_dir, finished_command_run, tmp_path,
-                                                       signum):
-  four, continued = finished_command_run
+def test_a_stop_while_restoring_leaves_every_checkpoint(small_config, tfds_dir, finished_runs,
+                                                       tmp_path, signum):
+  four, continued = finished_runs
   workdir = copy_run(four, tmp_path)
   before = snapshot(workdir)
   stopped = train(workdir, tfds_dir, "--config.train.num_steps=6",
@@ -118,15 +123,14 @@ def test_a_stop_while_restoring_leaves_every_checkpoint(tfds_dir, finished_comma
   assert stopped.returncode == 128 + signum, stopped.stderr[-3000:]
   assert "fault: signal" in stopped.stderr and "Stopped by" in stopped.stderr
   assert "corrupt" not in stopped.stderr and snapshot(workdir) == before
-  resumed = train(workdir, tfds_dir, "--config.train.num_steps=6")
-  assert resumed.returncode == 0 and "Resumed from step 4" in resumed.stderr, resumed.stderr
+  resume(small_config, workdir)
   assert_same_run(continued, workdir)
 
 
 # 1. metrics.jsonl is never rewritten in place: a stop while it is truncated keeps every record.
-def test_a_stop_while_metrics_are_truncated_keeps_every_record(tfds_dir, finished_command_run,
-                                                               tmp_path):
-  continued = finished_command_run[1]
+def test_a_stop_while_metrics_are_truncated_keeps_every_record(small_config, tfds_dir,
+                                                               finished_runs, tmp_path):
+  continued = finished_runs[1]
   workdir = copy_run(continued, tmp_path)
   shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))  # killed before save 6 committed
   before = snapshot(workdir)
@@ -134,8 +138,7 @@ def test_a_stop_while_metrics_are_truncated_keeps_every_record(tfds_dir, finishe
                   fault=(r"metrics\.jsonl", signal.SIGINT, 1, True))
   assert stopped.returncode == 130, stopped.stderr[-3000:]
   assert snapshot(workdir) == before and not [n for n in os.listdir(workdir) if ".tmp" in n]
-  resumed = train(workdir, tfds_dir, "--config.train.num_steps=6")
-  assert resumed.returncode == 0 and "Resumed from step 4" in resumed.stderr, resumed.stderr
+  resume(small_config, workdir)
   assert_same_run(continued, workdir)  # the records after step 4 dropped once, then written again
 
 
@@ -147,8 +150,8 @@ def test_a_stop_while_metrics_are_truncated_keeps_every_record(tfds_dir, finishe
                  r"Failed writing)", marks=pytest.mark.slow)],
     ids=["config", "checkpoint"])
 def test_a_full_disk_while_resuming_keeps_every_checkpoint_and_record(
-    tfds_dir, finished_command_run, tmp_path, file_size, message):
-  four, continued = finished_command_run
+    small_config, tfds_dir, finished_runs, tmp_path, file_size, message):
+  four, continued = finished_runs
   workdir = copy_run(four, tmp_path)
   before = snapshot(workdir)
   assert len(before["config.json"]) > 2048
@@ -160,8 +163,7 @@ def test_a_full_disk_while_resuming_keeps_every_checkpoint_and_record(
   kept = lambda files: {k: v for k, v in files.items()  # not the save cut short, nor TensorBoard
                         if "orbax-checkpoint-tmp" not in k and not k.startswith("tensorboard")}
   assert kept(after) == kept(before)
-  resumed = train(workdir, tfds_dir, "--config.train.num_steps=6")
-  assert resumed.returncode == 0 and "Resumed from step 4" in resumed.stderr, resumed.stderr
+  resume(small_config, workdir)
   assert not [n for n in os.listdir(workdir) if n.startswith(".tmp-")]  # the cut file is gone
   assert_same_run(continued, workdir)
 
@@ -173,9 +175,9 @@ def test_a_full_disk_while_resuming_keeps_every_checkpoint_and_record(
     *[dict(fault=("/run/", signum, nth, False)) for nth, signum in zip(
         range(1, 27, 2), [signal.SIGINT, signal.SIGTERM] * 7)],
     *[dict(file_size=size) for size in (1024, 4096, 65536)]], ids=lambda f: str(list(f.values())))
-def test_a_run_interrupted_at_any_moment_loses_nothing(tfds_dir, finished_command_run, tmp_path,
+def test_a_run_interrupted_at_any_moment_loses_nothing(tfds_dir, finished_runs, tmp_path,
                                                       fault):
-  four, continued = finished_command_run
+  four, continued = finished_runs
   workdir = copy_run(four, tmp_path)
   before = comparable_metrics(workdir)
   result = train(workdir, tfds_dir, "--config.train.num_steps=6", **fault)
@@ -207,23 +209,23 @@ def truncate(path):
 
 # 3. An unreadable evaluation image stops the run only after its state is saved, and the rerun
 # evaluates that saved state without training again.
-def test_an_unreadable_evaluation_image_keeps_the_training(tmp_path):
+def test_an_unreadable_evaluation_image_keeps_the_training(small_config, tmp_path, caplog):
   images = tmp_path / "images"
   write_images(images, ("cat", "dog"))
   truncate(images / "test" / "dog" / "1.png")
-  flags = [f"--config.data.name=folder:{images}", "--config.data.verify_images=no",
-           "--config.data.device_resident=no",  # streamed: the test split is read at the end
-           "--config.train.num_steps=4", "--config.train.checkpoint_every_steps=0",
-           "--config.train.batch_size=8", "--config.train.eval_batch_size=8"]
-  failed = train(tmp_path / "run", "", *flags)
-  assert_one_line_error(failed, r"Cannot read image .*test/dog/1\.png")
-  assert final_state(tmp_path / "run")[1]["step"] == 4  # saved before the evaluation
-  assert [r["step"] for r in metrics.read_metrics(tmp_path / "run")] == [2]
+  config = small_config(num_steps=4, data={"name": f"folder:{images}", "verify_images": "no",
+                                           "device_resident": "no"},  # the test split read last
+                        train={"batch_size": 8, "eval_batch_size": 8, "checkpoint_every_steps": 0})
+  workdir = str(tmp_path / "run")
+  with pytest.raises(errors.InputError, match=r"Cannot read image .*test/dog/1\.png"):
+    loop.train_and_evaluate(config, workdir)
+  assert final_state(workdir)[1]["step"] == 4  # saved before the evaluation
+  assert [r["step"] for r in metrics.read_metrics(workdir)] == [2]
   write_images(images, ("cat", "dog"))  # the file replaced
-  rerun = train(tmp_path / "run", "", *flags)
-  assert rerun.returncode == 0 and "Finished step 4" in rerun.stdout, rerun.stderr[-3000:]
-  assert "Resumed from step 4" in rerun.stderr
-  assert [r["step"] for r in metrics.read_metrics(tmp_path / "run") if r.get("final")] == [4]
+  with caplog.at_level("INFO"):
+    final = loop.train_and_evaluate(config, workdir)
+  assert "Resumed from step 4" in caplog.text and final["step"] == 4 and final["final"]
+  assert [r["step"] for r in metrics.read_metrics(workdir) if r.get("final")] == [4]
 
 
 def test_the_folder_check_decodes_the_evaluation_split_of_a_large_folder(tmp_path, monkeypatch):
@@ -263,7 +265,8 @@ def test_evaluate_from_another_directory_reads_the_runs_own_folder(folder_run, t
                    "num_eval": 8}
 
 
-def test_a_renamed_class_is_refused_on_resume_and_evaluate(folder_run, no_compiling_after_first_run):
+def test_a_renamed_class_is_refused_on_resume_and_evaluate(folder_run,
+                                                          no_compiling_after_first_run):
   config, images, workdir = folder_run
   no_compiling_after_first_run()
   for split in ("train", "test"):
@@ -314,9 +317,9 @@ def tamper_classifier(workdir, step=4):
 
 
 def test_every_reader_refuses_a_checkpoint_that_fails_its_checksums(
-    small_config, finished_command_run, tmp_path, capsys):
+    small_config, finished_runs, tmp_path, capsys):
   from experiments import evaluate as evaluate_command, predict
-  workdir = copy_run(finished_command_run[0], tmp_path)
+  workdir = copy_run(finished_runs[0], tmp_path)
   tamper_classifier(workdir)
   damaged = r"Checkpoint 4 in .*checkpoints is damaged: checksum mismatch in params/fc/kernel"
   image = tmp_path / "x.png"
@@ -335,8 +338,8 @@ def test_every_reader_refuses_a_checkpoint_that_fails_its_checksums(
   assert evaluate.evaluate_run(workdir, step=2)["step"] == 2  # the intact one still reads
 
 
-def test_an_exported_model_is_verified_when_loaded(finished_command_run, tmp_path):
-  source = pretrained.load(finished_command_run[0])
+def test_an_exported_model_is_verified_when_loaded(finished_runs, tmp_path):
+  source = pretrained.load(finished_runs[0])
   pretrained.export(str(tmp_path / "model"), source)
   chex.assert_trees_all_equal(pretrained.load(str(tmp_path / "model")).variables,
                               source.variables)
@@ -351,9 +354,9 @@ def test_an_exported_model_is_verified_when_loaded(finished_command_run, tmp_pat
 
 
 # 6. Smaller ones, each one line through the command line.
-def test_fewer_steps_than_the_latest_checkpoint_are_refused(tfds_dir, finished_command_run,
+def test_fewer_steps_than_the_latest_checkpoint_are_refused(tfds_dir, finished_runs,
                                                             tmp_path):
-  workdir = copy_run(finished_command_run[0], tmp_path)
+  workdir = copy_run(finished_runs[0], tmp_path)
   before = snapshot(workdir)
   result = train(workdir, tfds_dir, "--config.train.num_steps=2")
   assert_one_line_error(result, r"holds checkpoint 4, past this run's 2 steps; give "
@@ -438,8 +441,8 @@ def test_a_workdir_with_files_this_project_did_not_write_is_refused(small_config
     loop.train_and_evaluate(small_config(), str(strange))
 
 
-def test_nothing_is_written_through_a_symlink_that_leaves_the_run_folder(small_config, tmp_path,
-                                                                        no_compiling_after_first_run):
+def test_nothing_is_written_through_a_symlink_that_leaves_the_run_folder(
+    small_config, tmp_path, no_compiling_after_first_run):
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(small_config(num_steps=2), workdir)
   outside = tmp_path / "precious.txt"

@@ -121,7 +121,8 @@ def _item_handlers() -> dict[str, Any]:
   return {STATE: ocp.StandardCheckpointHandler(), META: ocp.JsonCheckpointHandler()}
 
 
-def _short(error: BaseException) -> str:
+def short(error: BaseException) -> str:
+  """An error as "Type: message" on one line, cut at 300 characters."""
   text = f"{type(error).__name__}: {error}".replace("\n", " ")
   return text if len(text) < 300 else text[:300] + "..."
 
@@ -210,7 +211,7 @@ class Checkpointer:
   def _save_error(self, step: int | None, error: BaseException) -> CheckpointSaveError:
     which = f"checkpoint {step}" if step is not None else "a checkpoint"
     return CheckpointSaveError(
-        f"Saving {which} to {self.directory} failed ({_short(error)}). Fix the cause (free space, "
+        f"Saving {which} to {self.directory} failed ({short(error)}). Fix the cause (free space, "
         "permissions) and run the same command again; it resumes from the last complete "
         "checkpoint.")
 
@@ -242,7 +243,7 @@ class Checkpointer:
             META: ocp.args.JsonRestore()}))[META]
         saved_structure = self.manager.item_metadata(step)[STATE].tree
       except READ_ERRORS as e:
-        self._quarantine(step, _short(e))
+        self._quarantine(step, short(e))
         continue
       self._check_identity(step, meta.get("identity", {}))
       check_meta(step, meta)
@@ -254,7 +255,7 @@ class Checkpointer:
         state = self.manager.restore(step, args=ocp.args.Composite(**{
             STATE: ocp.args.StandardRestore(abstract_state)}))[STATE]
       except READ_ERRORS as e:
-        self._quarantine(step, _short(e))
+        self._quarantine(step, short(e))
         continue
       damaged = damaged_leaves(state, meta)
       if damaged is None:
@@ -343,7 +344,7 @@ def load(directory: str, step: int | None = None) -> tuple[dict[str, Any], dict[
     with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as reader:
       meta = reader.restore(os.path.join(path, META))
   except READ_ERRORS as e:
-    raise InvalidInputError(f"Checkpoint {step} in {directory} cannot be read ({_short(e)}); use "
+    raise InvalidInputError(f"Checkpoint {step} in {directory} cannot be read ({short(e)}); use "
                             "another checkpoint (the newest intact one is what a resumed run "
                             "takes).") from e
   return verified(state, meta, f"Checkpoint {step} in {directory}"), meta

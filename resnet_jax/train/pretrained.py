@@ -86,8 +86,8 @@ def load(path: str) -> Pretrained:
       with ocp.StandardCheckpointer() as reader:
         variables = reader.restore(os.path.join(path, VARIABLES_DIR))
     except checkpoint.READ_ERRORS as e:
-      raise InvalidInputError(f"The model in {path} cannot be read ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); export it again.") from e
+      raise InvalidInputError(f"The model in {path} cannot be read ({checkpoint.short(e)}); "
+                              "export it again.") from e
     checkpoint.verified(variables, description, f"The model in {path}")
     return from_description(variables, description)
   checkpoints = os.path.join(path, "checkpoints")
