@@ -225,7 +225,20 @@ def test_an_unreadable_evaluation_image_keeps_the_training(small_config, tmp_pat
   with caplog.at_level("INFO"):
     final = loop.train_and_evaluate(config, workdir)
   assert "Resumed from step 4" in caplog.text and final["step"] == 4 and final["final"]
-  assert [r["step"] for r in metrics.read_metrics(workdir) if r.get("final")] == [4]
+  finals = [r for r in metrics.read_metrics(workdir) if r.get("final")]
+  assert [r["step"] for r in finals] == [4]
+  assert {"train_loss", "learning_rate", "eval_accuracy"} <= set(finals[0])  # nothing missing
+
+
+def test_the_best_checkpoint_is_kept_by_the_accuracy_recorded_after_its_save(tmp_path):
+  import numpy as np
+  saver = checkpoint.Checkpointer(str(tmp_path), identity={}, keep=1, async_save=False)
+  for step, accuracy in ((1, 0.5), (2, 0.9), (3, 0.4), (4, None)):
+    saver.save(step, {"w": np.full(3, step, np.float32)}, {})  # saved before its evaluation
+    if accuracy is not None:
+      saver.record_evaluation(step, accuracy)
+  saver.close()
+  assert sorted(os.listdir(tmp_path)) == ["2", "4"]  # the best evaluated, and the latest
 
 
 def test_the_folder_check_decodes_the_evaluation_split_of_a_large_folder(tmp_path, monkeypatch):
@@ -280,6 +293,13 @@ def test_a_renamed_class_is_refused_on_resume_and_evaluate(folder_run,
   with pytest.raises(errors.InvalidInputError, match=r"Cannot evaluate .*removed cat; added zebra"):
     evaluate.evaluate_run(workdir)
   assert snapshot(workdir) == before
+  meta_file = os.path.join(workdir, "checkpoints", "2", "meta", "metadata")
+  meta = json.loads(open(meta_file).read())
+  del meta["dataset"]  # as an earlier version saved it: the model's class names still tell
+  with open(meta_file, "w") as f:
+    json.dump(meta, f)
+  with pytest.raises(errors.InvalidInputError, match=r"removed cat; added zebra"):
+    loop.train_and_evaluate(config, workdir)
 
 
 def test_a_moved_folder_is_named_again(folder_run, tmp_path, caplog):
@@ -365,7 +385,8 @@ def test_fewer_steps_than_the_latest_checkpoint_are_refused(tfds_dir, finished_r
 
 
 @pytest.mark.slow  # worker processes take seconds to start
-def test_ctrl_c_with_decoding_workers_prints_no_traceback(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_sent_to_the_decoding_workers_too_prints_no_traceback(tmp_path, signum):
   images = tmp_path / "images"
   write_images(images, ("cat", "dog"), count=40, size=12)
   process = subprocess.Popen(
@@ -379,12 +400,12 @@ def test_ctrl_c_with_decoding_workers_prints_no_traceback(tmp_path):
   for line in process.stdout:
     output.append(line)
     if "step 4/" in line:
-      os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the whole group, workers too
+      os.killpg(process.pid, signum)  # Ctrl-C, or a scheduler: the whole group, workers too
       break
   output += process.stdout.readlines()
   text = "".join(output)
-  assert process.wait(timeout=120) == 130, text[-3000:]
-  assert "Stopped by SIGINT after step" in text
+  assert process.wait(timeout=120) == 128 + signum, text[-3000:]
+  assert f"Stopped by {signal.Signals(signum).name} after step" in text
   assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
 
 
@@ -440,6 +461,10 @@ def test_a_workdir_with_files_this_project_did_not_write_is_refused(small_config
     loop.train_and_evaluate(small_config(), str(strange))
   (strange / "config.json").unlink()
   with pytest.raises(errors.InvalidInputError, match=r"holds checkpoints/notes, which"):
+    loop.train_and_evaluate(small_config(), str(strange))
+  (strange / "checkpoints" / "notes").rmdir()
+  os.symlink(tmp_path, strange / "checkpoints" / "7")  # a step that lies elsewhere
+  with pytest.raises(errors.InvalidInputError, match=r"holds checkpoints/7, which"):
     loop.train_and_evaluate(small_config(), str(strange))
 
 

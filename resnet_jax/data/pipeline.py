@@ -153,14 +153,17 @@ def _closing(iterator: Any) -> Iterator[dict]:
     iterator.close()
 
 
-def _leave_interrupts_to_the_trainer(worker_index: int, worker_count: int) -> None:
-  """grain worker start-up: ignore Ctrl-C, which a terminal sends to the whole process group.
+def _leave_stops_to_the_trainer(worker_index: int, worker_count: int) -> None:
+  """grain worker start-up: ignore the stop signals that reach a whole process group (Ctrl-C from
+  a terminal, SIGTERM from a scheduler).
 
-  The trainer alone answers it (it checkpoints, then closes the pipeline, which ends the workers);
-  a worker interrupted mid-queue would only print a KeyboardInterrupt traceback.
+  The trainer alone answers them: it finishes its step, checkpoints, then closes the pipeline,
+  which stops the workers (grain kills one that does not stop). A worker stopped first would
+  print a KeyboardInterrupt traceback, or starve the trainer before it could save.
   """
   del worker_index, worker_count
-  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, signal.SIG_IGN)
 
 
 # Elements (batches) each worker process, or the one decoding thread, computes ahead.
@@ -185,7 +188,7 @@ def _stream(fn: Callable[[int], dict], start: int, stop: int, num_workers: int) 
         grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=num_workers, per_worker_buffer_size=BATCHES_AHEAD),
-        worker_init_fn=_leave_interrupts_to_the_trainer)
+        worker_init_fn=_leave_stops_to_the_trainer)
     return _closing(iter(dataset))
   # One thread decodes the next batches while the device runs (Pillow and OpenCV release the GIL).
   dataset = grain.MapDataset.range(start, stop).map(fn).to_iter_dataset(

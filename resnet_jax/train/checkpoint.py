@@ -72,27 +72,26 @@ def checksums(tree: Any) -> dict[str, str]:
           for name, leaf in named_leaves(tree).items()}
 
 
-def damaged_leaves(state: Any, meta: dict[str, Any]) -> list[str] | None:
-  """The leaves of a read state whose bytes differ from the checksums saved with it (None: it
-  was saved without checksums, by an older version)."""
+def damaged_leaves(state: Any, meta: dict[str, Any], what: str) -> list[str]:
+  """The leaves of a read state whose bytes differ from the checksums saved with it; warns (and
+  finds none) when `what` was saved without checksums, by an older version."""
   saved = meta.get("checksums")
   if saved is None:
-    return None
+    logging.warning("%s has no checksums (written by an older version); using it unverified.",
+                    what)
+    return []
   now = checksums(jax.device_get(state))
   return [name for name in sorted(set(saved) | set(now)) if saved.get(name) != now.get(name)]
 
 
 def verified(state: Any, meta: dict[str, Any], what: str) -> Any:
-  """`state` when it matches its checksums; warns when it has none.
+  """`state` when it matches its checksums (see `damaged_leaves`).
 
   Raises:
     InvalidInputError: naming the damaged leaves.
   """
-  damaged = damaged_leaves(state, meta)
-  if damaged is None:
-    logging.warning("%s has no checksums (written by an older version); using it unverified.",
-                    what)
-  elif damaged:
+  damaged = damaged_leaves(state, meta, what)
+  if damaged:
     raise InvalidInputError(f"{what} is damaged: checksum mismatch in {summarize(damaged)}. Use "
                             "another checkpoint, or copy it again from its source.")
   return state
@@ -139,7 +138,8 @@ class _BestEvaluated:
 
   def should_preserve(self, checkpoints: Any, *, context: Any) -> list[bool]:
     del context
-    best = max(self.accuracy, key=lambda s: (self.accuracy[s], s), default=None)
+    steps = [info.step for info in checkpoints if info.step in self.accuracy]
+    best = max(steps, key=lambda s: (self.accuracy[s], s), default=None)
     return [info.step == best for info in checkpoints]
 
 
@@ -241,6 +241,8 @@ class Checkpointer:
       try:
         meta = self.manager.restore(step, args=ocp.args.Composite(**{
             META: ocp.args.JsonRestore()}))[META]
+        if not isinstance(meta, dict) or "step" not in meta:
+          raise ValueError(f"its metadata is not this project's ({type(meta).__name__})")
         saved_structure = self.manager.item_metadata(step)[STATE].tree
       except READ_ERRORS as e:
         self._quarantine(step, short(e))
@@ -257,11 +259,8 @@ class Checkpointer:
       except READ_ERRORS as e:
         self._quarantine(step, short(e))
         continue
-      damaged = damaged_leaves(state, meta)
-      if damaged is None:
-        logging.warning("Checkpoint %d in %s has no checksums (written by an older version); "
-                        "resuming without verifying it.", step, self.directory)
-      elif damaged:
+      damaged = damaged_leaves(state, meta, f"Checkpoint {step} in {self.directory}")
+      if damaged:
         self._quarantine(step, f"checksum mismatch in {summarize(damaged)}")
         continue
       if step != steps[0]:
@@ -310,7 +309,15 @@ class Checkpointer:
     self.check_for_errors()
 
   def close(self) -> None:
-    self.manager.close()
+    """Waits for every started save, then closes.
+
+    Raises:
+      CheckpointSaveError: a save failed.
+    """
+    try:
+      self.manager.close()
+    except Exception as e:  # noqa: BLE001 - see save
+      raise self._save_error(None, e) from e
 
 
 def load(directory: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:

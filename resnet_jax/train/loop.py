@@ -20,7 +20,7 @@ from resnet_jax.train.experiment import Experiment, build, model_architecture, m
 from resnet_jax.train.metrics import MetricsWriter, Progress, read_metrics, window_means
 from resnet_jax.train.preemption import Preempted, PreemptionWatcher
 from resnet_jax.train.step import NONFINITE_LOSS, metric_names
-from resnet_jax.train.workdir import Workdir, default_workdir, run_identity
+from resnet_jax.train.workdir import CHECKPOINTS_DIR, Workdir, default_workdir, run_identity
 
 
 class NonFiniteError(InvalidInputError, FloatingPointError):
@@ -51,13 +51,15 @@ def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any
     name = model_architecture(config, source)[0]
     with Workdir(workdir or default_workdir(name, config.data.name), config,
                  is_main=jax.process_index() == 0) as run_dir:
-      run, feed = Run.start(config, run_dir, source), None
+      run, feed, failed = Run.start(config, run_dir, source), None, True
       try:
         if run.finished is not None:  # a finished run is reported again, not retrained
+          failed = False
           return run.finished
         watcher.start_training()
         device_state, rng = run.runner.replicate(run.state), run.runner.replicate(run.rng)
-        feed, record, eval_metrics = run.pipeline.train_feed(run.start_step, run.runner), {}, {}
+        feed, eval_metrics = run.pipeline.train_feed(run.start_step, run.runner), {}
+        record = run.resumed_record  # the last window's, when it goes into the final record
         if run.evaluation_missing():  # stopped between the save at this step and its evaluation
           eval_metrics = run.evaluate(run.start_step, device_state,
                                       write=run.start_step < run.total_steps)
@@ -65,28 +67,31 @@ def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any
           try:
             inputs, arrays = next(feed)
           except InputError:  # an unreadable image: keep the steps trained so far
-            run.save(step, device_state)
-            run.checkpointer.wait()
+            if jax.process_count() == 1:  # the other processes, not failing, could not join in
+              run.save(step, device_state, {})
             raise
           device_state, _ = run.exp.train_fn(device_state, inputs, rng, arrays)
           done = step + 1
-          stop, is_last = watcher.should_stop(done), done == run.total_steps
+          is_last = done == run.total_steps
+          stop = watcher.should_stop(done) and not is_last  # the last step finishes the run
           if done % config.train.log_every_steps == 0 or is_last:
             record = run.log(done, device_state, write=not is_last)
           evaluate_now = is_last or run.evaluates_at(done)
           # Saved before its evaluation, which reads files that may fail.
           if evaluate_now or stop or run.checkpoint_due(done):
-            run.save(done, device_state)
+            run.save(done, device_state, record if is_last else {})
           if evaluate_now:
             eval_metrics = run.evaluate(done, device_state, write=not is_last)
           if stop:
             run.checkpointer.wait()
             raise Preempted(watcher.signum, done)
-        return run.finish({**record, **eval_metrics})
+        final = run.finish({**record, **eval_metrics})
+        failed = False
+        return final
       finally:
         if feed is not None:
           feed.close()  # stops the decoding workers before anything else closes
-        run.close()
+        run.close(after_failure=failed)
 
 
 @dataclasses.dataclass
@@ -108,6 +113,7 @@ class Run:
   start_step: int
   finished: dict[str, Any] | None = None  # the final record of a run that had already finished
   records: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # metrics.jsonl's
+  resumed_record: dict[str, Any] = dataclasses.field(default_factory=dict)  # see `save`
   writer: MetricsWriter | None = None
   progress: Progress | None = None
   _window_start: tuple[float, int] = (0.0, 0)  # (time, step) of the current logging window
@@ -132,7 +138,7 @@ class Run:
                                  total_steps=total_steps, source=source)
     exp = experiment(config)
     checkpointer = checkpoint.Checkpointer(
-        os.path.join(run_dir.path, "checkpoints"), identity=run_identity(config),
+        os.path.join(run_dir.path, CHECKPOINTS_DIR), identity=run_identity(config),
         keep=t.keep_checkpoints, keep_best=t.keep_best, async_save=t.async_checkpointing)
     run = cls(config, run_dir.path, info, runner, pipeline, exp, checkpointer,
               model_description(config, info, exp), total_steps, eval_every, None, None, 0)
@@ -155,6 +161,7 @@ class Run:
     if restored is not None:
       self.state, meta = restored
       self.start_step, self.rng = int(meta["step"]), np.asarray(meta["rng"], np.uint32)
+      self.resumed_record = meta.get("record") or {}
       check(self.start_step <= self.total_steps, f"{self.checkpointer.directory} holds checkpoint "
             f"{self.start_step}, past this run's {self.total_steps} steps; give train.num_steps "
             f">= {self.start_step} to continue it, or evaluate one of its checkpoints with "
@@ -236,9 +243,10 @@ class Run:
     self._window_start = (time.time(), self._window_start[1])  # evaluation is not training
     return result
 
-  def save(self, step: int, device_state: Any) -> None:
+  def save(self, step: int, device_state: Any, record: dict[str, Any]) -> None:
     """Starts an asynchronous checkpoint of the state at `step` (never of a poisoned state, nor
-    again of one already saved)."""
+    again of one already saved), with `record`: the last window's metrics when they are not
+    written until the final record, so that a rerun that evaluates this state has them."""
     if step in (self.start_step, *self.checkpointer.manager.all_steps()):
       return
     host_state = self.runner.unreplicate(device_state)
@@ -247,7 +255,7 @@ class Run:
         step, host_state,
         {"rng": np.asarray(self.rng).tolist(), "data_position": step,
          "steps_per_epoch": self.pipeline.steps_per_epoch, "model": self.description,
-         "dataset": self.info.identity})
+         "dataset": self.info.identity, "record": record})
 
   def finish(self, record: dict[str, Any]) -> dict[str, Any]:
     """Waits for the last checkpoint and writes the final record."""
@@ -256,10 +264,18 @@ class Run:
     self.writer.write(self.total_steps, final)
     return {"step": self.total_steps, **final, "workdir": self.workdir}
 
-  def close(self) -> None:
+  def close(self, after_failure: bool = False) -> None:
+    """Closes the records and waits for the last checkpoint; after a failure, an error of its
+    own (a save that failed too) is logged, not raised, so that the first error is the one
+    reported."""
     for closable in (self.progress, self.writer, self.checkpointer):
       if closable is not None:
-        closable.close()
+        try:
+          closable.close()
+        except InputError as e:
+          if not after_failure:
+            raise
+          logging.error("%s", e)
 
 
 def _window_fields(state: Any) -> Any:

@@ -18,8 +18,9 @@ class Preempted(BaseException):
   def __init__(self, signum: int, step: int | None):
     name = signal.Signals(signum).name
     if step is None:
-      message = (f"Stopped by {name} during setup, before the first step; every checkpoint and "
-                 "metrics record is as it was.")
+      message = (f"Stopped by {name} during setup, before the first step; nothing was trained, "
+                 "and no checkpoint or metrics record was lost: run the same command to start or "
+                 "resume the run.")
     else:
       message = (f"Stopped by {name} after step {step}; the run resumes from this checkpoint when "
                  "started again with the same --workdir.")

@@ -15,6 +15,7 @@ from resnet_jax.data.transforms import Preprocessing
 from resnet_jax.errors import InputNotFoundError, InvalidInputError, mismatch_error
 from resnet_jax.models import ResNet, create_model
 from resnet_jax.train import checkpoint
+from resnet_jax.train.workdir import CHECKPOINTS_DIR
 
 MODEL_FILE = "model.json"
 VARIABLES_DIR = "variables"
@@ -90,7 +91,7 @@ def load(path: str) -> Pretrained:
                               "export it again.") from e
     checkpoint.verified(variables, description, f"The model in {path}")
     return from_description(variables, description)
-  checkpoints = os.path.join(path, "checkpoints")
+  checkpoints = os.path.join(path, CHECKPOINTS_DIR)
   if os.path.isdir(checkpoints):
     state, meta = checkpoint.load(checkpoints)
     if "model" not in meta:

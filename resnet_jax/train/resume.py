@@ -24,13 +24,20 @@ def restore(checkpointer: checkpoint.Checkpointer, abstract_state: Any, run_dir:
       structure; says why (before anything is compiled).
   """
   def same_classes(step: int, meta: dict) -> None:
-    check_same_classes(meta.get("dataset"), info, action="resume", where=run_dir.path,
+    check_same_classes(saved_dataset(meta), info, action="resume", where=run_dir.path,
                        trained=f"its checkpoint {step}", remedy="use a new --workdir")
 
   try:
     return checkpointer.restore_latest(abstract_state, same_classes)
   except checkpoint.StateStructureError as e:
     raise structure_change_error(e, run_dir, config, info, abstract_state_of) from None
+
+
+def saved_dataset(meta: dict[str, Any]) -> dict[str, Any] | None:
+  """The dataset identity saved with a checkpoint; for one saved before identities were, the
+  class names its model description kept."""
+  names = (meta.get("model") or {}).get("class_names")
+  return meta.get("dataset") or ({"classes": names} if names else None)
 
 
 def structure_change_error(error: checkpoint.StateStructureError, run_dir: Workdir, config: Any,

@@ -30,6 +30,8 @@ CORRUPT_SUFFIX = ".corrupt"
 # N.orbax-checkpoint-tmp-*), and unreadable ones moved aside (N.corrupt, N.corrupt-2, ...).
 _CHECKPOINT_ENTRY = re.compile(r"\d+(\.orbax-checkpoint-tmp.*|" + re.escape(CORRUPT_SUFFIX) +
                                r"(-\d+)?)?")
+# The temporary files of this project's atomic writes into a run folder (files.atomic_writer).
+_CUT_WRITES = tuple(f"{files.TEMP_PREFIX}{name}." for name in (CONFIG_FILE, METRICS_FILE))
 # The lock holder is written in one block of this size: a reader sees the old holder or the new.
 _HOLDER_BYTES = 512
 
@@ -130,14 +132,14 @@ def foreign_entries(workdir: str, *, has_config: bool) -> list[str]:
   if os.path.isdir(checkpoints):
     for name in sorted(os.listdir(checkpoints)):
       path = os.path.join(checkpoints, name)
-      if _CHECKPOINT_ENTRY.fullmatch(name) and os.path.isdir(path):
+      if _CHECKPOINT_ENTRY.fullmatch(name) and os.path.isdir(path) and not os.path.islink(path):
         steps += [name] if name.isdigit() else []
       else:
         foreign.append(os.path.join(CHECKPOINTS_DIR, name))
   if not has_config:
     allowed = {LOCK_FILE, CHECKPOINTS_DIR} | ({METRICS_FILE, TENSORBOARD_DIR} if steps else set())
     foreign += [n for n in sorted(os.listdir(workdir))
-                if n not in allowed and not n.startswith(files.TEMP_PREFIX)]
+                if n not in allowed and not n.startswith(_CUT_WRITES)]
   return foreign
 
 
@@ -207,8 +209,9 @@ class Workdir:
                       "releasing it.", self.path, previous.get("pid"), previous.get("host"),
                       previous.get("since"))
     for name in os.listdir(self.path):  # what a write cut short (kill, full disk) left behind
-      if name.startswith(files.TEMP_PREFIX):
-        os.remove(os.path.join(self.path, name))
+      path = os.path.join(self.path, name)
+      if name.startswith(_CUT_WRITES) and os.path.isfile(path) and not os.path.islink(path):
+        os.remove(path)
     holder = {"pid": os.getpid(), "host": socket.gethostname(),
               "since": datetime.datetime.now().isoformat(timespec="seconds")}
     os.pwrite(fd, json.dumps(holder).encode().ljust(_HOLDER_BYTES), 0)
