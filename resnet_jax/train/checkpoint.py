@@ -217,9 +217,12 @@ class Checkpointer:
 
   def check_for_errors(self) -> None:
     """Raises CheckpointSaveError if a finished asynchronous save failed."""
+    self._reporting_save_errors(self.manager.check_for_errors)
+
+  def _reporting_save_errors(self, manager_method: Callable[[], Any]) -> None:
     try:
-      self.manager.check_for_errors()
-    except Exception as e:  # noqa: BLE001 - see save
+      manager_method()
+    except Exception as e:  # noqa: BLE001 - orbax reports write failures as many types
       raise self._save_error(None, e) from e
 
   def restore_latest(self, abstract_state: Any, check_meta: Callable[[int, dict], None] = (
@@ -302,10 +305,7 @@ class Checkpointer:
     Raises:
       CheckpointSaveError: a save failed.
     """
-    try:
-      self.manager.wait_until_finished()
-    except Exception as e:  # noqa: BLE001 - see save
-      raise self._save_error(None, e) from e
+    self._reporting_save_errors(self.manager.wait_until_finished)
     self.check_for_errors()
 
   def close(self) -> None:
@@ -314,11 +314,7 @@ class Checkpointer:
     Raises:
       CheckpointSaveError: a save failed.
     """
-    try:
-      self.manager.close()
-    except Exception as e:  # noqa: BLE001 - see save
-      raise self._save_error(None, e) from e
-
+    self._reporting_save_errors(self.manager.close)
 
 def load(directory: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
   """Reads a checkpoint as saved (nested dicts of numpy arrays) and its metadata; no target needed.
