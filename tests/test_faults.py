@@ -31,8 +31,11 @@ SMALL = ["--config.model.name=resnet8", "--config.data.image_size=8",
 
 # Runs a command module with an audit hook that sends FAULT_SIGNAL to the process when the
 # FAULT_NTH-th file whose path matches FAULT_OPEN is opened (for writing, with FAULT_WRITE=1).
+# The signal is sent from the hook, so its handler runs before the file is opened; or, with
+# FAULT_WRITE=1, 2 ms later from a thread the hook starts, so that it lands while a large file is
+# being written.
 FAULT_HOOK = """
-import os, re, runpy, sys
+import os, re, runpy, sys, threading
 pattern, signum = re.compile(os.environ["FAULT_OPEN"]), int(os.environ["FAULT_SIGNAL"])
 nth, writes_only, seen = int(os.environ["FAULT_NTH"]), os.environ["FAULT_WRITE"] == "1", []
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT
@@ -44,7 +47,10 @@ def hook(event, args):
     seen.append(args[0])
     if len(seen) == nth:
       print("fault: signal", signum, "at", args[0], file=sys.stderr, flush=True)
-      os.kill(os.getpid(), signum)
+      if writes_only:  # a moment later: while the file is written
+        threading.Timer(0.002, os.kill, (os.getpid(), signum)).start()
+      else:
+        os.kill(os.getpid(), signum)
 sys.addaudithook(hook)
 module, sys.argv = sys.argv[1], sys.argv[1:]
 runpy.run_module(module, run_name="__main__", alter_sys=True)
@@ -133,13 +139,21 @@ def test_a_stop_while_metrics_are_truncated_keeps_every_record(small_config, tfd
   continued = finished_runs[1]
   workdir = copy_run(continued, tmp_path)
   shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))  # killed before save 6 committed
-  before = snapshot(workdir)
+  path = os.path.join(workdir, "metrics.jsonl")
+  lines = open(path).read().splitlines()
+  with open(path, "w") as f:  # the report's 20,002 records: a rewrite that takes a while
+    f.write("\n".join([lines[0]] * 20_000 + lines) + "\n")
+  kept = [r for r in metrics.read_metrics(workdir) if r["step"] <= 4]
   stopped = train(workdir, tfds_dir, "--config.train.num_steps=6",
                   fault=(r"metrics\.jsonl", signal.SIGINT, 1, True))
   assert stopped.returncode == 130, stopped.stderr[-3000:]
-  assert snapshot(workdir) == before and not [n for n in os.listdir(workdir) if ".tmp" in n]
+  assert metrics.read_metrics(workdir)[:len(kept)] == kept  # records past step 4 may be gone
+  assert not [n for n in os.listdir(workdir) if ".tmp" in n]
   resume(small_config, workdir)
-  assert_same_run(continued, workdir)  # the records after step 4 dropped once, then written again
+  after = metrics.read_metrics(workdir)
+  assert after[:len(kept)] == kept
+  assert [r["step"] for r in after[len(kept):]] == [6]  # the records after step 4, written again
+  chex.assert_trees_all_equal(final_state(workdir)[0], final_state(continued)[0])
 
 
 # 1. A full disk: while config.json is rewritten (it is written atomically, so the old one stays)
