@@ -332,13 +332,13 @@ def test_a_moved_folder_is_named_again(folder_run, tmp_path, caplog):
       in caplog.text
 
 
-def test_a_tfds_dataset_records_its_version_and_split_sizes(small_config, tmp_path):
-  loop.train_and_evaluate(small_config(num_steps=2), str(tmp_path / "run"))
-  saved = json.loads((tmp_path / "run" / "config.json").read_text())["dataset"]
+def test_a_tfds_dataset_records_its_version_and_split_sizes(finished_runs):
+  four = finished_runs[0]
+  saved = json.loads(open(os.path.join(four, "config.json")).read())["dataset"]
   assert saved["name"] == "digits" and re.fullmatch(r"\d+\.\d+\.\d+", saved["version"])
   assert saved["classes"] == [str(i) for i in range(10)]
   assert saved["num_train"] + saved["num_eval"] == 1797  # scikit-learn's digits
-  assert final_state(str(tmp_path / "run"))[1]["dataset"] == saved
+  assert final_state(four)[1]["dataset"] == saved
 
 
 # 5. One verification for every reader: evaluate, predict, fine-tuning and exported models.
@@ -424,29 +424,26 @@ def test_a_stop_sent_to_the_decoding_workers_too_prints_no_traceback(tmp_path, s
 
 
 # 1. metrics.jsonl: a damaged last line is tolerated; other damage and foreign files are refused.
-def test_a_damaged_last_metrics_line_is_left_out_with_a_warning(small_config, tmp_path, caplog):
-  workdir = str(tmp_path / "run")
-  loop.train_and_evaluate(small_config(num_steps=2), workdir)
+def test_a_damaged_last_metrics_line_is_left_out_with_a_warning(small_config, finished_runs,
+                                                                tmp_path, caplog):
+  workdir = copy_run(finished_runs[0], tmp_path)
   path = os.path.join(workdir, "metrics.jsonl")
   kept = open(path).read()
   with open(path, "a") as f:
-    f.write('{"step": 4, "train_lo')  # a write cut short
+    f.write('{"step": 6, "train_lo')  # a write cut short
   with caplog.at_level("WARNING"):
-    assert metrics.read_metrics(workdir) == [json.loads(kept)]
-    loop.train_and_evaluate(small_config(num_steps=4), workdir)
-  assert "damaged last line 2" in caplog.text
-  assert open(path).read().startswith(kept + '{"step": 4, ')  # the cut line replaced
-  assert [(r["step"], r.get("final")) for r in metrics.read_metrics(workdir)] == [(2, True),
-                                                                                  (4, True)]
+    assert metrics.read_metrics(workdir) == [json.loads(line) for line in kept.splitlines()]
+    loop.train_and_evaluate(small_config(num_steps=6), workdir)
+  assert "damaged last line 3" in caplog.text
+  assert open(path).read().startswith(kept + '{"step": 6, ')  # the cut line replaced
+  assert [(r["step"], r.get("final")) for r in metrics.read_metrics(workdir)] == [
+      (2, None), (4, True), (6, True)]
 
 
-def test_a_damaged_metrics_record_is_refused_naming_its_line(small_config, tmp_path,
-                                                            no_compiling_after_first_run):
-  finished = str(tmp_path / "finished")
-  loop.train_and_evaluate(small_config(num_steps=4), finished)
-  no_compiling_after_first_run()
+def test_a_damaged_metrics_record_is_refused_naming_its_line(small_config, finished_runs,
+                                                            tmp_path, no_compiling):
   for name, line in (("garbage", "not json"), ("no_step", '{"loss": 1.0}')):
-    workdir = copy_run(finished, tmp_path / name)
+    workdir = copy_run(finished_runs[0], tmp_path / name)
     path = os.path.join(workdir, "metrics.jsonl")
     content = open(path).read().splitlines()
     open(path, "w").write("\n".join([content[0], line, *content[1:]]) + "\n")
@@ -483,15 +480,13 @@ def test_a_workdir_with_files_this_project_did_not_write_is_refused(small_config
 
 
 def test_nothing_is_written_through_a_symlink_that_leaves_the_run_folder(
-    small_config, tmp_path, no_compiling_after_first_run):
-  workdir = str(tmp_path / "run")
-  loop.train_and_evaluate(small_config(num_steps=2), workdir)
+    small_config, finished_runs, tmp_path, no_compiling):
+  workdir = copy_run(finished_runs[0], tmp_path)
   outside = tmp_path / "precious.txt"
   outside.write_text("keep me\n")
   os.remove(os.path.join(workdir, "metrics.jsonl"))
   os.symlink(outside, os.path.join(workdir, "metrics.jsonl"))
-  no_compiling_after_first_run()
   with pytest.raises(errors.InvalidInputError, match=r"metrics\.jsonl is a link to .*precious\.txt"
                                                      ", outside .*run"):
-    loop.train_and_evaluate(small_config(num_steps=4), workdir)
+    loop.train_and_evaluate(small_config(num_steps=6), workdir)
   assert outside.read_text() == "keep me\n"
