@@ -66,3 +66,12 @@ def small_config(tfds_dir):
     return config
 
   return make
+
+
+@pytest.fixture(scope="session")
+def finished_run(small_config, tmp_path_factory):
+  """A finished 4-step run with checkpoints at steps 2 and 4 (tests change copies of it)."""
+  from resnet_jax.train import loop
+  workdir = str(tmp_path_factory.mktemp("finished") / "run")
+  loop.train_and_evaluate(small_config(num_steps=4), workdir)
+  return workdir

@@ -90,15 +90,13 @@ def assert_one_line_error(result, pattern):
 
 
 @pytest.fixture(scope="module")
-def finished_runs(small_config, tmp_path_factory):
-  """A finished 4-step run (checkpoints 2 and 4), and a copy of it continued to 6 steps; made
+def finished_runs(small_config, finished_run, tmp_path_factory):
+  """The finished 4-step run (checkpoints 2 and 4), and a copy of it continued to 6 steps; made
   in-process with the command runs' config (SMALL), so the commands resume them bitwise."""
-  root = tmp_path_factory.mktemp("runs")
-  four, continued = str(root / "four"), str(root / "continued")
-  loop.train_and_evaluate(small_config(num_steps=4), four)
-  shutil.copytree(four, continued)
+  continued = str(tmp_path_factory.mktemp("continued") / "run")
+  shutil.copytree(finished_run, continued)
   loop.train_and_evaluate(small_config(num_steps=6), continued)
-  return four, continued
+  return finished_run, continued
 
 
 def resume(small_config, workdir):

@@ -310,14 +310,7 @@ def test_same_config_and_seed_give_identical_runs(small_config, tmp_path):
 
 # 8. Resume never destroys anything: a changed setting that alters the train state is refused
 # before compiling, and nothing in the run folder changes.
-@pytest.fixture(scope="module")
-def finished_run(small_config, tmp_path_factory):
-  """A finished 4-step run with checkpoints at steps 2 and 4 (tests change copies of it)."""
-  workdir = str(tmp_path_factory.mktemp("finished") / "run")
-  loop.train_and_evaluate(small_config(num_steps=4), workdir)
-  return workdir
-
-
+# (`finished_run`, in conftest.py: a finished 4-step run; tests change copies of it.)
 def copy_run(source, tmp_path):
   target = str(tmp_path / "run")
   shutil.copytree(source, target)
