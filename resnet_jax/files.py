@@ -47,8 +47,7 @@ def atomic_writer(path: str, mode: str = "w", *, root: str | None = None) -> Ite
   try:
     fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX + os.path.basename(path) + ".", dir=folder)
   except OSError as e:
-    raise StorageError(f"Cannot write {path}: {e.strerror}; free space or choose a writable "
-                       "folder, then run the same command again.") from e
+    raise _write_error(path, e) from e
   try:
     with os.fdopen(fd, mode) as f:
       yield f
@@ -60,8 +59,7 @@ def atomic_writer(path: str, mode: str = "w", *, root: str | None = None) -> Ite
     with contextlib.suppress(OSError):
       os.remove(temp)
     if isinstance(e, OSError) and not isinstance(e, StorageError):
-      raise StorageError(f"Cannot write {path}: {e.strerror or e}; free space or choose a "
-                         "writable folder, then run the same command again.") from e
+      raise _write_error(path, e) from e
     raise
   _fsync_folder(folder)
 
@@ -81,8 +79,12 @@ def append_line(path: str, line: str, *, root: str | None = None) -> None:
       f.flush()
       os.fsync(f.fileno())
   except OSError as e:
-    raise StorageError(f"Cannot write {path}: {e.strerror or e}; free space or choose a writable "
-                       "folder, then run the same command again.") from e
+    raise _write_error(path, e) from e
+
+
+def _write_error(path: str, error: OSError) -> StorageError:
+  return StorageError(f"Cannot write {path}: {error.strerror or error}; free space or choose a "
+                      "writable folder, then run the same command again.")
 
 
 def _fsync_folder(folder: str) -> None:

@@ -146,7 +146,7 @@ def _explain_unparsed_flags(iterator: Iterator[dict]) -> Iterator[dict]:
 
 def _closing(iterator: Any) -> Iterator[dict]:
   """A grain worker iterator's elements; closed once exhausted or dropped, so that its workers
-  stop and the batches they had computed ahead leave no shared memory behind."""
+  stop when the loop ends rather than at the interpreter's exit."""
   try:
     yield from _explain_unparsed_flags(iterator)
   finally:
