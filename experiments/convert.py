@@ -37,7 +37,7 @@ def main(argv=None) -> int:
   with cli.command():
     from resnet_jax import inference
     from resnet_jax.interop import convert
-    from resnet_jax.train import pretrained
+    from resnet_jax import pretrained
     from resnet_jax.data.sources import IMAGENET_MEAN, IMAGENET_STD
     from resnet_jax.data.transforms import Preprocessing
     from resnet_jax.errors import InvalidInputError

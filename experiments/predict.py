@@ -31,7 +31,7 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   with cli.command():
     from resnet_jax import inference
-    from resnet_jax.train import pretrained
+    from resnet_jax import pretrained
     source = pretrained.load(args.checkpoint)
     labels = inference.read_labels(args.labels, source.num_classes, source.class_names)
     classifier = inference.Classifier(source, batch_size=args.batch_size)

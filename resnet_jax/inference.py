@@ -14,7 +14,7 @@ import numpy as np
 from resnet_jax.errors import InvalidInputError
 
 if TYPE_CHECKING:
-  from resnet_jax.train.pretrained import Pretrained
+  from resnet_jax.pretrained import Pretrained
 
 # Classification reads files and weights: its data and checkpoint modules are imported on use, so
 # that `feature_fn` (a backbone inside other JAX code) loads none of them.

@@ -17,7 +17,7 @@ from PIL import Image
 import resnet_jax
 from experiments import benchmark, convert, predict
 from resnet_jax.data.transforms import Preprocessing
-from resnet_jax.train import pretrained
+from resnet_jax import pretrained
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

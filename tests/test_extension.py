@@ -15,7 +15,8 @@ import resnet_jax
 from experiments.configs import default
 from resnet_jax.data import Splits, device_augmentation, register_source
 from resnet_jax.models import blocks
-from resnet_jax.train import checkpoint, loop, metrics
+from resnet_jax import saved
+from resnet_jax.train import loop, metrics
 
 
 class SEBasicBlock(blocks.BasicBlock):
@@ -81,7 +82,7 @@ def fork_config(**sections):
 
 def test_a_fork_adds_a_block_a_dataset_an_optimizer_and_an_augmentation(tmp_path):
   final = loop.train_and_evaluate(fork_config(), str(tmp_path / "run"))
-  state, meta = checkpoint.load(str(tmp_path / "run" / "checkpoints"))
+  state, meta = saved.read_checkpoint(str(tmp_path / "run" / "checkpoints"))
   assert meta["model"]["model"] == "se_resnet8" and meta["model"]["options"]["block"] == "se_basic"
   assert state["params"]["layer2_0"]["se_expand"]["kernel"].shape == (8, 32)
   assert "nu" in str(jax.tree_util.tree_structure(state["opt_state"]))  # adabelief's moments
@@ -99,7 +100,7 @@ def test_a_fork_adds_a_block_a_dataset_an_optimizer_and_an_augmentation(tmp_path
   tuned = fork_config(init={"checkpoint": str(tmp_path / "run"), "freeze": "stem"},
                       model={"name": ""}, train={"num_steps": 4})
   loop.train_and_evaluate(tuned, str(tmp_path / "tuned"))
-  after, _ = checkpoint.load(str(tmp_path / "tuned" / "checkpoints"))
+  after, _ = saved.read_checkpoint(str(tmp_path / "tuned" / "checkpoints"))
   chex.assert_trees_all_equal(after["params"]["conv1"], state["params"]["conv1"])
   for name in ("se_reduce", "se_expand", "conv1"):
     assert not np.array_equal(after["params"]["layer1_0"][name]["kernel"],

@@ -13,7 +13,8 @@ import resnet_jax
 from experiments.configs import (cifar10_resnet20, cifar10_resnet110, default,
                                  fashion_mnist_resnet18, finetune, imagenet_resnet50)
 from resnet_jax.data.transforms import Preprocessing
-from resnet_jax.train import optim, pretrained
+from resnet_jax import pretrained
+from resnet_jax.train import optim
 
 torch = pytest.importorskip("torch")
 from resnet_jax.interop import fidelity  # noqa: E402

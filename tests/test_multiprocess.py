@@ -11,7 +11,8 @@ import time
 import chex
 import pytest
 
-from resnet_jax.train import checkpoint, metrics
+from resnet_jax import saved
+from resnet_jax.train import metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,8 +52,8 @@ def test_two_processes_equal_one_process(tfds_dir, tmp_path):
   assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
   codes, outputs = finish(launch(tmp_path / "single", tfds_dir, *flags, processes=1, devices=4))
   assert codes == [0], outputs[0][-3000:]
-  multi, _ = checkpoint.load(str(tmp_path / "multi" / "checkpoints"))
-  single, _ = checkpoint.load(str(tmp_path / "single" / "checkpoints"))
+  multi, _ = saved.read_checkpoint(str(tmp_path / "multi" / "checkpoints"))
+  single, _ = saved.read_checkpoint(str(tmp_path / "single" / "checkpoints"))
   for key in ("params", "batch_stats", "opt_state"):
     chex.assert_trees_all_close(multi[key], single[key], rtol=1e-5, atol=1e-6)
   a, b = metrics.read_metrics(str(tmp_path / "multi"))[-1], \
@@ -75,4 +76,4 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tfds_dir, tmp_path):
   assert codes == [143, 143], outputs[0][-3000:] + outputs[1][-3000:]
   steps = [int(o.split("Stopped by SIGTERM after step ")[1].split(";")[0]) for o in outputs]
   assert steps[0] == steps[1]
-  assert checkpoint.load(str(tmp_path / "checkpoints"))[1]["step"] == steps[0]
+  assert saved.read_checkpoint(str(tmp_path / "checkpoints"))[1]["step"] == steps[0]

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import errors
+from resnet_jax import saved
 from resnet_jax.train import checkpoint, loop, metrics, step, workdir as workdir_lib
 from resnet_jax.train.preemption import Preempted, PreemptionWatcher
 
@@ -26,7 +27,7 @@ TIMING = ("images_per_sec",)
 
 
 def final_state(workdir):
-  return checkpoint.load(os.path.join(workdir, "checkpoints"))
+  return saved.read_checkpoint(os.path.join(workdir, "checkpoints"))
 
 
 def comparable_metrics(workdir):
@@ -59,7 +60,7 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(small_config, tmp_path
     with pytest.raises(Preempted) as info:
       loop.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert info.value.step == 3 and info.value.exit_code == 143
-  assert checkpoint.load(str(tmp_path / "resumed" / "checkpoints"))[1]["step"] == 3
+  assert saved.read_checkpoint(str(tmp_path / "resumed" / "checkpoints"))[1]["step"] == 3
   loop.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert_same_run(str(tmp_path / "straight"), str(tmp_path / "resumed"))
 
@@ -195,7 +196,7 @@ def test_checkpoint_of_another_model_or_config_is_refused(small_config, tmp_path
   with pytest.raises(checkpoint.CheckpointMismatchError,
                      match=r"different run \(model: saved .*resnet8.*, now .*resnet20"):
     loop.train_and_evaluate(other, workdir)
-  assert checkpoint.load(os.path.join(workdir, "checkpoints"))[1]["identity"]["model"][
+  assert saved.read_checkpoint(os.path.join(workdir, "checkpoints"))[1]["identity"]["model"][
       "name"] == "resnet8"  # never overwritten
 
 
@@ -209,7 +210,7 @@ def test_nonfinite_loss_stops_with_the_step_and_saves_nothing_poisoned(small_con
   assert isinstance(info.value, loop.NonFiniteError)
   ckpts = os.path.join(str(tmp_path), "checkpoints")
   if os.path.isdir(ckpts) and os.listdir(ckpts):
-    state, _ = checkpoint.load(ckpts)
+    state, _ = saved.read_checkpoint(ckpts)
     chex.assert_tree_all_finite(state["params"])
     assert int(state["first_nonfinite_step"]) == -1
 

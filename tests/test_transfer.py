@@ -14,7 +14,8 @@ import resnet_jax
 from experiments import convert as convert_command, evaluate as evaluate_command
 from experiments import predict as predict_command
 from resnet_jax import inference
-from resnet_jax.train import checkpoint, loop, metrics, pretrained
+from resnet_jax import pretrained, saved
+from resnet_jax.train import loop, metrics
 
 torch = pytest.importorskip("torch")
 from resnet_jax.interop.torch_reference import TorchResNet  # noqa: E402
@@ -94,7 +95,7 @@ def test_finetune_freezes_stages_bitwise_and_the_head_learns(converted, image_fo
   final = loop.train_and_evaluate(config)  # no workdir: a new folder named after the model
   run_dir = final["workdir"]
   assert re.fullmatch(rf"{tmp_path}/runs/\d{{8}}-\d{{6}}-resnet18-folder_.*images\d*", run_dir)
-  state, _ = checkpoint.load(os.path.join(run_dir, "checkpoints"))
+  state, _ = saved.read_checkpoint(os.path.join(run_dir, "checkpoints"))
   source = pretrained.load(str(converted))
   frozen = ("conv1", "bn1", "layer1_0", "layer1_1", "layer2_0", "layer2_1")
   for name in frozen:

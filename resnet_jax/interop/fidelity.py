@@ -31,8 +31,9 @@ from resnet_jax.data.device import host_fed
 from resnet_jax.errors import InvalidInputError
 from resnet_jax.interop.convert import torch_keys, torch_layout
 from resnet_jax.interop.torch_reference import TorchResNet
-from resnet_jax.train import optim, parallel, pretrained
-from resnet_jax.train.checkpoint import named_leaves
+from resnet_jax import pretrained
+from resnet_jax.train import optim, parallel
+from resnet_jax.saved import named_leaves
 from resnet_jax.train.config import run_length
 from resnet_jax.train.experiment import build
 

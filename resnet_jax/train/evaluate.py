@@ -10,10 +10,11 @@ import ml_collections
 
 from resnet_jax import data
 from resnet_jax.errors import InputNotFoundError
-from resnet_jax.train import checkpoint, parallel, pretrained, resume
+from resnet_jax import pretrained, saved
+from resnet_jax.train import parallel, resume
 from resnet_jax.train.config import PRECISIONS
 from resnet_jax.train.step import StepConfig, eval_step
-from resnet_jax.train.workdir import CHECKPOINTS_DIR, CONFIG_FILE, read_saved
+from resnet_jax.train.workdir import CONFIG_FILE, read_saved
 
 
 def evaluate(eval_fn: Any, variables: Any, pipeline: data.Pipeline,
@@ -75,11 +76,11 @@ def evaluate_run(workdir: str, *, split: str = "", step: int | None = None,
   config.data.eval_split = split or config.data.eval_split
   config.data.name = data_name or config.data.name
   info = data.get_info(config.data)
-  state, meta = checkpoint.load(os.path.join(workdir, CHECKPOINTS_DIR), step)
-  saved = resume.saved_dataset(meta) or {}
+  state, meta = saved.read_checkpoint(os.path.join(workdir, saved.CHECKPOINTS_DIR), step)
+  trained_on = resume.saved_dataset(meta) or {}
   if split:  # another split than the run evaluated: its size is not comparable
-    saved = {k: v for k, v in saved.items() if k != "num_eval"}
-  data.check_same_classes(saved, info, action="evaluate", where=workdir,
+    trained_on = {k: v for k, v in trained_on.items() if k != "num_eval"}
+  data.check_same_classes(trained_on, info, action="evaluate", where=workdir,
                           trained=f"its checkpoint {meta['step']}",
                           remedy="name the run's dataset with --data")
   runner = parallel.make_runner(config.train.runner)

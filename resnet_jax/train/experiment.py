@@ -12,7 +12,8 @@ import optax
 from resnet_jax.data import DatasetInfo, DeviceBatches
 from resnet_jax.errors import InvalidInputError
 from resnet_jax.models import ARCHITECTURE_OPTIONS, create_model, describe_architecture
-from resnet_jax.train import optim, parallel, pretrained, step
+from resnet_jax import pretrained
+from resnet_jax.train import optim, parallel, step
 from resnet_jax.train.config import PRECISIONS
 from resnet_jax.train.metrics import summed_over_windows
 from resnet_jax.train.state import LossScale, TrainState, create_train_state

@@ -13,14 +13,16 @@ import numpy as np
 
 from resnet_jax import data
 from resnet_jax.errors import InputError, InvalidInputError, check
-from resnet_jax.train import checkpoint, parallel, pretrained, resume
+from resnet_jax import pretrained
+from resnet_jax.train import checkpoint, parallel, resume
 from resnet_jax.train.config import run_length, validate_config
 from resnet_jax.train.evaluate import evaluate
 from resnet_jax.train.experiment import Experiment, build, model_architecture, model_description
 from resnet_jax.train.metrics import MetricsWriter, Progress, read_metrics, window_means
 from resnet_jax.train.preemption import Preempted, PreemptionWatcher
 from resnet_jax.train.step import NONFINITE_LOSS, metric_names
-from resnet_jax.train.workdir import CHECKPOINTS_DIR, Workdir, default_workdir, run_identity
+from resnet_jax.saved import CHECKPOINTS_DIR
+from resnet_jax.train.workdir import Workdir, default_workdir, run_identity
 
 
 class NonFiniteError(InvalidInputError, FloatingPointError):

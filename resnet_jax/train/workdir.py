@@ -16,12 +16,12 @@ import socket
 from typing import Any
 
 from resnet_jax import files
+from resnet_jax.saved import CHECKPOINTS_DIR
 from resnet_jax.data import identity_name
 from resnet_jax.errors import InvalidInputError, StorageError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
-CHECKPOINTS_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".lock"
 RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR, TENSORBOARD_DIR, LOCK_FILE)
@@ -248,9 +248,9 @@ def _read_holder(fd: int) -> dict[str, Any]:
 
 def _remove_empty_tree(path: str, also: str) -> None:
   """Removes `path` if it holds nothing but empty folders and the file `also`."""
-  for root, dirs, files in os.walk(path, topdown=False):
-    if set(files) - {also} or any(os.path.exists(os.path.join(root, d)) for d in dirs):
+  for root, dirs, names in os.walk(path, topdown=False):
+    if set(names) - {also} or any(os.path.exists(os.path.join(root, d)) for d in dirs):
       return
-    if also in files:
+    if also in names:
       os.remove(os.path.join(root, also))
     os.rmdir(root)

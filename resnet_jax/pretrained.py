@@ -10,12 +10,10 @@ import flax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from resnet_jax import files
+from resnet_jax import files, saved
 from resnet_jax.data.transforms import Preprocessing
 from resnet_jax.errors import InputNotFoundError, InvalidInputError, mismatch_error
 from resnet_jax.models import ResNet, create_model
-from resnet_jax.train import checkpoint
-from resnet_jax.train.workdir import CHECKPOINTS_DIR
 
 MODEL_FILE = "model.json"
 VARIABLES_DIR = "variables"
@@ -65,7 +63,7 @@ def export(directory: str, pretrained: Pretrained) -> None:
   with ocp.StandardCheckpointer() as saver:
     saver.save(os.path.join(directory, VARIABLES_DIR), pretrained.variables)
   files.write_atomic(os.path.join(directory, MODEL_FILE), json.dumps(
-      {**pretrained.describe(), "checksums": checkpoint.checksums(pretrained.variables)},
+      {**pretrained.describe(), "checksums": saved.checksums(pretrained.variables)},
       indent=2))
 
 
@@ -86,14 +84,14 @@ def load(path: str) -> Pretrained:
         description = json.load(f)
       with ocp.StandardCheckpointer() as reader:
         variables = reader.restore(os.path.join(path, VARIABLES_DIR))
-    except checkpoint.READ_ERRORS as e:
-      raise InvalidInputError(f"The model in {path} cannot be read ({checkpoint.short(e)}); "
+    except saved.READ_ERRORS as e:
+      raise InvalidInputError(f"The model in {path} cannot be read ({saved.short(e)}); "
                               "export it again.") from e
-    checkpoint.verified(variables, description, f"The model in {path}")
+    saved.verified(variables, description, f"The model in {path}")
     return from_description(variables, description)
-  checkpoints = os.path.join(path, CHECKPOINTS_DIR)
+  checkpoints = os.path.join(path, saved.CHECKPOINTS_DIR)
   if os.path.isdir(checkpoints):
-    state, meta = checkpoint.load(checkpoints)
+    state, meta = saved.read_checkpoint(checkpoints)
     if "model" not in meta:
       raise InvalidInputError(f"The checkpoint in {checkpoints} does not describe its model.")
     return from_description({"params": state["params"], "batch_stats": state["batch_stats"]},

@@ -1,0 +1,119 @@
+"""What every reader of a saved checkpoint or model shares: leaf names, checksums and their
+verification, the errors a damaged file raises, and reading a run's checkpoint as saved.
+
+Training writes checkpoints (`train.checkpoint`), fine-tuning, evaluation and prediction read them
+(`pretrained`, `train.evaluate`); all of them verify the same checksums.
+"""
+
+import logging
+import os
+import zlib
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from resnet_jax.errors import InputNotFoundError, InvalidInputError
+
+CHECKPOINTS_DIR = "checkpoints"  # a run folder's checkpoints: WORKDIR/checkpoints/<step>/
+STATE, META = "state", "meta"
+# What reading a damaged or incomplete checkpoint raises (orbax, tensorstore, json): the errors that
+# move a checkpoint aside. Anything else (a stop signal above all) leaves it where it is.
+READ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError)
+
+
+def leaf_name(path: tuple) -> str:
+  """"params/conv1/kernel" for a tree path of dict keys, attribute names or sequence indices."""
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+  return "/".join(parts)
+
+
+def named_leaves(tree: Any) -> dict[str, Any]:
+  """The leaves of `tree` by `leaf_name` (None and empty containers have none)."""
+  return {leaf_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def checksums(tree: Any) -> dict[str, str]:
+  """CRC-32 of every leaf's bytes, by leaf name: stored with a save, compared after a restore."""
+  return {name: f"{zlib.crc32(np.ascontiguousarray(leaf).view(np.uint8)):08x}"
+          for name, leaf in named_leaves(tree).items()}
+
+
+def damaged_leaves(state: Any, meta: dict[str, Any], what: str) -> list[str]:
+  """The leaves of a read state whose bytes differ from the checksums saved with it; warns (and
+  finds none) when `what` was saved without checksums, by an older version."""
+  saved = meta.get("checksums")
+  if saved is None:
+    logging.warning("%s has no checksums (written by an older version); using it unverified.",
+                    what)
+    return []
+  now = checksums(jax.device_get(state))
+  return [name for name in sorted(set(saved) | set(now)) if saved.get(name) != now.get(name)]
+
+
+def verified(state: Any, meta: dict[str, Any], what: str) -> Any:
+  """`state` when it matches its checksums (see `damaged_leaves`).
+
+  Raises:
+    InvalidInputError: naming the damaged leaves.
+  """
+  damaged = damaged_leaves(state, meta, what)
+  if damaged:
+    raise InvalidInputError(f"{what} is damaged: checksum mismatch in {summarize(damaged)}. Use "
+                            "another checkpoint, or copy it again from its source.")
+  return state
+
+
+def summarize(items: list[str], limit: int = 3) -> str:
+  """The first `limit` items joined, and how many more there are."""
+  more = f"; and {len(items) - limit} more" if len(items) > limit else ""
+  return "; ".join(items[:limit]) + more
+
+
+def short(error: BaseException) -> str:
+  """An error as "Type: message" on one line, cut at 300 characters."""
+  text = f"{type(error).__name__}: {error}".replace("\n", " ")
+  return text if len(text) < 300 else text[:300] + "..."
+
+
+def read_checkpoint(directory: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Reads a checkpoint as saved (nested dicts of numpy arrays) and its metadata; no target needed.
+
+  Args:
+    directory: a run's checkpoints folder (WORKDIR/checkpoints).
+    step: which checkpoint; None for the newest.
+
+  Returns:
+    (state, meta): the train state's fields by name, and the run metadata, verified against
+    the checksums saved with them (as resume verifies them).
+
+  Raises:
+    InputNotFoundError: there is no such checkpoint.
+    InvalidInputError: it cannot be read, or fails its checksums.
+  """
+  directory = os.path.abspath(directory)
+  # Finished saves only: an unfinished one is a temporary folder with a suffix.
+  steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if \
+      os.path.isdir(directory) else []
+  if not steps or (step is not None and step not in steps):
+    which = "checkpoint" if step is None else f"checkpoint {step}"
+    raise InputNotFoundError(f"No {which} in {directory}; it has {steps or 'none'}.")
+  step = steps[-1] if step is None else step
+  path = os.path.join(directory, str(step))
+  try:
+    # The item handlers directly: a read-only CheckpointManager warns that it is read-only.
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as reader:
+      state = reader.restore(os.path.join(path, STATE))
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as reader:
+      meta = reader.restore(os.path.join(path, META))
+  except READ_ERRORS as e:
+    raise InvalidInputError(f"Checkpoint {step} in {directory} cannot be read ({short(e)}); use "
+                            "another checkpoint (the newest intact one is what a resumed run "
+                            "takes).") from e
+  return verified(state, meta, f"Checkpoint {step} in {directory}"), meta
