@@ -9,11 +9,8 @@ Example on CPU:  python -m experiments.benchmark --model=resnet20 --batch-size=6
 
 import argparse
 import datetime
-import functools
-import json
 import os
 import sys
-import tempfile
 
 from experiments import cli
 
@@ -50,107 +47,20 @@ def parse_args(argv=None) -> argparse.Namespace:
   return args
 
 
-def make_config(args):
-  from experiments.configs import default
-  config = default.get_config()
-  config.model.name = args.model
-  config.optim.update(name="sgd", momentum=0.9, nesterov=False, weight_decay=1e-4,
-                      schedule="constant", warmup_epochs=0.0)
-  config.train.update(batch_size=args.batch_size, precision=args.dtype, runner=args.runner)
-  config.data.update(image_size=args.image_size, num_workers=args.num_workers,
-                     crop_padding=4 if args.image_size < 64 else 0, random_flip=True)
-  return config
-
-
-def input_config(args, config, folder: str):
-  """Points the data section at the dataset to read for --input."""
-  name = args.data or ("digits" if args.image_size < 64 else f"folder:{folder}")
-  imagenet_like = args.image_size >= 64
-  config.data.update(name=name, data_dir=args.data_dir, random_resized_crop=imagenet_like,
-                     device_resident="auto",
-                     eval_crop_ratio=0.875 if imagenet_like else 1.0,
-                     crop_padding=0 if imagenet_like else config.data.crop_padding)
-  return config
-
-
 def main(argv=None) -> int:
   args = parse_args(argv)
   with cli.command():
-    results = run(args)
-  path = args.json or os.path.join(
-      "runs", "benchmark",
-      f"{args.model}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  from resnet_jax import benchmark, files
-  with cli.command():
-    files.write_atomic(path, json.dumps(
-        results, indent=2, default=lambda x: x.item() if hasattr(x, "item") else str(x)))
+    from resnet_jax import benchmark
+    options = {**vars(args), "torch_compile": {"auto": None, "yes": True, "no": False}[
+        args.torch_compile]}
+    path = options.pop("json") or os.path.join(
+        "runs", "benchmark",
+        f"{args.model}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
+    results = benchmark.run(benchmark.Options(**options))
+    benchmark.write_results(results, path)
   print(benchmark.format_table(results))
   print(f"Wrote {path}")
   return 0
-
-
-def run(args) -> dict:
-  """Every timing the flags ask for, as one results dict."""
-  import jax
-  from resnet_jax import benchmark, data
-  from resnet_jax.models import create_model
-
-  create_model(args.model, num_classes=args.num_classes)  # an unknown name fails here, listing all
-  config = make_config(args)
-  results = {"model": args.model, "batch_size": args.batch_size,
-             "image_size": args.image_size, "dtype": args.dtype, "runner": args.runner,
-             "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
-             "jax_version": jax.__version__}
-  with tempfile.TemporaryDirectory() as folder:
-    pipeline = None
-    channels = args.channels
-    if args.input:
-      if not args.data and args.image_size >= 64:
-        benchmark.write_jpeg_folder(folder, num_images=max(64, 2 * args.batch_size))
-      config = input_config(args, config, folder)
-      real_info = data.get_info(config.data)
-      channels = real_info.image_shape[-1]  # time the synthetic step on the same input shape
-      pipeline = data.create_pipeline(
-          config.data, real_info, global_batch_size=args.batch_size,
-          eval_batch_size=args.batch_size, seed=0, process_index=jax.process_index(),
-          process_count=jax.process_count())
-    info = benchmark.synthetic_info(args.num_classes, args.image_size, channels)
-    results["synthetic"] = benchmark.time_train_step(config, info, steps=args.steps,
-                                                     warmup=args.warmup)
-    if pipeline is not None:
-      results["input_only"] = benchmark.time_input(
-          pipeline, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup)
-      results["input_only"]["images_per_sec_per_worker"] = (
-          results["input_only"]["images_per_sec"] / max(1, args.num_workers))
-      results["with_input"] = benchmark.time_train_step(
-          config, real_info, steps=args.steps, warmup=args.warmup, pipeline=pipeline)
-      results["with_input"]["device_resident"] = pipeline.device_resident
-      results["input_vs_synthetic"] = (results["with_input"]["images_per_sec"] /
-                                       results["synthetic"]["images_per_sec"])
-
-  if args.compare_torch:
-    spec = create_model(args.model, num_classes=args.num_classes)
-    from resnet_jax.interop.torch_reference import time_torch
-    results["torch"] = time_torch(
-        spec, batch_size=args.batch_size, image_size=args.image_size, channels=channels,
-        precision=args.dtype, learning_rate=0.1, momentum=0.9, weight_decay=1e-4,
-        steps=args.steps, warmup=args.warmup,
-        compile={"auto": None, "yes": True, "no": False}[args.torch_compile])
-    results["jax_vs_torch"] = (results["synthetic"]["images_per_sec"] /
-                               results["torch"]["images_per_sec"])
-  if args.profile_convs:
-    shapes = benchmark.convolutions(create_model(args.model, num_classes=args.num_classes),
-                                    (args.image_size, args.image_size, channels),
-                                    args.batch_size // jax.device_count())
-    timers = {"jax": benchmark.time_convolution}
-    if args.compare_torch:
-      from resnet_jax.interop.torch_reference import time_torch_convolution
-      timers["torch"] = time_torch_convolution
-    results["convolutions"] = {name: benchmark.profile_convolutions(shapes, functools.partial(
-        timer, dtype=args.dtype, steps=args.steps, warmup=args.warmup))
-        for name, timer in timers.items()}
-  return results
 
 
 if __name__ == "__main__":

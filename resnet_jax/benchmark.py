@@ -6,12 +6,15 @@ by the device's published peak.
 """
 
 import collections
+import dataclasses
 import functools
 import itertools
+import json
 import math
 import os
 import resource
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,13 +25,12 @@ import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import data
+from resnet_jax import data, files
 from resnet_jax.data import pipeline as pipeline_lib
-from resnet_jax.data.device import host_fed
 from resnet_jax.layers import conv
+from resnet_jax.models import create_model
 from resnet_jax.timing import PHASES, summary, timed
-from resnet_jax.train import parallel
-from resnet_jax.train.experiment import build
+from resnet_jax.train.experiment import Experiment, assemble
 
 # Dense peak FLOP/s per device, from the vendors' data sheets (no sparsity).
 PEAK_FLOPS = {  # device-kind substring -> {compute dtype: FLOP/s}
@@ -107,13 +109,15 @@ def _peak_memory_bytes() -> tuple[int | None, str]:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "host_rss"
 
 
-def synthetic_info(num_classes: int, image_size: int, channels: int) -> data.DatasetInfo:
+def synthetic_info(num_classes: int, image_size: int, channels: int,
+                   num_train: int = 0) -> data.DatasetInfo:
   """A stand-in dataset description: ImageNet-like normalisation, no files."""
   mean = (124.0, 116.0, 104.0)[:channels] if channels <= 3 else (127.5,) * channels
   std = (58.0, 57.0, 57.5)[:channels] if channels <= 3 else (64.0,) * channels
   return data.DatasetInfo(name="synthetic", num_classes=num_classes,
                           class_names=tuple(str(i) for i in range(num_classes)),
-                          image_shape=(image_size, image_size, channels), num_train=0, num_eval=0,
+                          image_shape=(image_size, image_size, channels), num_train=num_train,
+                          num_eval=0,
                           mean=mean, std=std)
 
 
@@ -242,43 +246,34 @@ def time_convolution(shape: ConvShape, *, dtype: str, steps: int,
             window=1)) for phase, fn in fns.items()}
 
 
-def time_train_step(config: Any, info: data.DatasetInfo, *, steps: int, warmup: int,
-                    pipeline: Any = None) -> dict[str, Any]:
-  """Compiles and times `config`'s real train step.
+def time_train_step(exp: Experiment, *, steps: int, warmup: int) -> dict[str, Any]:
+  """Compiles and times an assembled experiment's real train step.
 
   Args:
-    config: a run config (model, optim, train sections are used).
-    info: the dataset description the model is built for.
+    exp: `train.experiment.assemble`'s experiment: with a pipeline, the step is fed as training
+      feeds it; on a dataset without records, by one synthetic batch already on the devices.
     steps, warmup: timed steps and untimed warm-up steps.
-    pipeline: a real input pipeline to feed the step as training does; None uses one synthetic
-      batch, already on the devices, for every step.
 
   Returns:
     images/s (median, min, max), step time, compile time, FLOPs per image and peak memory.
   """
-  t = config.train
-  runner = parallel.make_runner(t.runner)
-  runner.check_batch_size(t.batch_size)
-  batches = pipeline.device_batches(parallel.AXIS) if pipeline else \
-      host_fed(config.data, info, parallel.AXIS)
-  exp = build(config, info, runner, batches,
-              steps_per_epoch=pipeline.steps_per_epoch if pipeline else 1000, total_steps=10**6)
-  state, rng = runner.replicate(exp.state), runner.replicate(exp.rng)
-  if pipeline is None:
-    local = t.batch_size // jax.process_count()
+  runner, info, batch_size = exp.runner, exp.info, exp.config.train.batch_size
+  state, rng = runner.replicate(exp.parts.state), runner.replicate(exp.parts.rng)
+  if exp.pipeline is None:
+    local = batch_size // jax.process_count()
     r = np.random.RandomState(0)
     host = {"image": r.randint(0, 256, (local,) + tuple(info.image_shape), dtype=np.uint8),
             "label": r.randint(0, info.num_classes, (local,)).astype(np.int32)}
     inputs = itertools.repeat((runner.shard_batch(host), None))
   else:
-    inputs = pipeline.train_feed(0, runner)
+    inputs = exp.pipeline.train_feed(0, runner)
 
   first = next(inputs)
   inputs = itertools.chain([first], inputs)
   start = time.perf_counter()
-  compiled = exp.train_fn.lower(state, first[0], rng, first[1]).compile()
+  compiled = exp.steps.train.lower(state, first[0], rng, first[1]).compile()
   compile_s = time.perf_counter() - start
-  flops_per_image = train_flops_per_image(exp.model, info.image_shape)
+  flops_per_image = train_flops_per_image(exp.parts.model, info.image_shape)
 
   def step():
     nonlocal state
@@ -288,24 +283,132 @@ def time_train_step(config: Any, info: data.DatasetInfo, *, steps: int, warmup: 
 
   times = timed(step, jax.block_until_ready, steps=steps, warmup=warmup)
   memory, memory_kind = _peak_memory_bytes()
-  result = {**summary(times, t.batch_size), "compile_time_s": compile_s,
+  result = {**summary(times, batch_size), "compile_time_s": compile_s,
             "flops_per_image": flops_per_image,
             "peak_memory_bytes": memory, "peak_memory_kind": memory_kind,
             "num_devices": runner.num_replicas}
   achieved = result["flops_per_image"] * result["images_per_sec"] / runner.num_replicas
-  peak = peak_flops(jax.devices()[0].device_kind, t.precision)
+  peak = peak_flops(jax.devices()[0].device_kind, exp.config.train.precision)
   result.update({"achieved_flops_per_sec_per_device": achieved,
                  "peak_flops_per_sec_per_device": peak, "mfu": achieved / peak if peak else None})
   return result
 
 
-def time_input(pipeline: Any, *, batch_size: int, steps: int, warmup: int) -> dict[str, float]:
-  """Host input pipeline alone: images/s delivered (decode, augment, batch).
+def time_input(pipeline: Any, *, batch_size: int, steps: int, warmup: int) -> dict[str, Any]:
+  """Host input pipeline alone: images/s delivered (decode, augment, batch); nothing for a
+  device-resident dataset, whose batches are made on the devices.
 
   The warm-up also takes the batches the workers had ready, so the timed steps see only what
   they compute while timed.
   """
+  if pipeline.device_resident:
+    return {"device_resident": True}
   batches = pipeline.train_batches(0)
   times = timed(lambda: next(batches), lambda _: None, steps=steps,
                  warmup=warmup + pipeline_lib.BATCHES_AHEAD * max(1, pipeline.num_workers))
   return {**summary(times, batch_size), "device_resident": pipeline.device_resident}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Options:
+  """What to time (the flags of `experiments.benchmark`)."""
+
+  model: str = "resnet50"
+  batch_size: int = 256  # global
+  image_size: int = 224
+  channels: int = 3
+  num_classes: int = 1000
+  dtype: str = "bfloat16"  # the compute precision: float32, bfloat16 or float16
+  steps: int = 20  # timed steps
+  warmup: int = 3  # untimed steps after compilation
+  runner: str = "mesh"
+  compare_torch: bool = False  # also time PyTorch's twin
+  torch_compile: bool | None = None  # None: on CUDA only
+  profile_convs: bool = False  # also time each convolution alone
+  input: bool = False  # also time the input pipeline alone and the step fed by it
+  data: str = ""  # the dataset for `input`; "": digits under 64 pixels, else generated JPEGs
+  data_dir: str = ""
+  num_workers: int = 0
+
+
+def benchmark_config(options: Options, jpeg_folder: str) -> Any:
+  """The run config the benchmark times: SGD with momentum and weight decay at a constant rate,
+  for as many steps as it runs, reading `options.data` (or its default) for `input`."""
+  from experiments.configs import default
+  config = default.get_config()
+  imagenet_like = options.image_size >= 64
+  config.model.name = options.model
+  config.optim.update(name="sgd", momentum=0.9, nesterov=False, weight_decay=1e-4,
+                      schedule="constant", warmup_epochs=0.0)
+  config.train.update(batch_size=options.batch_size, eval_batch_size=options.batch_size,
+                      precision=options.dtype, runner=options.runner,
+                      num_steps=options.warmup + options.steps)
+  config.data.update(
+      name=options.data or (f"folder:{jpeg_folder}" if imagenet_like else "digits"),
+      data_dir=options.data_dir, image_size=options.image_size, num_workers=options.num_workers,
+      crop_padding=0 if imagenet_like else 4, random_flip=True,
+      # The synthetic step alone times the device-side augmentations; read JPEGs are cropped on
+      # the host, as ImageNet training crops them, which leaves nothing on the device.
+      random_resized_crop=options.input and imagenet_like, device_resident="auto",
+      eval_crop_ratio=0.875 if imagenet_like else 1.0)
+  return config
+
+
+def run(options: Options) -> dict[str, Any]:
+  """Every timing `options` asks for, as one results dict (see `format_table`)."""
+  create_model(options.model, num_classes=options.num_classes)  # an unknown name fails here
+  results = {"model": options.model, "batch_size": options.batch_size,
+             "image_size": options.image_size, "dtype": options.dtype, "runner": options.runner,
+             "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
+             "jax_version": jax.__version__}
+  timing = {"steps": options.steps, "warmup": options.warmup}
+  channels = options.channels
+  with tempfile.TemporaryDirectory() as folder:
+    config = benchmark_config(options, folder)
+    real = None
+    if options.input:
+      if not options.data and options.image_size >= 64:
+        write_jpeg_folder(folder, num_images=max(64, 2 * options.batch_size))
+      real = assemble(config)
+      channels = real.info.image_shape[-1]  # time the synthetic step on the same input shape
+    synthetic = data.Dataset(synthetic_info(options.num_classes, options.image_size, channels,
+                                            num_train=options.batch_size * config.train.num_steps),
+                             splits=None)
+    results["synthetic"] = time_train_step(assemble(config, dataset=synthetic), **timing)
+    if real is not None:
+      results["input_only"] = time_input(real.pipeline, batch_size=options.batch_size, **timing)
+      if not real.pipeline.device_resident:
+        results["input_only"]["images_per_sec_per_worker"] = (
+            results["input_only"]["images_per_sec"] / max(1, options.num_workers))
+      results["with_input"] = time_train_step(real, **timing)
+      results["with_input"]["device_resident"] = real.pipeline.device_resident
+      results["input_vs_synthetic"] = (results["with_input"]["images_per_sec"] /
+                                       results["synthetic"]["images_per_sec"])
+  model = create_model(options.model, num_classes=options.num_classes)
+  if options.compare_torch:
+    from resnet_jax.interop.torch_timing import time_torch
+    results["torch"] = time_torch(
+        model, batch_size=options.batch_size, image_size=options.image_size, channels=channels,
+        precision=options.dtype, learning_rate=config.optim.learning_rate,
+        momentum=config.optim.momentum, weight_decay=config.optim.weight_decay,
+        compile=options.torch_compile, **timing)
+    results["jax_vs_torch"] = (results["synthetic"]["images_per_sec"] /
+                               results["torch"]["images_per_sec"])
+  if options.profile_convs:
+    shapes = convolutions(model, (options.image_size, options.image_size, channels),
+                          options.batch_size // jax.device_count())
+    timers = {"jax": time_convolution}
+    if options.compare_torch:
+      from resnet_jax.interop.torch_timing import time_torch_convolution
+      timers["torch"] = time_torch_convolution
+    results["convolutions"] = {
+        name: profile_convolutions(shapes, functools.partial(timer, dtype=options.dtype, **timing))
+        for name, timer in timers.items()}
+  return results
+
+
+def write_results(results: dict[str, Any], path: str) -> None:
+  """Writes `results` as JSON to `path` (atomically; its folder is made)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  files.write_atomic(path, json.dumps(
+      results, indent=2, default=lambda x: x.item() if hasattr(x, "item") else str(x)))

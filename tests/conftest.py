@@ -42,7 +42,7 @@ def tfds_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("tfds"))
   config = default.get_config().data
   config.data_dir = path
-  data.get_info(config)
+  data.open(config).info
   return path
 
 

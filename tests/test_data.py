@@ -27,11 +27,21 @@ def make_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def pipeline_for(config, *, batch=64, eval_batch=100, seed=0, process_index=0, process_count=1,
-                 info=None):
-  info = info or data.get_info(config)
-  return data.create_pipeline(config, info, global_batch_size=batch, eval_batch_size=eval_batch,
-                              seed=seed, process_index=process_index,
-                              process_count=process_count)
+                 dataset=None):
+  return data.Pipeline(config, dataset or data.open(config), global_batch_size=batch,
+                       eval_batch_size=eval_batch, seed=seed, process_index=process_index,
+                       process_count=process_count)
+
+
+def resident_rows(pipeline, steps):
+  """The examples a device-resident run's train step reads at each of `steps`, [steps, batch]:
+  `DeviceBatches._rows` on the eight devices, from the epoch's order that `train_feed` sends."""
+  batches = pipeline.device_batches("batch")
+  rows = jax.pmap(lambda order, step: batches._rows({"order": order}, step), axis_name="batch",
+                  in_axes=(None, 0))
+  return np.stack([np.asarray(rows(pipeline.epoch_order(step // pipeline.steps_per_epoch),
+                                   np.full(jax.device_count(), step))).reshape(-1)
+                   for step in steps])
 
 
 def take(iterator, n):
@@ -79,14 +89,15 @@ def test_digits_builder_prepares_without_tensorflow(tmp_path):
   assert not set(first[0]) & set(first[1]) and len(first[0]) + len(first[1]) == 1797
 
 
-def test_get_info_for_the_digits(tfds_dir):
-  info = data.get_info(make_config(data_dir=tfds_dir))
+def test_opening_the_digits(tfds_dir):
+  info = data.open(make_config(data_dir=tfds_dir)).info
   assert info.name == "digits" and info.num_classes == 10 and len(info.class_names) == 10
   assert info.image_shape == (8, 8, 1)
   assert (info.num_train, info.num_eval) == (1438, 359)
   assert len(info.mean) == len(info.std) == 1 and 50 < info.mean[0] < 110 and info.std[0] > 50
-  assert data.get_info(make_config(data_dir=tfds_dir)) == info  # deterministic statistics
-  resized = data.get_info(make_config(data_dir=tfds_dir, image_size=16, normalization="imagenet"))
+  assert data.open(make_config(data_dir=tfds_dir)).info == info  # deterministic statistics
+  resized = data.open(make_config(data_dir=tfds_dir, image_size=16,
+                                  normalization="imagenet")).info
   assert resized.image_shape == (16, 16, 1)
   np.testing.assert_allclose(resized.mean, [np.mean(sources.IMAGENET_MEAN)])
   np.testing.assert_allclose(resized.std, [np.mean(sources.IMAGENET_STD)])
@@ -102,7 +113,7 @@ def test_grayscale_folder_has_one_channel(tmp_path):
   save(str(tmp_path / "val/a/x.png"), noise((6, 5), 3))
   (tmp_path / "train/b/.DS_Store").write_bytes(b"hidden files are skipped")
   config = make_config(name=f"folder:{tmp_path}")
-  info = data.get_info(config)
+  info = data.open(config).info
   assert info.image_shape == (6, 5, 1) and info.class_names == ("a", "b")
   assert (info.num_train, info.num_eval) == (4, 1)
   pipeline = pipeline_for(config, batch=4, eval_batch=2)
@@ -120,12 +131,12 @@ def test_mixed_folder_has_three_channels_and_needs_image_size(tmp_path):
   save(str(tmp_path / "train/dog/cmyk.jpg"), noise((8, 8, 3), 3), mode="CMYK", fmt="JPEG")
   save(str(tmp_path / "test/dog/rgb.jpg"), noise((20, 16, 3), 4), fmt="JPEG")
   with pytest.raises(ValueError, match=r"different sizes.*--config.data.image_size=N"):
-    data.get_info(make_config(name=f"folder:{tmp_path}"))
+    data.open(make_config(name=f"folder:{tmp_path}"))
   config = make_config(name=f"folder:{tmp_path}", image_size=10, device_resident="no")
-  info = data.get_info(config)
+  info = data.open(config).info
   assert info.image_shape == (10, 10, 3) and info.class_names == ("cat", "dog")
   assert len(info.mean) == 3
-  pipeline = pipeline_for(config, info=info, batch=2, eval_batch=2)
+  pipeline = pipeline_for(config, batch=2, eval_batch=2)
   assert not pipeline.device_resident
   batch = next(pipeline.train_batches(0))
   assert batch["image"].shape == (2, 10, 10, 3) and batch["image"].dtype == np.uint8
@@ -167,25 +178,25 @@ def test_folder_jpegs_decode_to_pillows_pixels(tmp_path):
 def test_folder_errors(tmp_path):
   (tmp_path / "empty/train").mkdir(parents=True)
   with pytest.raises(ValueError, match="no class subfolders"):
-    data.get_info(make_config(name=f"folder:{tmp_path / 'empty'}"))
+    data.open(make_config(name=f"folder:{tmp_path / 'empty'}"))
   (tmp_path / "empty/train/cat").mkdir()
   (tmp_path / "empty/train/dog").mkdir()
   (tmp_path / "empty/test/cat").mkdir(parents=True)
   with pytest.raises(ValueError, match="No images under .*empty/train"):
-    data.get_info(make_config(name=f"folder:{tmp_path / 'empty'}"))
+    data.open(make_config(name=f"folder:{tmp_path / 'empty'}"))
   with pytest.raises(ValueError, match="does not exist"):
-    data.get_info(make_config(name=f"folder:{tmp_path / 'missing'}"))
+    data.open(make_config(name=f"folder:{tmp_path / 'missing'}"))
   bad = tmp_path / "bad"
   for split in ("train", "test"):
     for label in ("cat", "dog"):
       save(str(bad / f"{split}/{label}/ok.png"), noise((8, 8, 3), 0))
   (bad / "train/cat/notes.jpg").write_bytes(b"not an image")
   with pytest.raises(ValueError, match="Cannot read image .*notes.jpg"):
-    data.get_info(make_config(name=f"folder:{bad}"))
+    data.open(make_config(name=f"folder:{bad}"))
   os.remove(bad / "train/cat/notes.jpg")
   save(str(bad / "test/bird/x.png"), noise((8, 8, 3), 0))
   with pytest.raises(ValueError, match=r"\['bird'\].*train lacks"):
-    data.get_info(make_config(name=f"folder:{bad}"))
+    data.open(make_config(name=f"folder:{bad}"))
   os.remove(bad / "test/bird/x.png")
   os.rmdir(bad / "test/bird")
   # A file whose header reads but whose pixels do not: named when its pixels are decoded, before
@@ -204,68 +215,72 @@ def test_folder_errors(tmp_path):
   for verify in ("auto", "yes"):
     config.verify_images = verify
     with pytest.raises(ValueError, match="Cannot read image .*zz.png"):
-      data.get_info(config)
+      data.open(config)
   config.update(normalization="dataset", verify_images="no")
   with pytest.raises(ValueError, match="Cannot read image .*zz.png"):
-    data.get_info(config)
+    data.open(config)
 
 
 # tfds datasets through the same pipeline, without TensorFlow.
 def test_mock_cifar10_through_the_pipeline(tmp_path):
   config = make_config(name="cifar10", data_dir=str(tmp_path), device_resident="no")
   with tfds.testing.mock_data(num_examples=40):
-    info = data.get_info(config)
+    dataset = data.open(config)
+    info = dataset.info
     assert info.image_shape == (32, 32, 3) and info.num_classes == 10
     assert (info.num_train, info.num_eval) == (40, 40)
     assert info.mean == sources.DATASETS["cifar10"].mean
-    pipeline = pipeline_for(config, info=info, batch=16, eval_batch=24)
+    pipeline = pipeline_for(config, dataset=dataset, batch=16, eval_batch=24)
     batch = next(pipeline.train_batches(0))
     assert batch["image"].shape == (16, 32, 32, 3) and batch["label"].dtype == np.int32
     evaluation = list(pipeline.eval_batches())
     assert sum(int(b["mask"].sum()) for b in evaluation) == 40
     config.device_resident = "yes"
-    resident = pipeline_for(config, info=info, batch=16, eval_batch=24)
+    resident = pipeline_for(config, dataset=dataset, batch=16, eval_batch=24)
     assert resident.arrays["train"]["image"].shape == (40, 32, 32, 3)
-    np.testing.assert_array_equal(resident.arrays["train"]["image"][batch_indices(resident, 0)],
+    np.testing.assert_array_equal(resident.arrays["train"]["image"][resident_rows(resident, [0])[0]],
                                   batch["image"])
   assert "tensorflow" not in sys.modules
 
 
-def batch_indices(pipeline, step):
-  return next(pipeline.train_batches(step))["index"]
-
-
 def test_errors_for_unknown_names_missing_downloads_and_missing_tensorflow(tmp_path):
   with pytest.raises(ValueError, match=r"Unknown dataset 'cifar11'.*cifar10.*digits.*folder:DIR"):
-    data.get_info(make_config(name="cifar11"))
+    data.open(make_config(name="cifar11"))
   with pytest.raises(FileNotFoundError,
                      match="ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar.*"
                      f"{tmp_path}/downloads/manual"):
-    data.get_info(make_config(name="imagenet2012", data_dir=str(tmp_path)))
+    data.open(make_config(name="imagenet2012", data_dir=str(tmp_path)))
   if "tensorflow" not in sys.modules:
     with pytest.raises(ImportError, match=r'needs TensorFlow.*pip install -e "\.\[prepare\]"'):
-      data.get_info(make_config(name="cifar10", data_dir=str(tmp_path)))
+      data.open(make_config(name="cifar10", data_dir=str(tmp_path)))
   with pytest.raises(ValueError, match="normalization"):
-    data.get_info(make_config(normalization="per_image"))
+    data.open(make_config(normalization="per_image"))
 
 
 # Order: a pure function of (seed, epoch, step), sharded over processes.
 def test_training_order_is_deterministic_and_resumable(tfds_dir):
-  config = make_config(data_dir=tfds_dir)
-  pipeline = pipeline_for(config)
-  assert pipeline.device_resident and pipeline.steps_per_epoch == 1438 // 64
-  steps = 3 * pipeline.steps_per_epoch
-  full = take(pipeline.train_batches(0), steps)
-  assert_batches_equal(full, take(pipeline_for(config).train_batches(0), steps))
-  assert_batches_equal(full[7:], take(pipeline.train_batches(7), steps - 7))
-  first_epoch = np.concatenate([b["index"] for b in full[:pipeline.steps_per_epoch]])
+  resident = pipeline_for(make_config(data_dir=tfds_dir))
+  steps_per_epoch = resident.steps_per_epoch
+  assert resident.device_resident and steps_per_epoch == 1438 // 64
+  steps = steps_per_epoch + 2  # into the second epoch
+  rows = resident_rows(resident, range(steps))
+  first_epoch = rows[:steps_per_epoch].reshape(-1)
   assert len(set(first_epoch)) == len(first_epoch)  # without replacement within an epoch
   np.testing.assert_array_equal(first_epoch, np.random.default_rng([0, 0]).permutation(1438)[
       :len(first_epoch)])
-  np.testing.assert_array_equal(first_epoch, pipeline.epoch_order(0)[:len(first_epoch)])
-  assert not np.array_equal(pipeline.epoch_order(0), pipeline.epoch_order(1))
-  other_seed = take(pipeline_for(config, seed=1).train_batches(0), 1)
-  assert not np.array_equal(other_seed[0]["index"], full[0]["index"])
+  assert not np.array_equal(resident.epoch_order(0), resident.epoch_order(1))
+  np.testing.assert_array_equal(rows[steps_per_epoch:].reshape(-1),
+                                resident.epoch_order(1)[:2 * 64])
+  other_seed = pipeline_for(make_config(data_dir=tfds_dir), seed=1)
+  assert not np.array_equal(resident_rows(other_seed, [0]), rows[:1])
+  # The host-fed pipeline reads the same examples at every step, from any start.
+  host = make_config(data_dir=tfds_dir, device_resident="no")
+  full = take(pipeline_for(host).train_batches(0), steps)
+  for batch, step_rows in zip(full, rows):
+    np.testing.assert_array_equal(batch["label"], resident.arrays["train"]["label"][step_rows])
+    np.testing.assert_array_equal(batch["image"], resident.arrays["train"]["image"][step_rows])
+  assert_batches_equal(full, take(pipeline_for(host).train_batches(0), steps))
+  assert_batches_equal(full[7:], take(pipeline_for(host).train_batches(7), steps - 7))
 
 
 def test_processes_share_each_global_batch(tfds_dir):
@@ -273,12 +288,13 @@ def test_processes_share_each_global_batch(tfds_dir):
     config = make_config(data_dir=tfds_dir, device_resident=mode)
     whole = pipeline_for(config)
     parts = [pipeline_for(config, process_index=p, process_count=2) for p in range(2)]
-    start = whole.steps_per_epoch - 1  # across an epoch boundary
-    expected = take(whole.train_batches(start), 2)
-    shares = [take(p.train_batches(start), 2) for p in parts]
-    for step in range(2):
-      chex.assert_trees_all_equal(
-          expected[step], jax.tree.map(lambda *x: np.concatenate(x), *[s[step] for s in shares]))
+    if mode == "no":  # resident processes each slice their devices' rows (DeviceBatches)
+      start = whole.steps_per_epoch - 1  # across an epoch boundary
+      expected = take(whole.train_batches(start), 2)
+      shares = [take(p.train_batches(start), 2) for p in parts]
+      for step in range(2):
+        chex.assert_trees_all_equal(expected[step], jax.tree.map(
+            lambda *x: np.concatenate(x), *[s[step] for s in shares]))
     for a, b, c in zip(whole.eval_batches(), *[p.eval_batches() for p in parts]):
       chex.assert_trees_all_equal(a, jax.tree.map(lambda *x: np.concatenate(x), b, c))
   with pytest.raises(ValueError, match="multiple of the process count"):
@@ -313,18 +329,16 @@ def test_device_residency_choice(tfds_dir):
   with pytest.raises(ValueError, match="random_resized_crop"):
     pipeline_for(crop)
   with pytest.raises(ValueError, match="exceeds the 1438 training examples"):
-    pipeline_for(make_config(data_dir=tfds_dir), batch=2048).train_batches(0)
+    pipeline_for(make_config(data_dir=tfds_dir), batch=2048).check_steps()
 
 
 def test_host_batches_match_resident_arrays_and_do_not_depend_on_workers(tfds_dir):
   resident = pipeline_for(make_config(data_dir=tfds_dir, image_size=12))
   host = make_config(data_dir=tfds_dir, image_size=12, device_resident="no")
   serial = take(pipeline_for(host).train_batches(5), 3)
-  for batch, expected in zip(serial, take(resident.train_batches(5), 3)):
-    np.testing.assert_array_equal(batch["image"], resident.arrays["train"]["image"][
-        expected["index"]])
-    np.testing.assert_array_equal(batch["label"], resident.arrays["train"]["label"][
-        expected["index"]])
+  for batch, rows in zip(serial, resident_rows(resident, range(5, 8))):
+    np.testing.assert_array_equal(batch["image"], resident.arrays["train"]["image"][rows])
+    np.testing.assert_array_equal(batch["label"], resident.arrays["train"]["label"][rows])
   # Inception crops: randomness from (seed, position), so worker processes change nothing.
   crop = make_config(data_dir=tfds_dir, image_size=12, random_resized_crop=True,
                      random_flip=True)
@@ -334,7 +348,7 @@ def test_host_batches_match_resident_arrays_and_do_not_depend_on_workers(tfds_di
   assert_batches_equal(serial, parallel)
   assert serial[0]["image"].shape == (64, 12, 12, 1)
   assert not np.array_equal(serial[0]["image"], resident.arrays["train"]["image"][
-      batch_indices(resident, 5)])
+      resident_rows(resident, [5])[0]])
 
 
 # Host transforms.
@@ -442,12 +456,12 @@ def test_folders_with_fewer_than_two_classes_or_an_empty_class_are_refused(tmp_p
     save(str(tmp_path / f"{split}/cat/a.png"), noise((8, 8, 3), 0))
   with pytest.raises(ValueError, match=r"train has one class folder \(cat\); a classifier needs "
                                        r"at least two"):
-    data.get_info(make_config(name=f"folder:{tmp_path}"))
+    data.open(make_config(name=f"folder:{tmp_path}"))
   (tmp_path / "train/dog").mkdir()  # empty: a class that no example would show
   (tmp_path / "train/dog/.hidden").write_bytes(b"")
   with pytest.raises(ValueError, match=r"train/dog has no images; remove that folder or add its "
                                        r"images"):
-    data.get_info(make_config(name=f"folder:{tmp_path}"))
+    data.open(make_config(name=f"folder:{tmp_path}"))
 
 
 def test_unreadable_and_oversized_images_are_named_before_training(tmp_path, monkeypatch):
@@ -463,8 +477,8 @@ def test_unreadable_and_oversized_images_are_named_before_training(tmp_path, mon
   with pytest.raises(decode.ImageReadError,
                      match=r"Cannot read 2 of 4 images: .*big.png: DecompressionBombError.*; "
                            r".*notes.jpg: UnidentifiedImageError"):
-    data.get_info(config)
+    data.open(config)
   os.remove(tmp_path / "train/dog/notes.jpg")
   config.verify_images = "no"  # headers only: the guard still names the file
   with pytest.raises(decode.ImageReadError, match=r"Cannot read image .*big.png"):
-    data.get_info(config)
+    data.open(config)

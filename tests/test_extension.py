@@ -91,8 +91,8 @@ def test_a_fork_adds_a_block_a_dataset_an_optimizer_and_an_augmentation(tmp_path
   assert final["eval_accuracy"] > 0.9  # rows vs columns
   from resnet_jax import data
   config = fork_config().data
-  pipeline = data.create_pipeline(config, data.get_info(config), global_batch_size=32,
-                                  eval_batch_size=64, seed=0)
+  pipeline = data.Pipeline(config, data.open(config), global_batch_size=32, eval_batch_size=64,
+                           seed=0)
   assert pipeline.device_resident  # the new augmentation runs on the device, as planned
   assert [aug.name for aug, _ in pipeline.augmentations.device] == ["pad_crop", "invert"]
 

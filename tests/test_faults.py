@@ -16,9 +16,8 @@ import chex
 import pytest
 from PIL import Image
 
-from resnet_jax import errors
+from resnet_jax import errors, pretrained
 from resnet_jax.data import folder as folder_lib
-from resnet_jax import pretrained
 from resnet_jax.train import checkpoint, evaluate, loop, metrics
 from test_reliability import (REPO, assert_same_run, comparable_metrics, copy_run, final_state,
                               no_compiling, no_compiling_after_first_run, snapshot)  # noqa: F401

@@ -17,8 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import errors
-from resnet_jax import saved
+from resnet_jax import data, errors, saved
 from resnet_jax.train import checkpoint, loop, metrics, step, workdir as workdir_lib
 from resnet_jax.train.preemption import Preempted, PreemptionWatcher
 
@@ -474,13 +473,13 @@ def test_a_read_only_workdir_is_refused_in_one_sentence(small_config, tmp_path, 
 
 def test_a_signal_during_setup_stops_at_once_and_leaves_nothing(small_config, tmp_path,
                                                                 monkeypatch):
-  get_info = loop.data.get_info
+  open_dataset = data.open
 
   def interrupted(config):
     os.kill(os.getpid(), signal.SIGTERM)  # arrives while the dataset is being opened
-    return get_info(config)
+    return open_dataset(config)
 
-  monkeypatch.setattr(loop.data, "get_info", interrupted)
+  monkeypatch.setattr(data, "open", interrupted)
   with pytest.raises(Preempted, match="Stopped by SIGTERM during setup, before the first step; "
                                       "nothing was trained, and no checkpoint or metrics record was "
                                       "lost") as info:

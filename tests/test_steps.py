@@ -9,11 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.configs import default
-from resnet_jax import benchmark
+from resnet_jax import benchmark, data
 from resnet_jax.data.augment import normalize
-from resnet_jax.data.device import host_fed
 from resnet_jax.train import parallel, state as state_lib, step as steps
-from resnet_jax.train.experiment import build
+from resnet_jax.train.experiment import assemble
 from resnet_jax.train.metrics import summed_over_windows
 
 
@@ -26,12 +25,12 @@ def tiny_config(**train):
   return config
 
 
-INFO = benchmark.synthetic_info(num_classes=10, image_size=16, channels=3)
+INFO = benchmark.synthetic_info(num_classes=10, image_size=16, channels=3, num_train=16 * 10)
 
 
 def build_step(config, runner):
-  return build(config, INFO, runner, host_fed(config.data, INFO, parallel.AXIS),
-               steps_per_epoch=10, total_steps=100)
+  """The config's state parts and steps on a synthetic dataset (the host sends each batch)."""
+  return assemble(config, dataset=data.Dataset(INFO, splits=None), runner=runner)
 
 
 def host_batches(n, batch_size=16, seed=0):
@@ -42,10 +41,10 @@ def host_batches(n, batch_size=16, seed=0):
 
 def run_steps(config, runner, batches):
   exp = build_step(config, runner)
-  state, rng = runner.replicate(exp.state), runner.replicate(exp.rng)
+  state, rng = runner.replicate(exp.parts.state), runner.replicate(exp.parts.rng)
   losses = []
   for batch in batches:
-    state, metrics = exp.train_fn(state, runner.shard_batch(batch), rng, None)
+    state, metrics = exp.steps.train(state, runner.shard_batch(batch), rng, None)
     losses.append(float(jax.device_get(metrics["train_loss"]).reshape(-1)[0]))
   return runner.unreplicate(state), np.array(losses)
 
@@ -93,33 +92,33 @@ def test_train_step_is_traced_once():
 
   @chex.assert_max_traces(n=1)
   def step(state, batch, rng):
-    return steps.train_step(state, batch, rng, model=exp.model, tx=exp.tx,
-                            config=exp.step_config)
+    return steps.train_step(state, batch, rng, model=exp.parts.model, tx=exp.parts.tx,
+                            config=exp.parts.step_config)
 
-  train_fn = runner.train_step(summed_over_windows(step, 1), host_fed(config.data, INFO,
-                                                                       parallel.AXIS))
-  state, rng = runner.replicate(exp.state), runner.replicate(exp.rng)
+  train_fn = runner.train_step(summed_over_windows(step, 1), data.DeviceBatches.unpipelined(
+      config.data, INFO, parallel.AXIS))
+  state, rng = runner.replicate(exp.parts.state), runner.replicate(exp.parts.rng)
   for batch in host_batches(3):
     state, _ = train_fn(state, runner.shard_batch(batch), rng, None)
 
 
 def make_step(exp, runner, config, **step_overrides):
-  step_config = dataclasses.replace(exp.step_config, **step_overrides)
-  train = functools.partial(steps.train_step, model=exp.model, tx=exp.tx, config=step_config)
+  step_config = dataclasses.replace(exp.parts.step_config, **step_overrides)
+  train = functools.partial(steps.train_step, model=exp.parts.model, tx=exp.parts.tx, config=step_config)
   return runner.train_step(summed_over_windows(train, config.train.log_every_steps),
-                           host_fed(config.data, INFO, parallel.AXIS))
+                           data.DeviceBatches.unpipelined(config.data, INFO, parallel.AXIS))
 
 
 def test_nonfinite_step_leaves_the_state_untouched():
   runner = parallel.MeshRunner(jax.devices()[:2])
   config = tiny_config()
   exp = build_step(config, runner)
-  rng = runner.replicate(exp.rng)
+  rng = runner.replicate(exp.parts.rng)
   batch = runner.shard_batch(host_batches(1)[0])
   for policy in ("stop", "skip"):
     good_fn = make_step(exp, runner, config, on_nonfinite=policy)
     bad_fn = make_step(exp, runner, config, on_nonfinite=policy, label_smoothing=float("nan"))
-    state, _ = good_fn(runner.replicate(exp.state), batch, rng, None)
+    state, _ = good_fn(runner.replicate(exp.parts.state), batch, rng, None)
     before = runner.unreplicate(state)
     state, metrics = bad_fn(state, batch, rng, None)
     after = runner.unreplicate(state)
@@ -151,13 +150,13 @@ def test_float16_run_with_loss_scaling_and_ema():
   config.optim.ema_decay = 0.5
   runner = parallel.MeshRunner()
   exp = build_step(config, runner)
-  assert exp.step_config.on_nonfinite == "skip" and exp.state.loss_scale is not None
-  state, rng = runner.replicate(exp.state), runner.replicate(exp.rng)
-  state, metrics = exp.train_fn(state, runner.shard_batch(host_batches(1)[0]), rng, None)
+  assert exp.parts.step_config.on_nonfinite == "skip" and exp.parts.state.loss_scale is not None
+  state, rng = runner.replicate(exp.parts.state), runner.replicate(exp.parts.rng)
+  state, metrics = exp.steps.train(state, runner.shard_batch(host_batches(1)[0]), rng, None)
   host = runner.unreplicate(state)
   assert "loss_scale" in metrics
   # EMA after one step: decay * initial + (1 - decay) * current.
-  expected = jax.tree.map(lambda e, p: 0.5 * e + 0.5 * p, exp.state.params, host.params)
+  expected = jax.tree.map(lambda e, p: 0.5 * e + 0.5 * p, exp.parts.state.params, host.params)
   chex.assert_trees_all_close(host.ema_params, expected, rtol=1e-6)
 
 
@@ -165,12 +164,12 @@ def test_eval_step_counts_exactly_with_masks():
   config = tiny_config()
   runner = parallel.MeshRunner()
   exp = build_step(config, runner)
-  variables = runner.replicate(exp.state.variables())
+  variables = runner.replicate(exp.parts.state.variables())
   batch = host_batches(1)[0]
   batch["mask"] = np.arange(16) < 11
-  sums = jax.device_get(exp.eval_fn(variables, runner.shard_batch(batch), None))
+  sums = jax.device_get(exp.steps.eval(variables, runner.shard_batch(batch), None))
   assert float(sums["count"]) == 11.0
-  logits = exp.model.apply(exp.state.variables(), normalize(
+  logits = exp.parts.model.apply(exp.parts.state.variables(), normalize(
       batch["image"][:11], INFO.mean, INFO.std))
   assert float(sums["top1"]) == float(np.sum(np.argmax(logits, -1) == batch["label"][:11]))
   assert float(sums["top1"]) <= float(sums["top5"]) <= 11.0

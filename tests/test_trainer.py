@@ -42,7 +42,7 @@ def test_two_steps_on_mock_tfds_cifar10(tmp_path):
 
 def test_eval_is_exact_over_an_uneven_split(small_config, tmp_path):
   config = small_config(num_steps=2)
-  num_eval = data.get_info(config.data).num_eval
+  num_eval = data.open(config.data).info.num_eval
   assert num_eval % config.train.eval_batch_size  # the last batch is padded and masked
   final = loop.train_and_evaluate(config, str(tmp_path))
   correct = final["eval_accuracy"] * num_eval

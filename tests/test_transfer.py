@@ -13,8 +13,7 @@ from PIL import Image
 import resnet_jax
 from experiments import convert as convert_command, evaluate as evaluate_command
 from experiments import predict as predict_command
-from resnet_jax import inference
-from resnet_jax import pretrained, saved
+from resnet_jax import inference, pretrained, saved
 from resnet_jax.train import loop, metrics
 
 torch = pytest.importorskip("torch")

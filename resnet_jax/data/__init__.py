@@ -5,10 +5,10 @@ the transforms) does not pull in tensorflow-datasets or grain."""
 import importlib
 
 _EXPORTS = {
-    "DATASETS": "sources", "DatasetInfo": "sources", "get_info": "sources",
+    "DATASETS": "sources", "DatasetInfo": "sources", "Dataset": "sources", "open": "sources",
     "Splits": "sources", "register_source": "sources", "check_same_classes": "sources",
     "identity_name": "sources",
-    "Pipeline": "pipeline", "create_pipeline": "pipeline",
+    "Pipeline": "pipeline",
     "DeviceBatches": "device",
     "eval_transform": "transforms",
     "normalize": "augment", "register_augmentation": "augment",

@@ -44,6 +44,13 @@ class DeviceBatches:
   steps_per_epoch: int = 1
   dtype: Any = jnp.float32
 
+  @classmethod
+  def unpipelined(cls, data_config: Any, info: Any, axis_name: str) -> "DeviceBatches":
+    """For batches the host sends already at size, without a pipeline (synthetic data): the
+    config's device-stage augmentations, then normalisation."""
+    return cls(mean=tuple(info.mean), std=tuple(info.std),
+               augmentations=plan(requested(data_config)).device, axis_name=axis_name)
+
   def _rows(self, arrays: dict, step: jax.Array) -> jax.Array:
     """This replica's example indices at `step`, from the epoch's order on the device."""
     local = self.global_batch_size // jax.lax.axis_size(self.axis_name)
@@ -74,11 +81,3 @@ class DeviceBatches:
       images, labels = inputs["image"], inputs["label"]
     return {"image": normalize(images, self.mean, self.std, self.dtype), "label": labels,
             "mask": inputs["mask"]}
-
-
-
-def host_fed(data_config: Any, info: Any, axis_name: str) -> DeviceBatches:
-  """The device functions for batches the host sends already at size and without a pipeline
-  (synthetic data): the config's device-stage augmentations, then normalisation."""
-  return DeviceBatches(mean=tuple(info.mean), std=tuple(info.std),
-                       augmentations=plan(requested(data_config)).device, axis_name=axis_name)

@@ -19,7 +19,7 @@ import numpy as np
 
 from resnet_jax.data import augment
 from resnet_jax.data.device import DeviceBatches
-from resnet_jax.data.sources import DatasetInfo, open_dataset
+from resnet_jax.data.sources import Dataset
 from resnet_jax.data.transforms import eval_transform
 from resnet_jax.errors import InvalidInputError, MissingSetupError, check_divisible
 
@@ -226,8 +226,19 @@ class Pipeline:
     num_eval_batches: global eval batches (the last one padded).
   """
 
-  def __init__(self, data_config: Any, info: DatasetInfo, *, global_batch_size: int,
+  def __init__(self, data_config: Any, dataset: Dataset, *, global_batch_size: int,
                eval_batch_size: int, seed: int, process_index: int = 0, process_count: int = 1):
+    """Reads `dataset`'s splits for one process.
+
+    Args:
+      data_config: the config's data section (image_size, eval_crop_ratio, the augmentations,
+        device_resident, max_device_bytes, num_workers).
+      dataset: `data.open(data_config)`.
+      global_batch_size: training examples per step over all processes.
+      eval_batch_size: evaluation examples per batch over all processes.
+      seed: decides the epoch orders and the host augmentation.
+      process_index, process_count: this process and how many share each batch.
+    """
     # Each process reads an equal share of every batch.
     check_divisible(global_batch_size, process_count, "train.batch_size", "process count")
     check_divisible(eval_batch_size, process_count, "train.eval_batch_size", "process count")
@@ -242,6 +253,7 @@ class Pipeline:
     if mode == "yes" and on_host:
       raise InvalidInputError(f"Augmentation {on_host} runs on the host, on every read; set "
                               "data.device_resident to auto or no (or turn it off).")
+    info = dataset.info
     self.info, self.seed = info, seed
     self.global_batch_size, self.eval_batch_size = global_batch_size, eval_batch_size
     self.process_index, self.process_count = process_index, process_count
@@ -253,12 +265,7 @@ class Pipeline:
         seed=seed, num_train=info.num_train, global_batch_size=global_batch_size,
         process_index=process_index, process_count=process_count)
 
-    splits = open_dataset(data_config)
-    train, evaluation = splits.train, splits.eval
-    if (len(train), len(evaluation)) != (info.num_train, info.num_eval):
-      raise InvalidInputError(f"{info.name} now has {len(train)}/{len(evaluation)} train/eval "
-                              "examples, but the DatasetInfo says "
-                              f"{info.num_train}/{info.num_eval}; call get_info again.")
+    train, evaluation = dataset.splits.train, dataset.splits.eval
     h, w, channels = info.image_shape
     common = dict(image_size=data_config.image_size, channels=channels,
                   crop_ratio=data_config.eval_crop_ratio)
@@ -305,7 +312,7 @@ class Pipeline:
       for batch in _ahead(self.train_batches(start_step), placement):
         yield batch, None
       return
-    self._check_steps()
+    self.check_steps()
     empty = placement.shard_batch({})
     arrays, epoch = self._resident("train", placement), None
     for step in itertools.count(start_step):
@@ -324,7 +331,8 @@ class Pipeline:
     """The whole global training order of `epoch` (int32); resident runs may slice it on device."""
     return epoch_permutation(self.seed, epoch, self.num_train).astype(np.int32)
 
-  def _check_steps(self) -> None:
+  def check_steps(self) -> None:
+    """Refuses a global batch larger than the training split (an epoch of no steps)."""
     if self.steps_per_epoch < 1:
       raise InvalidInputError(f"The global batch size {self.global_batch_size} exceeds the "
                               f"{self.num_train} training examples; lower train.batch_size.")
@@ -336,13 +344,17 @@ class Pipeline:
       start_step: the first step; the batches equal those of an iterator started at 0.
 
     Returns:
-      An iterator of {"index": int32 [B_local]} when device-resident, else of
-      {"image": uint8 [B_local, H, W, C], "label": int32 [B_local]}.
+      An iterator of {"image": uint8 [B_local, H, W, C], "label": int32 [B_local]}.
+
+    Raises:
+      InvalidInputError: the dataset is device-resident: its batches are sliced on the devices
+        (`DeviceBatches`), and `train_feed` sends only each epoch's order.
     """
-    self._check_steps()
+    self.check_steps()
     if self.device_resident:
-      return ({"index": self._train_indices(step)[0].astype(np.int32)}
-              for step in range(start_step, MAX_STEP))
+      raise InvalidInputError(f"{self.info.name} is device-resident: its training batches are "
+                              "built on the devices (train_feed); set data.device_resident=no to "
+                              "read them on the host.")
     return _stream(_TrainBatch(self._train_indices, self._train_reader), start_step, MAX_STEP,
                    self.num_workers)
 
@@ -360,25 +372,3 @@ class Pipeline:
       return (fn(b) for b in range(self.num_eval_batches))
     return _stream(fn, 0, self.num_eval_batches, self.num_workers)
 
-
-def create_pipeline(data_config: Any, info: DatasetInfo, *, global_batch_size: int,
-                    eval_batch_size: int, seed: int, process_index: int = 0,
-                    process_count: int = 1) -> Pipeline:
-  """The input pipeline of a run (see `Pipeline`).
-
-  Args:
-    data_config: the config's data section (name, data_dir, eval_split if present, image_size,
-      eval_crop_ratio, random_resized_crop, random_flip, device_resident, max_device_bytes,
-      num_workers).
-    info: `get_info(data_config)`.
-    global_batch_size: training examples per step over all processes.
-    eval_batch_size: evaluation examples per batch over all processes.
-    seed: decides the epoch orders and the host augmentation.
-    process_index, process_count: this process and how many share each batch.
-
-  Returns:
-    A `Pipeline`.
-  """
-  return Pipeline(data_config, info, global_batch_size=global_batch_size,
-                  eval_batch_size=eval_batch_size, seed=seed, process_index=process_index,
-                  process_count=process_count)

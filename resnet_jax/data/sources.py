@@ -1,5 +1,6 @@
 """Dataset sources by name, one registry: tfds's datasets (prepared once as array_record, read
-without TensorFlow), the embedded digits, `folder:DIR`, and any a fork registers; and `get_info`.
+without TensorFlow), the embedded digits, `folder:DIR`, and any a fork registers; and `open`,
+which opens one once for the whole run.
 
 A source opens a dataset's two splits as random-access sequences of {"image": HWC uint8,
 "label": int} records. A fork adds one from its own file:
@@ -106,7 +107,7 @@ class Splits:
       picklable, for worker processes.
     class_names: one per label.
     native_shape: () -> (height, width, channels) of the stored images, height/width None
-      where they vary; called once, by `get_info` (a folder checks its files then).
+      where they vary; called once, by `open` (a folder checks its files then).
     mean, std: published per-channel statistics (0..255 units), or None to estimate them.
     identity: what, beyond its classes and split sizes, identifies this data (a folder's absolute
       path as "name", a tfds version); saved with a run's checkpoints.
@@ -195,7 +196,7 @@ def check_same_classes(saved: dict[str, Any] | None, info: DatasetInfo, *, actio
                       saved[key], trained, value)
 
 
-def open_dataset(data_config: Any) -> Splits:
+def _open_splits(data_config: Any) -> Splits:
   """Opens (preparing it first if needed) the dataset named by `data_config.name`.
 
   Raises:
@@ -333,17 +334,26 @@ def estimate_mean_std(source: Any, *, image_size: int, channels: int,
   return tuple(float(m) for m in mean), tuple(float(max(s, 1.0)) for s in std)
 
 
-def get_info(data_config: Any) -> DatasetInfo:
-  """Describes (and if needed prepares) the dataset named by `data_config.name`.
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """An opened dataset: what the model and the steps need to know of it, and its records."""
 
-  Every problem with the data is raised here, before anything is compiled.
+  info: DatasetInfo
+  splits: Splits | None  # None: a stand-in without records (the benchmark's synthetic data)
+
+
+def open(data_config: Any) -> Dataset:  # noqa: A001 - data.open, as the builtin is for files
+  """Opens (and if needed prepares) the dataset named by `data_config.name`, and describes it.
+
+  Every problem with the data is raised here, before anything is compiled; the pipeline reads the
+  splits opened here.
 
   Args:
     data_config: the config's data section (name, data_dir, eval_split if present, image_size,
       eval_crop_ratio, normalization).
 
   Returns:
-    A `DatasetInfo`.
+    A `Dataset`.
 
   Raises:
     InvalidInputError: an unknown name or split, an image folder without classes or images,
@@ -354,7 +364,7 @@ def get_info(data_config: Any) -> DatasetInfo:
     decode.ImageReadError (an InvalidInputError): a file in an image folder is not an image.
   """
   _check_config(data_config)
-  splits = open_dataset(data_config)
+  splits = _open_splits(data_config)
   h, w, channels = splits.native_shape()
   size = data_config.image_size
   shape = (size, size, channels) if size else (h, w, channels)
@@ -370,7 +380,8 @@ def get_info(data_config: Any) -> DatasetInfo:
   identity = {"name": data_config.name, **splits.identity,
               "classes": list(splits.class_names), "num_train": len(splits.train),
               "num_eval": len(splits.eval)}
-  return DatasetInfo(name=data_config.name, num_classes=len(splits.class_names),
+  info = DatasetInfo(name=data_config.name, num_classes=len(splits.class_names),
                      class_names=tuple(splits.class_names), image_shape=shape,
                      num_train=len(splits.train), num_eval=len(splits.eval),
                      mean=tuple(map(float, mean)), std=tuple(map(float, std)), identity=identity)
+  return Dataset(info, splits)

@@ -11,7 +11,7 @@ Two checks that float32 chaos cannot fool:
   PyTorch's float64 curve for about as many steps (at least half) as PyTorch's own float32 run.
 
 Augmentation is off on both sides (the same fixed batches); the project's side is its own step,
-built exactly as `experiments.train` builds it (`train.experiment.build`).
+assembled exactly as `experiments.train` assembles it (`train.experiment.assemble`).
 """
 
 import copy
@@ -26,16 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnet_jax import data
-from resnet_jax.data.device import host_fed
+from resnet_jax import pretrained
 from resnet_jax.errors import InvalidInputError
 from resnet_jax.interop.convert import torch_keys, torch_layout
 from resnet_jax.interop.torch_reference import TorchResNet
-from resnet_jax import pretrained
-from resnet_jax.train import optim, parallel
 from resnet_jax.saved import named_leaves
-from resnet_jax.train.config import run_length
-from resnet_jax.train.experiment import build
+from resnet_jax.train import optim
+from resnet_jax.train.experiment import Experiment, assemble
 
 TOLERANCE = 1e-5  # teacher-forced, float64: differences of 1e-3 and up are semantic
 THRESHOLDS = (1e-3, 1e-2)  # the free-running curve: within 0.1% and within 1%
@@ -56,47 +53,40 @@ def without_augmentation(config: Any) -> Any:
 
 @dataclasses.dataclass
 class Setup:
-  """What both sides share: the config, the dataset, the fixed batches, the schedule's length."""
+  """What both sides share: the experiment (augmentation off), the fixed batches."""
 
-  config: Any
-  info: data.DatasetInfo
+  exp: Experiment
   batches: list[dict[str, np.ndarray]]
-  steps_per_epoch: int
-  total_steps: int
-  source: Any  # init.checkpoint's weights, or None
+
+  @property
+  def config(self) -> Any:
+    return self.exp.config
 
 
 def setup(config: Any, steps: int) -> Setup:
-  """The first `steps` training batches of the config's dataset, augmentation off."""
+  """The experiment with augmentation off, and the first `steps` training batches."""
   config = without_augmentation(config)
-  t = config.train
-  info = data.get_info(config.data)
-  pipeline = data.create_pipeline(config.data, info, global_batch_size=t.batch_size,
-                                  eval_batch_size=t.eval_batch_size, seed=config.seed)
-  batches = list(itertools.islice(pipeline.train_batches(0), steps))
   source = pretrained.load(config.init.checkpoint) if config.init.checkpoint else None
-  return Setup(config, info, batches, pipeline.steps_per_epoch,
-               run_length(t, pipeline.steps_per_epoch)[0], source)
+  exp = assemble(config, source=source)
+  return Setup(exp, list(itertools.islice(exp.pipeline.train_batches(0), steps)))
 
 
 class JaxSide:
   """The project's own train step at a precision, and the states it passes through."""
 
-  def __init__(self, s: Setup, precision: str, start: Any = None):
-    config = copy.deepcopy(s.config)
+  def __init__(self, s: Setup, config: Any, precision: str, start: Any = None):
+    config = copy.deepcopy(config)
     config.train.precision = precision
-    self.runner = parallel.make_runner(config.train.runner)
-    self.exp = build(config, s.info, self.runner, host_fed(config.data, s.info, parallel.AXIS),
-                     steps_per_epoch=s.steps_per_epoch, total_steps=s.total_steps,
-                     source=s.source)
-    self.initial = self.exp.state if start is None else jax.tree.map(
-        lambda a, like: np.asarray(a, like.dtype), start, self.exp.abstract_state)
-    self.rng = self.runner.replicate(self.exp.rng)
+    self.exp = assemble(config, source=s.exp.source, dataset=s.exp.dataset)
+    self.runner, self.parts = self.exp.runner, self.exp.parts
+    self.initial = self.parts.state if start is None else jax.tree.map(
+        lambda a, like: np.asarray(a, like.dtype), start, self.parts.abstract_state)
+    self.rng = self.runner.replicate(self.parts.rng)
 
   def step(self, host_state: Any, batch: dict) -> tuple[Any, float]:
     """One step from a host state: (the host state after it, the loss)."""
-    state, metrics = self.exp.train_fn(self.runner.replicate(host_state),
-                                       self.runner.shard_batch(batch), self.rng, None)
+    state, metrics = self.exp.steps.train(self.runner.replicate(host_state),
+                                          self.runner.shard_batch(batch), self.rng, None)
     loss = float(np.asarray(self.runner.unreplicate(metrics)["train_loss"]))
     return self.runner.unreplicate(state), loss
 
@@ -118,20 +108,13 @@ def at_step(state: Any, step: int) -> Any:
   return state.replace(step=np.asarray(step, np.int32), opt_state=opt_state)
 
 
-def _schedule_steps(o: Any, steps_per_epoch: int) -> tuple[int, list[int]]:
-  warmup = int(round(o.warmup_epochs * steps_per_epoch))
-  scale = steps_per_epoch if o.boundaries_unit == "epochs" else 1
-  boundaries = [int(round(b * scale)) for b in o.boundaries] if o.schedule == "piecewise" else []
-  return warmup, boundaries
-
-
 def torch_scheduler(optim_config: Any, optimizer: torch.optim.Optimizer, *, steps_per_epoch: int,
                     total_steps: int) -> Any:
   """The config's schedule as PyTorch writes it: LinearLR (or, from 0, a LambdaLR ramp) for the
   warm-up, MultiStepLR (chained: its boundaries stay absolute) or CosineAnnealingLR (after the
   warm-up, SequentialLR) for the rest; stepped once per optimizer step."""
   o, sched = optim_config, torch.optim.lr_scheduler
-  warmup, boundaries = _schedule_steps(o, steps_per_epoch)
+  warmup, boundaries = optim.schedule_steps(o, steps_per_epoch)
   start = float(o.warmup_start_factor)
   warm = None
   if warmup and start > 0:
@@ -160,20 +143,20 @@ class TorchSide:
   torch's schedulers, nn.CrossEntropyLoss, torch.optim.swa_utils.AveragedModel for the EMA."""
 
   def __init__(self, s: Setup, jax_side: JaxSide, dtype: torch.dtype):
-    config, exp = s.config, jax_side.exp
-    self.config, self.setup, self.exp, self.dtype = config, s, exp, dtype
-    self.model = TorchResNet(exp.model, s.info.image_shape[-1]).to(dtype)
-    self.keys = torch_keys(exp.abstract_state.variables(), exp.model)
+    config, parts = s.config, jax_side.parts
+    self.config, self.setup, self.parts, self.dtype = config, s, parts, dtype
+    self.model = TorchResNet(parts.model, s.exp.info.image_shape[-1]).to(dtype)
+    self.keys = torch_keys(parts.abstract_state.variables(), parts.model)
     self.params = dict(self.model.named_parameters())
-    self.frozen = range(exp.model.frozen_stages)
+    self.frozen = range(parts.model.frozen_stages)
     self.loss = nn.CrossEntropyLoss(label_smoothing=float(config.optim.label_smoothing))
     self.load(jax_side.initial, step=0)
 
   def _groups(self) -> list[dict]:
     """Parameter groups from the project's own masks: weight decay on what `optim.decay_mask`
     decays, the backbone at `init.backbone_lr_scale`, frozen parts left out."""
-    o, init, model = self.config.optim, self.config.init, self.exp.model
-    params = self.exp.abstract_state.params
+    o, init, model = self.config.optim, self.config.init, self.parts.model
+    params = self.parts.abstract_state.params
     decayed = set(named_leaves(jax.tree.map(lambda flag: np.zeros(()) if flag else None,
                                             optim.decay_mask(params))))
     peak = optim.peak_learning_rate(o, self.config.train.batch_size)
@@ -222,8 +205,8 @@ class TorchSide:
       if kind != "trace":
         state["step"] = torch.tensor(float(step))
     self.scheduler = torch_scheduler(self.config.optim, self.optimizer,
-                                     steps_per_epoch=self.setup.steps_per_epoch,
-                                     total_steps=self.setup.total_steps)
+                                     steps_per_epoch=self.setup.exp.steps_per_epoch,
+                                     total_steps=self.setup.exp.total_steps)
     with warnings.catch_warnings():  # fast-forwarding before any optimizer step, on purpose
       warnings.simplefilter("ignore", UserWarning)
       for _ in range(step):
@@ -240,7 +223,7 @@ class TorchSide:
 
   def step(self, batch: dict) -> float:
     """One optimizer step on a batch; its loss."""
-    info = self.setup.info
+    info = self.setup.exp.info
     x = (batch["image"].astype(np.float64) - np.asarray(info.mean)) / np.asarray(info.std)
     x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(self.dtype)
     y = torch.from_numpy(batch["label"].astype(np.int64))
@@ -249,7 +232,7 @@ class TorchSide:
       for name in (("conv1", "bn1") if part == 0 else (f"layer{part}",)):
         if hasattr(self.model, name):
           getattr(self.model, name).eval()
-    if self.exp.model.frozen_stages > len(self.exp.model.stage_sizes) and \
+    if self.parts.model.frozen_stages > len(self.parts.model.stage_sizes) and \
         hasattr(self.model, "final_bn"):
       self.model.final_bn.eval()
     self.optimizer.zero_grad(set_to_none=True)
@@ -335,9 +318,10 @@ def teacher_forced(s: Setup, jax64: JaxSide, states: list[Any], torch64: TorchSi
 
 def checked_steps(s: Setup) -> list[int]:
   """The start, the end, and each side of every schedule boundary (the warm-up's end too)."""
-  warmup, boundaries = _schedule_steps(s.config.optim, s.steps_per_epoch)
+  warmup, boundaries = optim.schedule_steps(s.config.optim, s.exp.steps_per_epoch)
   around = [b + d for b in [warmup] + boundaries if b for d in (-1, 0, 1)]
-  return sorted({0, s.total_steps - 1, *[k for k in around if 0 <= k < s.total_steps]})
+  total = s.exp.total_steps
+  return sorted({0, total - 1, *[k for k in around if 0 <= k < total]})
 
 
 def within(curve: list[float], reference: list[float], tolerance: float) -> int:
@@ -362,21 +346,21 @@ def compare(config: Any, *, steps: int, control: str = "") -> dict[str, Any]:
     {"losses": {side: [...]}, "within": {side: {threshold: steps}}, "teacher_forced": [...],
      "worst_teacher_forced", "passed_teacher_forced", "passed_free_running", "passed"}.
   """
-  s = setup(config, steps)
-  ours = copy.deepcopy(s)
   if control not in CONTROLS:
     raise InvalidInputError(f"Unknown control {control!r}; use one of {sorted(CONTROLS)}.")
+  s = setup(config, steps)
+  ours = copy.deepcopy(s.config)
   section, key, value = CONTROLS[control]
   if section:
-    ours.config[section][key] = value
-  jax32 = JaxSide(ours, "float32")
+    ours[section][key] = value
+  jax32 = JaxSide(s, ours, "float32")
   _, jax_losses = jax32.run(s.batches)
   curves = {"jax_float32": jax_losses}
   for name, dtype in (("torch_float64", torch.float64), ("torch_float32", torch.float32)):
     side = TorchSide(s, jax32, dtype)
     curves[name] = [side.step(batch) for batch in s.batches]
   with jax.enable_x64(True):
-    jax64 = JaxSide(ours, "float64", start=jax32.initial)
+    jax64 = JaxSide(s, ours, "float64", start=jax32.initial)
     states, _ = jax64.run(s.batches)
     torch64 = TorchSide(s, jax64, torch.float64)
     teacher = [teacher_forced(s, jax64, states, torch64, k) for k in checked_steps(s)]

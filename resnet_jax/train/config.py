@@ -89,11 +89,11 @@ def _placeholder(value_range: Range) -> Range:
 
 def _check_freeze(init_config: Any) -> None:
   """Refuses an init.freeze that names no part of any ResNet; the stage number is checked against
-  the model once it is built (experiment.frozen_parts)."""
-  from resnet_jax.train.experiment import frozen_parts  # experiment imports this module
+  the model once it is built (experiment.frozen_stage_count)."""
+  from resnet_jax.train.experiment import frozen_stage_count  # experiment imports this module
   stage = init_config.freeze.removeprefix("stage")
   # The stage count is not known yet: accept the named stage, and list four in an error.
-  frozen_parts(init_config.freeze, max(int(stage) if stage.isdigit() else 0, 4))
+  frozen_stage_count(init_config.freeze, max(int(stage) if stage.isdigit() else 0, 4))
 
 
 def _ascending_positive(numbers: Any) -> bool:
@@ -256,8 +256,8 @@ def validate_config(config: Any) -> None:
 
 
 def run_length(train_config: Any, steps_per_epoch: int) -> tuple[int, int]:
-  """(total steps, steps between evaluations or 0 for only at the end): epochs to steps, once."""
-  t = train_config
-  total_steps = t.num_steps or math.ceil(t.num_epochs * steps_per_epoch)
-  eval_every = max(1, round(t.eval_every_epochs * steps_per_epoch)) if t.eval_every_epochs else 0
-  return total_steps, eval_every
+  """(total steps, steps between evaluations or 0 for only at the end)."""
+  total_steps = train_config.num_steps or optim.epochs_to_steps(
+      train_config.num_epochs, steps_per_epoch, math.ceil)
+  every = train_config.eval_every_epochs
+  return total_steps, max(1, optim.epochs_to_steps(every, steps_per_epoch)) if every else 0

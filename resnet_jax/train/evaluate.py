@@ -1,6 +1,5 @@
 """Exact evaluation: over a whole split (padding masked out), during training and of a saved run."""
 
-import functools
 import os
 from typing import Any
 
@@ -8,12 +7,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from resnet_jax import data
+from resnet_jax import data, pretrained, saved
 from resnet_jax.errors import InputNotFoundError
-from resnet_jax import pretrained, saved
 from resnet_jax.train import parallel, resume
-from resnet_jax.train.config import PRECISIONS
-from resnet_jax.train.step import StepConfig, eval_step
+from resnet_jax.train.experiment import assemble
 from resnet_jax.train.workdir import CONFIG_FILE, read_saved
 
 
@@ -56,8 +53,8 @@ def evaluate_run(workdir: str, *, split: str = "", step: int | None = None,
                  data_name: str = "") -> dict[str, Any]:
   """Exact loss, top-1 and top-5 of a run's checkpoint on a split of its dataset.
 
-  The network is rebuilt from the checkpoint's own description, with the eval step alone (no
-  optimizer, no train state).
+  The network is rebuilt from the checkpoint's own description, assembled with the eval step
+  alone (no optimizer, no train state).
 
   Args:
     workdir: the run folder.
@@ -75,26 +72,18 @@ def evaluate_run(workdir: str, *, split: str = "", step: int | None = None,
   config = load_config(workdir)
   config.data.eval_split = split or config.data.eval_split
   config.data.name = data_name or config.data.name
-  info = data.get_info(config.data)
+  dataset = data.open(config.data)
   state, meta = saved.read_checkpoint(os.path.join(workdir, saved.CHECKPOINTS_DIR), step)
   trained_on = resume.saved_dataset(meta) or {}
   if split:  # another split than the run evaluated: its size is not comparable
     trained_on = {k: v for k, v in trained_on.items() if k != "num_eval"}
-  data.check_same_classes(trained_on, info, action="evaluate", where=workdir,
+  data.check_same_classes(trained_on, dataset.info, action="evaluate", where=workdir,
                           trained=f"its checkpoint {meta['step']}",
                           remedy="name the run's dataset with --data")
-  runner = parallel.make_runner(config.train.runner)
-  runner.check_batch_size(config.train.eval_batch_size, "train.eval_batch_size")
-  pipeline = data.create_pipeline(
-      config.data, info, global_batch_size=config.train.batch_size,
-      eval_batch_size=config.train.eval_batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  source = pretrained.from_description(
+  network = pretrained.from_description(
       {"params": state["params"], "batch_stats": state["batch_stats"]}, meta["model"])
-  model = source.create_model(dtype=PRECISIONS[config.train.precision])
-  eval_fn = runner.eval_step(functools.partial(
-      eval_step, model=model, config=StepConfig(num_classes=source.num_classes)),
-      pipeline.device_batches(parallel.AXIS))
-  metrics = evaluate(eval_fn, runner.replicate(source.variables), pipeline, runner)
+  exp = assemble(config, source=network, dataset=dataset, train=False)
+  metrics = evaluate(exp.steps.eval, exp.runner.replicate(network.variables), exp.pipeline,
+                     exp.runner)
   return {"step": int(meta["step"]), "split": config.data.eval_split or "default",
-          "num_examples": pipeline.num_eval, **metrics}
+          "num_examples": exp.pipeline.num_eval, **metrics}

@@ -1,38 +1,50 @@
-"""What a config builds: the model, its optimizer, the train state's structure, and the steps
-composed with the data side's device functions by the runner. Nothing is compiled here."""
+"""The one setup path: what a config builds, for training, evaluation, the benchmark and the
+PyTorch comparison alike. Nothing is compiled here.
+
+- `build_state`: the model, its optimizer and schedule, the train state's structure and the
+  per-replica steps; no runner, no data (a resumed run checks a checkpoint's structure with it);
+- `compose_steps`: a runner compiles those steps with the data side's device functions;
+- `assemble`: opens the dataset once, makes its pipeline and the runner, and joins the two.
+"""
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from resnet_jax.data import DatasetInfo, DeviceBatches
+from resnet_jax import data
 from resnet_jax.errors import InvalidInputError
 from resnet_jax.models import ARCHITECTURE_OPTIONS, create_model, describe_architecture
-from resnet_jax import pretrained
+from resnet_jax.pretrained import Pretrained, adapt
 from resnet_jax.train import optim, parallel, step
-from resnet_jax.train.config import PRECISIONS
+from resnet_jax.train.config import PRECISIONS, run_length
 from resnet_jax.train.metrics import summed_over_windows
 from resnet_jax.train.state import LossScale, TrainState, create_train_state
 
 
-@dataclasses.dataclass
-class Experiment:
-  """The built pieces of a run; `state` and the steps compile on first use."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StateParts:
+  """A config's network and, when built for training, its optimizer and train state; runner-free.
+
+  The steps are per replica (collectives over `parallel.AXIS`); `compose_steps` compiles them.
+  """
 
   name: str  # the registry name
   model: Any
-  tx: optax.GradientTransformation
-  schedule: optax.Schedule
   step_config: step.StepConfig
-  abstract_state: TrainState  # shapes and dtypes: the restore target
-  init_state: Any  # () -> a fresh train state on the host (compiles the initialisers)
+  input_dtype: Any  # of the normalised images the network takes
+  eval_step: Callable[..., Any]  # (variables, batch) -> metrics summed over the replicas
   seed: int
-  train_fn: Any  # runner-compiled (state, inputs, rng, arrays) -> (state, metrics)
-  eval_fn: Any  # runner-compiled (variables, inputs, arrays) -> summed metrics
+  # For training only (None when built to evaluate):
+  tx: optax.GradientTransformation | None = None
+  schedule: optax.Schedule | None = None
+  abstract_state: TrainState | None = None  # shapes and dtypes: the restore target
+  init_state: Callable[[], TrainState] | None = None  # a fresh state (compiles the initialisers)
+  train_step: Callable[..., Any] | None = None  # (state, batch, rng) -> (state, window sums)
 
   @functools.cached_property
   def state(self) -> TrainState:
@@ -45,21 +57,57 @@ class Experiment:
     return jax.random.fold_in(jax.random.PRNGKey(self.seed), 1)
 
 
-def model_architecture(config: Any, source: "pretrained.Pretrained | None"
-                       ) -> tuple[str, dict[str, Any]]:
+@dataclasses.dataclass(frozen=True)
+class CompiledSteps:
+  """The runner-compiled steps, fed by the data side (see `parallel.Runner`)."""
+
+  train: Callable[..., Any] | None  # (state, inputs, rng, arrays) -> (state, window sums)
+  eval: Callable[..., Any]  # (variables, inputs, arrays) -> summed metrics
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Experiment:
+  """A config assembled: its dataset, pipeline, runner, state parts and compiled steps."""
+
+  config: Any
+  dataset: data.Dataset
+  pipeline: data.Pipeline | None  # None for a dataset without records (synthetic)
+  runner: parallel.Runner
+  parts: StateParts
+  steps: CompiledSteps
+  steps_per_epoch: int
+  total_steps: int
+  eval_every: int  # steps between evaluations; 0: only at the end
+  source: Pretrained | None  # the weights it starts from (training) or evaluates
+
+  @property
+  def info(self) -> data.DatasetInfo:
+    return self.dataset.info
+
+  def model_description(self) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild and feed its network (see `Pretrained`)."""
+    return Pretrained(
+        variables={}, model=self.parts.name, num_classes=self.info.num_classes,
+        options=describe_architecture(self.parts.model),
+        preprocessing=self.info.preprocessing(self.config.data.eval_crop_ratio),
+        class_names=self.info.class_names).describe()
+
+
+def model_architecture(config: Any, source: Pretrained | None) -> tuple[str, dict[str, Any]]:
   """The registry name and variable-shaping options: the config's, or a fine-tuned checkpoint's."""
-  m = config.model
-  options = {k: m[k] for k in ARCHITECTURE_OPTIONS if m.get(k) is not None}  # None: registry's
+  model_config = config.model
+  options = {k: model_config[k] for k in ARCHITECTURE_OPTIONS
+             if model_config.get(k) is not None}  # None: the registry's
   if source is None:
-    return m.name, options
-  if m.name and m.name != source.model:
+    return model_config.name, options
+  if model_config.name and model_config.name != source.model:
     raise InvalidInputError(f"init.checkpoint holds a {source.model}, but model.name is "
-                            f"{m.name!r}; set --config.model.name={source.model} or leave it "
-                            "empty.")
+                            f"{model_config.name!r}; set --config.model.name={source.model} or "
+                            "leave it empty.")
   return source.model, {**options, **source.options}
 
 
-def frozen_parts(freeze: str, num_stages: int) -> int:
+def frozen_stage_count(freeze: str, num_stages: int) -> int:
   """`init.freeze` as `ResNet.frozen_stages`: none, stem, stage1..stageN, backbone."""
   names = ["none", "stem"] + [f"stage{i}" for i in range(1, num_stages + 1)] + ["backbone"]
   if freeze not in names:
@@ -69,85 +117,152 @@ def frozen_parts(freeze: str, num_stages: int) -> int:
 
 def step_config(config: Any, num_classes: int) -> step.StepConfig:
   """The optimisation settings of a run config."""
-  t, o = config.train, config.optim
+  train_config = config.train
+  on_nonfinite = train_config.on_nonfinite
+  if on_nonfinite == "auto":
+    on_nonfinite = "skip" if train_config.precision == "float16" else "stop"
   return step.StepConfig(
-      num_classes=num_classes, label_smoothing=o.label_smoothing, ema_decay=o.ema_decay,
-      on_nonfinite=t.on_nonfinite if t.on_nonfinite != "auto" else (
-          "skip" if t.precision == "float16" else "stop"),
-      sync_batchnorm=t.sync_batchnorm, loss_scaling=t.precision == "float16")
+      num_classes=num_classes, label_smoothing=config.optim.label_smoothing,
+      ema_decay=config.optim.ema_decay, on_nonfinite=on_nonfinite,
+      sync_batchnorm=train_config.sync_batchnorm,
+      loss_scaling=train_config.precision == "float16")
 
 
-def build(config: Any, info: DatasetInfo, runner: parallel.Runner, batches: DeviceBatches, *,
-          steps_per_epoch: int, total_steps: int,
-          source: "pretrained.Pretrained | None" = None) -> Experiment:
-  """Builds model, optimizer, the train state's structure and the runner-composed steps.
-
-  Args:
-    config: the run config.
-    info: the dataset's classes and image shape.
-    runner: the parallel runner that composes and compiles the steps.
-    batches: the data side's device functions (`Pipeline.device_batches`).
-    steps_per_epoch, total_steps: for the schedule.
-    source: the weights of init.checkpoint, when set (`pretrained.load`).
-
-  Returns:
-    An `Experiment`; its steps are the real ones used by training and the benchmark.
-  """
-  t, o, init = config.train, config.optim, config.init
+def _network(config: Any, info: data.DatasetInfo,
+             source: Pretrained | None) -> tuple[StateParts, Callable[[], Any]]:
+  """The evaluation-ready parts, and the network's initialiser () -> variables."""
+  train_config = config.train
   name, architecture = model_architecture(config, source)
-  float64 = t.precision == "float64"
-  if float64:
-    batches = dataclasses.replace(batches, dtype=jnp.float64)
+  float64 = train_config.precision == "float64"
   model = create_model(
-      name, num_classes=info.num_classes, dtype=PRECISIONS[t.precision],
+      name, num_classes=info.num_classes, dtype=PRECISIONS[train_config.precision],
       param_dtype=jnp.float64 if float64 else jnp.float32,
-      axis_name=parallel.AXIS if t.sync_batchnorm else None,
+      axis_name=parallel.AXIS if train_config.sync_batchnorm else None,
       zero_init_residual=config.model.zero_init_residual, remat=config.model.remat,
       bn_unbiased_var=config.model.get("bn_unbiased_var", True), **architecture)
-  frozen_stages = frozen_parts(init.freeze, len(model.stage_sizes))
-  model = model.clone(frozen_stages=frozen_stages)
+  model = model.clone(frozen_stages=frozen_stage_count(config.init.freeze,
+                                                       len(model.stage_sizes)))
   input_shape = (1,) + tuple(info.image_shape)
   model.check_input_shape(input_shape)
   # Parameters are drawn with the "rbg" generator: its initialisers compile several times faster
   # than threefry's (seconds per run). The steps' key stays threefry, a uint32[2] (`rng`).
-  init_rng = lambda: jax.random.key(config.seed, impl="rbg")
-  init_variables = lambda: model.init(init_rng(), jnp.zeros(input_shape), train=False)
-  variables = None
+  init_variables = lambda: model.init(jax.random.key(config.seed, impl="rbg"),
+                                      jnp.zeros(input_shape), train=False)
+  steps = step_config(config, info.num_classes)
+  return StateParts(
+      name=name, model=model, step_config=steps,
+      input_dtype=jnp.float64 if float64 else jnp.float32, seed=config.seed,
+      eval_step=functools.partial(step.eval_step, model=model, config=steps)), init_variables
+
+
+def build_state(config: Any, info: data.DatasetInfo, *, steps_per_epoch: int, total_steps: int,
+                source: Pretrained | None = None) -> StateParts:
+  """Builds the model, its optimizer and schedule, the train state's structure and the steps.
+
+  Args:
+    config: the run config.
+    info: the dataset's classes and image shape.
+    steps_per_epoch, total_steps: for the schedule.
+    source: the weights of init.checkpoint, when set (`pretrained.load`).
+
+  Returns:
+    `StateParts` for training; nothing is compiled until its `state` is read.
+
+  Raises:
+    InvalidInputError: the model does not fit the data, or init.checkpoint the model.
+  """
+  train_config, optim_config, init = config.train, config.optim, config.init
+  parts, init_variables = _network(config, info, source)
+  model = parts.model
+  start = None
   if source is not None:
     # Check the match on shapes alone, before anything is compiled.
-    variables = pretrained.adapt(source.variables, jax.eval_shape(init_variables),
-                                 replace_head=init.head == "replace", head=model.head,
-                                 input_conv=model.input_conv)
-  tx, schedule = optim.make_optimizer(o, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-                                      batch_size=t.batch_size)
-  if frozen_stages or init.backbone_lr_scale != 1.0:
-    tx = optim.for_fine_tuning(tx, model.part_of, frozen_stages=frozen_stages,
+    start = adapt(source.variables, jax.eval_shape(init_variables),
+                  replace_head=init.head == "replace", head=model.head,
+                  input_conv=model.input_conv)
+  tx, schedule = optim.make_optimizer(optim_config, steps_per_epoch=steps_per_epoch,
+                                      total_steps=total_steps,
+                                      batch_size=train_config.batch_size)
+  if model.frozen_stages or init.backbone_lr_scale != 1.0:
+    tx = optim.for_fine_tuning(tx, model.part_of, frozen_stages=model.frozen_stages,
                                backbone_lr_scale=init.backbone_lr_scale)
-  steps = step_config(config, info.num_classes)
+  loss_scale = LossScale.create(period=train_config.loss_scale_period) if \
+      parts.step_config.loss_scaling else None
   create_state = lambda variables=None: create_train_state(
-      model, tx, init_rng(), input_shape, metrics=step.metric_names(steps),
-      ema=o.ema_decay > 0, variables=variables,
-      loss_scale=LossScale.create(period=t.loss_scale_period) if steps.loss_scaling else None)
+      model, tx, jax.random.key(config.seed, impl="rbg"), (1,) + tuple(info.image_shape),
+      metrics=step.metric_names(parts.step_config), ema=optim_config.ema_decay > 0,
+      variables=variables, loss_scale=loss_scale)
 
-  def init_state():
-    start = variables
-    if start is not None:  # a replaced head takes freshly initialised values
+  def init_state() -> TrainState:
+    variables = start
+    if variables is not None:  # a replaced head takes freshly initialised values
       fresh = jax.device_get(jax.jit(init_variables)())
-      start = jax.tree.map(lambda v, f: f if isinstance(v, jax.ShapeDtypeStruct) else v,
-                           start, fresh)
-    return jax.device_get(jax.jit(create_state)(start))
+      variables = jax.tree.map(lambda v, f: f if isinstance(v, jax.ShapeDtypeStruct) else v,
+                               variables, fresh)
+    return jax.device_get(jax.jit(create_state)(variables))
 
-  train = functools.partial(step.train_step, model=model, tx=tx, config=steps)
-  train_fn = runner.train_step(summed_over_windows(train, t.log_every_steps), batches)
-  eval_fn = runner.eval_step(functools.partial(step.eval_step, model=model, config=steps), batches)
-  return Experiment(name, model, tx, schedule, steps, jax.eval_shape(create_state), init_state,
-                    config.seed, train_fn, eval_fn)
+  train = functools.partial(step.train_step, model=model, tx=tx, config=parts.step_config)
+  return dataclasses.replace(
+      parts, tx=tx, schedule=schedule, abstract_state=jax.eval_shape(create_state),
+      init_state=init_state,
+      train_step=summed_over_windows(train, train_config.log_every_steps))
 
 
-def model_description(config: Any, info: DatasetInfo, exp: Experiment) -> dict[str, Any]:
-  """What a checkpoint needs to rebuild and feed its network (see `pretrained.Pretrained`)."""
-  return pretrained.Pretrained(
-      variables={}, model=exp.name, num_classes=info.num_classes,
-      options=describe_architecture(exp.model),
-      preprocessing=info.preprocessing(config.data.eval_crop_ratio),
-      class_names=info.class_names).describe()
+def compose_steps(parts: StateParts, runner: parallel.Runner,
+                  batches: data.DeviceBatches) -> CompiledSteps:
+  """The runner's compiled steps, each fed by the data side's device functions in one program."""
+  batches = dataclasses.replace(batches, dtype=parts.input_dtype)
+  return CompiledSteps(
+      train=runner.train_step(parts.train_step, batches) if parts.train_step else None,
+      eval=runner.eval_step(parts.eval_step, batches))
+
+
+def assemble(config: Any, *, source: Pretrained | None = None,
+             dataset: data.Dataset | None = None, runner: parallel.Runner | None = None,
+             train: bool = True) -> Experiment:
+  """Assembles the experiment a config describes; everything wrong with it is refused here,
+  before anything is compiled.
+
+  Args:
+    config: the run config.
+    source: for training, the weights of init.checkpoint; for evaluation (train=False), the
+      network to evaluate (its architecture wins over the config's).
+    dataset: the dataset, already opened (`data.open`), or one without records (synthetic: the
+      host sends each batch); None opens config.data.
+    runner: the parallel runner; None makes config.train.runner.
+    train: build the optimizer, the train state and the train step too.
+
+  Returns:
+    An `Experiment`.
+
+  Raises:
+    InvalidInputError: a mistake in the config or the data.
+  """
+  train_config = config.train
+  dataset = dataset or data.open(config.data)
+  runner = runner or parallel.make_runner(train_config.runner)
+  if train:
+    runner.check_batch_size(train_config.batch_size)
+  runner.check_batch_size(train_config.eval_batch_size, "train.eval_batch_size")
+  pipeline = None
+  if dataset.splits is None:
+    batches = data.DeviceBatches.unpipelined(config.data, dataset.info, parallel.AXIS)
+    steps_per_epoch = dataset.info.num_train // train_config.batch_size
+  else:
+    pipeline = data.Pipeline(
+        config.data, dataset, global_batch_size=train_config.batch_size,
+        eval_batch_size=train_config.eval_batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    if train:
+      pipeline.check_steps()
+    batches = pipeline.device_batches(parallel.AXIS)
+    steps_per_epoch = pipeline.steps_per_epoch
+  total_steps, eval_every = run_length(train_config, steps_per_epoch)
+  if train:
+    parts = build_state(config, dataset.info, steps_per_epoch=steps_per_epoch,
+                        total_steps=total_steps, source=source)
+  else:
+    parts = _network(config, dataset.info, source)[0]
+  return Experiment(config=config, dataset=dataset, pipeline=pipeline, runner=runner, parts=parts,
+                    steps=compose_steps(parts, runner, batches), steps_per_epoch=steps_per_epoch,
+                    total_steps=total_steps, eval_every=eval_every, source=source)

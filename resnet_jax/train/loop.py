@@ -1,6 +1,7 @@
-"""train_and_evaluate(config, workdir): the loop that joins data, model, optimizer, runner and
-checkpoints. Everything that can be wrong with the input (names, sizes, numbers, the run folder,
-a checkpoint of another shape) is refused before anything is compiled."""
+"""train_and_evaluate(config, workdir): the training loop and its records (metrics, evaluations,
+checkpoints). The experiment is assembled by `train.experiment.assemble`, which refuses whatever
+is wrong with the input (names, sizes, numbers, a checkpoint of another shape) before anything is
+compiled."""
 
 import dataclasses
 import logging
@@ -11,17 +12,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from resnet_jax import data
-from resnet_jax.errors import InputError, InvalidInputError, check
 from resnet_jax import pretrained
+from resnet_jax.errors import InputError, InvalidInputError
+from resnet_jax.saved import CHECKPOINTS_DIR
 from resnet_jax.train import checkpoint, parallel, resume
-from resnet_jax.train.config import run_length, validate_config
+from resnet_jax.train.config import validate_config
 from resnet_jax.train.evaluate import evaluate
-from resnet_jax.train.experiment import Experiment, build, model_architecture, model_description
+from resnet_jax.train.experiment import Experiment, assemble
 from resnet_jax.train.metrics import MetricsWriter, Progress, read_metrics, window_means
 from resnet_jax.train.preemption import Preempted, PreemptionWatcher
 from resnet_jax.train.step import NONFINITE_LOSS, metric_names
-from resnet_jax.saved import CHECKPOINTS_DIR
 from resnet_jax.train.workdir import Workdir, default_workdir, run_identity
 
 
@@ -46,42 +46,44 @@ def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any
     NonFiniteError: the loss or gradients became non-finite with on_nonfinite="stop".
   """
   validate_config(config)
-  d = config.distributed
-  parallel.initialize_distributed(d.coordinator_address, d.num_processes, d.process_id)
+  distributed = config.distributed
+  parallel.initialize_distributed(distributed.coordinator_address, distributed.num_processes,
+                                  distributed.process_id)
   with PreemptionWatcher() as watcher:
     source = pretrained.load(config.init.checkpoint) if config.init.checkpoint else None
-    name = model_architecture(config, source)[0]
-    with Workdir(workdir or default_workdir(name, config.data.name), config,
+    exp = assemble(config, source=source)
+    with Workdir(workdir or default_workdir(exp.parts.name, config.data.name), config,
                  is_main=jax.process_index() == 0) as run_dir:
-      run, feed, failed = Run.start(config, run_dir, source), None, True
+      run, feed, failed = Run.start(exp, run_dir), None, True
       try:
         if run.finished is not None:  # a finished run is reported again, not retrained
           failed = False
           return run.finished
         watcher.start_training()
-        device_state, rng = run.runner.replicate(run.state), run.runner.replicate(run.rng)
-        feed, eval_metrics = run.pipeline.train_feed(run.start_step, run.runner), {}
+        device_state = exp.runner.replicate(run.state)
+        rng = exp.runner.replicate(run.rng)
+        feed, eval_metrics = exp.pipeline.train_feed(run.start_step, exp.runner), {}
         record = run.resumed_record  # the last window's, when it goes into the final record
         if run.evaluation_missing():  # stopped between the save at this step and its evaluation
           eval_metrics = run.evaluate(run.start_step, device_state,
-                                      write=run.start_step < run.total_steps)
-        for step in range(run.start_step, run.total_steps):
+                                      write=run.start_step < exp.total_steps)
+        for step in range(run.start_step, exp.total_steps):
           try:
             inputs, arrays = next(feed)
           except InputError:  # an unreadable image: keep the steps trained so far
             if jax.process_count() == 1:  # the other processes, not failing, could not join in
-              run.save(step, device_state, {})
+              run.save(step, device_state)
             raise
-          device_state, _ = run.exp.train_fn(device_state, inputs, rng, arrays)
+          device_state, _ = exp.steps.train(device_state, inputs, rng, arrays)
           done = step + 1
-          is_last = done == run.total_steps
+          is_last = done == exp.total_steps
           stop = watcher.should_stop(done) and not is_last  # the last step finishes the run
           if done % config.train.log_every_steps == 0 or is_last:
             record = run.log(done, device_state, write=not is_last)
           evaluate_now = is_last or run.evaluates_at(done)
           # Saved before its evaluation, which reads files that may fail.
           if evaluate_now or stop or run.checkpoint_due(done):
-            run.save(done, device_state, record if is_last else {})
+            run.save(done, device_state, record if is_last else None)
           if evaluate_now:
             eval_metrics = run.evaluate(done, device_state, write=not is_last)
           if stop:
@@ -96,23 +98,17 @@ def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any
         run.close(after_failure=failed)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class Run:
-  """A run set up to train: its pieces, where it starts, and the loop's small named pieces."""
+  """An assembled experiment in its run folder: where it starts, and its records."""
 
-  config: Any
-  workdir: str
-  info: data.DatasetInfo
-  runner: parallel.Runner
-  pipeline: data.Pipeline
   exp: Experiment
+  workdir: str
   checkpointer: checkpoint.Checkpointer
   description: dict[str, Any]  # the model, for checkpoints
-  total_steps: int
-  eval_every: int  # steps between evaluations; 0: only at the end
-  state: Any  # the host state to start from
-  rng: Any  # the steps' base key, on the host
-  start_step: int
+  state: Any = None  # the host state to start from
+  rng: Any = None  # the steps' base key, on the host
+  start_step: int = 0
   finished: dict[str, Any] | None = None  # the final record of a run that had already finished
   records: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # metrics.jsonl's
   resumed_record: dict[str, Any] = dataclasses.field(default_factory=dict)  # see `save`
@@ -121,31 +117,18 @@ class Run:
   _window_start: tuple[float, int] = (0.0, 0)  # (time, step) of the current logging window
 
   @classmethod
-  def start(cls, config: Any, run_dir: Workdir, source: "pretrained.Pretrained | None") -> "Run":
-    """Opens the data, builds the experiment, resumes or initialises the state, and accepts
-    the run folder; refuses a mistaken input before compiling anything."""
-    t = config.train
-    info = data.get_info(config.data)
-    runner = parallel.make_runner(t.runner)
-    runner.check_batch_size(t.batch_size)
-    runner.check_batch_size(t.eval_batch_size, "train.eval_batch_size")
-    pipeline = data.create_pipeline(
-        config.data, info, global_batch_size=t.batch_size, eval_batch_size=t.eval_batch_size,
-        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
-    check(pipeline.steps_per_epoch >= 1, f"train.batch_size={t.batch_size} exceeds the "
-          f"{info.num_train} training examples; lower it.")
-    total_steps, eval_every = run_length(t, pipeline.steps_per_epoch)
-    experiment = lambda c: build(c, info, runner, pipeline.device_batches(parallel.AXIS),
-                                 steps_per_epoch=pipeline.steps_per_epoch,
-                                 total_steps=total_steps, source=source)
-    exp = experiment(config)
+  def start(cls, exp: Experiment, run_dir: Workdir) -> "Run":
+    """Opens the run's checkpoints and records, resumes or initialises the state, and accepts
+    the run folder."""
+    train_config = exp.config.train
     checkpointer = checkpoint.Checkpointer(
-        os.path.join(run_dir.path, CHECKPOINTS_DIR), identity=run_identity(config),
-        keep=t.keep_checkpoints, keep_best=t.keep_best, async_save=t.async_checkpointing)
-    run = cls(config, run_dir.path, info, runner, pipeline, exp, checkpointer,
-              model_description(config, info, exp), total_steps, eval_every, None, None, 0)
+        os.path.join(run_dir.path, CHECKPOINTS_DIR), identity=run_identity(exp.config),
+        keep=train_config.keep_checkpoints, keep_best=train_config.keep_best,
+        async_save=train_config.async_checkpointing)
+    run = cls(exp=exp, workdir=run_dir.path, checkpointer=checkpointer,
+              description=exp.model_description())
     try:
-      run._resume_or_initialise(run_dir, lambda c: experiment(c).abstract_state)
+      run._resume_or_initialise(run_dir)
       for r in run.records:  # for keep_best
         if "eval_accuracy" in r and r["step"] <= run.start_step:
           checkpointer.record_evaluation(r["step"], r["eval_accuracy"])
@@ -154,75 +137,68 @@ class Run:
       raise
     return run
 
-  def _resume_or_initialise(self, run_dir: Workdir, abstract_state_of: Any) -> None:
+  def _resume_or_initialise(self, run_dir: Workdir) -> None:
     """The newest intact checkpoint's state, or (with no checkpoint) a fresh one."""
-    t, exp = self.config.train, self.exp
+    exp = self.exp
     self.records = read_metrics(self.workdir)  # damage is refused before anything is written
-    restored = resume.restore(self.checkpointer, exp.abstract_state, run_dir, self.config,
-                              self.info, abstract_state_of)
-    if restored is not None:
-      self.state, meta = restored
-      self.start_step, self.rng = int(meta["step"]), np.asarray(meta["rng"], np.uint32)
-      self.resumed_record = meta.get("record") or {}
-      check(self.start_step <= self.total_steps, f"{self.checkpointer.directory} holds checkpoint "
-            f"{self.start_step}, past this run's {self.total_steps} steps; give train.num_steps "
-            f">= {self.start_step} to continue it, or evaluate one of its checkpoints with "
-            "python -m experiments.evaluate --step=N.")
-      logging.info("Resumed from step %d of %s.", self.start_step, self.checkpointer.directory)
-      if self.start_step == self.total_steps:
+    resumed = resume.resume(exp, self.checkpointer, run_dir)
+    if resumed is not None:
+      self.state, self.rng, self.start_step = resumed.state, resumed.rng, resumed.step
+      self.resumed_record = resumed.record
+      if self.start_step == exp.total_steps:
         self.finished = self._final_record()
-    run_dir.accept(self.info.identity)
+    run_dir.accept(exp.info.identity)
     if self.finished is None:
-      if restored is None:
-        self.state, self.rng = exp.state, exp.rng
-      self.writer = MetricsWriter(self.workdir, enabled=jax.process_index() == 0,
-                                 resume_step=self.start_step)
-      self.progress = Progress(self.total_steps, self.start_step, mode=t.progress_bar,
-                              enabled=jax.process_index() == 0)
+      if resumed is None:
+        self.state, self.rng = exp.parts.state, exp.parts.rng
+      is_main = jax.process_index() == 0
+      self.writer = MetricsWriter(self.workdir, enabled=is_main, resume_step=self.start_step)
+      self.progress = Progress(exp.total_steps, self.start_step,
+                               mode=exp.config.train.progress_bar, enabled=is_main)
       logging.info("%s on %s: %d steps (%d per epoch), batch %d over %d %s device(s), runner "
-                   "%s; workdir %s", exp.name, self.info.name, self.total_steps,
-                   self.pipeline.steps_per_epoch, t.batch_size, self.runner.num_replicas,
-                   jax.devices()[0].platform, self.runner.name, self.workdir)
+                   "%s; workdir %s", exp.parts.name, exp.info.name, exp.total_steps,
+                   exp.steps_per_epoch, exp.config.train.batch_size, exp.runner.num_replicas,
+                   jax.devices()[0].platform, exp.runner.name, self.workdir)
     else:
-      logging.info("The run in %s already finished at step %d.", self.workdir, self.total_steps)
+      logging.info("The run in %s already finished at step %d.", self.workdir, exp.total_steps)
     self._window_start = (time.time(), self.start_step)
 
   def evaluates_at(self, step: int) -> bool:
     """Whether a periodic evaluation falls on `step` (the final one always comes)."""
-    return bool(self.eval_every) and step % self.eval_every == 0
+    return bool(self.exp.eval_every) and step % self.exp.eval_every == 0
 
   def evaluation_missing(self) -> bool:
     """Whether the run resumed from a checkpoint whose evaluation never finished (it failed, or
     a stop came between the two): that evaluation comes first."""
     step = self.start_step
-    due = step == self.total_steps or self.evaluates_at(step)
+    due = step == self.exp.total_steps or self.evaluates_at(step)
     return step > 0 and due and not any(
         r["step"] == step and ("eval_accuracy" in r or r.get("final")) for r in self.records)
 
   def _final_record(self) -> dict[str, Any] | None:
     """A finished run's report: its "final" record at the last step, if there is one."""
-    finals = [r for r in self.records if r.get("final") and r["step"] == self.total_steps]
+    finals = [r for r in self.records if r.get("final") and r["step"] == self.exp.total_steps]
     if not finals:
       return None
-    return {"step": self.total_steps, **{k: v for k, v in finals[-1].items() if k != "step"},
+    return {"step": self.exp.total_steps, **{k: v for k, v in finals[-1].items() if k != "step"},
             "workdir": self.workdir}
 
   def checkpoint_due(self, step: int) -> bool:
-    every = self.config.train.checkpoint_every_steps
+    every = self.exp.config.train.checkpoint_every_steps
     return bool(every) and step % every == 0
 
   def log(self, step: int, device_state: Any, *, write: bool) -> dict[str, Any]:
     """The means of the step's metrics over the window that ends at `step`, with the learning
     rate and throughput; shown, and written unless it goes into the final record."""
-    watched = self.runner.unreplicate(_window_fields(device_state))
-    bad = _check_finite(watched, self.exp.step_config.on_nonfinite)
+    watched = self.exp.runner.unreplicate(_window_fields(device_state))
+    bad = _nonfinite_steps(watched, self.exp.parts.step_config.on_nonfinite)
     self.checkpointer.check_for_errors()
     now, (since, first) = time.time(), self._window_start
     means = window_means(watched.metric_sums)
-    record = {**{k: means[k] for k in metric_names(self.exp.step_config)},
-              "learning_rate": float(self.exp.schedule(step - 1)),
-              "epoch": step / self.pipeline.steps_per_epoch,
-              "images_per_sec": (step - first) * self.config.train.batch_size / (now - since)}
+    record = {**{k: means[k] for k in metric_names(self.exp.parts.step_config)},
+              "learning_rate": float(self.exp.parts.schedule(step - 1)),
+              "epoch": step / self.exp.steps_per_epoch,
+              "images_per_sec": (step - first) * self.exp.config.train.batch_size / (now - since)}
     if bad:
       record["nonfinite_steps"] = bad
     self._window_start = (now, step)
@@ -233,10 +209,10 @@ class Run:
 
   def evaluate(self, step: int, device_state: Any, *, write: bool) -> dict[str, float]:
     """Exact metrics on the eval split (and of the EMA weights when kept); logged."""
-    result = evaluate(self.exp.eval_fn, device_state.variables(), self.pipeline, self.runner)
-    if self.config.optim.ema_decay:
-      ema = evaluate(self.exp.eval_fn, device_state.variables(ema=True), self.pipeline,
-                     self.runner)
+    result = evaluate(self.exp.steps.eval, device_state.variables(), self.exp.pipeline, self.exp.runner)
+    if self.exp.config.optim.ema_decay:
+      ema = evaluate(self.exp.steps.eval, device_state.variables(ema=True), self.exp.pipeline,
+                     self.exp.runner)
       result.update({f"ema_{k}": v for k, v in ema.items()})
     logging.info("step %d: %s", step, " ".join(f"{k}={v:.4f}" for k, v in result.items()))
     self.checkpointer.record_evaluation(step, result["eval_accuracy"])
@@ -245,26 +221,26 @@ class Run:
     self._window_start = (time.time(), self._window_start[1])  # evaluation is not training
     return result
 
-  def save(self, step: int, device_state: Any, record: dict[str, Any]) -> None:
+  def save(self, step: int, device_state: Any, record: dict[str, Any] | None = None) -> None:
     """Starts an asynchronous checkpoint of the state at `step` (never of a poisoned state, nor
     again of one already saved), with `record`: the last window's metrics when they are not
     written until the final record, so that a rerun that evaluates this state has them."""
     if step in (self.start_step, *self.checkpointer.manager.all_steps()):
       return
-    host_state = self.runner.unreplicate(device_state)
-    _check_finite(host_state, self.exp.step_config.on_nonfinite)
+    host_state = self.exp.runner.unreplicate(device_state)
+    _nonfinite_steps(host_state, self.exp.parts.step_config.on_nonfinite)
     self.checkpointer.save(
         step, host_state,
         {"rng": np.asarray(self.rng).tolist(), "data_position": step,
-         "steps_per_epoch": self.pipeline.steps_per_epoch, "model": self.description,
-         "dataset": self.info.identity, "record": record})
+         "steps_per_epoch": self.exp.steps_per_epoch, "model": self.description,
+         "dataset": self.exp.info.identity, "record": record or {}})
 
   def finish(self, record: dict[str, Any]) -> dict[str, Any]:
     """Waits for the last checkpoint and writes the final record."""
     self.checkpointer.wait()
     final = {**record, "final": True}
-    self.writer.write(self.total_steps, final)
-    return {"step": self.total_steps, **final, "workdir": self.workdir}
+    self.writer.write(self.exp.total_steps, final)
+    return {"step": self.exp.total_steps, **final, "workdir": self.workdir}
 
   def close(self, after_failure: bool = False) -> None:
     """Closes the records and waits for the last checkpoint; after a failure, an error of its
@@ -286,8 +262,9 @@ def _window_fields(state: Any) -> Any:
                        ema_batch_stats=None, loss_scale=None)
 
 
-def _check_finite(host_state: Any, policy: str) -> int:
-  """The number of skipped non-finite steps; raises NonFiniteError under the "stop" policy."""
+def _nonfinite_steps(host_state: Any, policy: str) -> int:
+  """How many steps were skipped as non-finite so far; under the "stop" policy, raises
+  NonFiniteError at the first one instead."""
   count = int(host_state.nonfinite_count)
   if policy == "stop" and int(host_state.first_nonfinite_step) >= 0:
     what = "loss" if int(host_state.first_nonfinite_kind) == NONFINITE_LOSS else "gradient"

@@ -33,6 +33,22 @@ register_schedule = SCHEDULES.register
 OPTAX_PREFIX = "optax."  # optim.name=optax.<name>: any optax optimizer, kwargs from optim.kwargs
 
 
+def epochs_to_steps(epochs: float, steps_per_epoch: int,
+                    rounding: Callable[[float], Any] = round) -> int:
+  """A length in epochs as whole steps: the one conversion (`rounding`: round, or math.ceil for
+  a run's length, so that a partial last epoch is trained)."""
+  return int(rounding(epochs * steps_per_epoch))
+
+
+def schedule_steps(optim_config: Any, steps_per_epoch: int) -> tuple[int, list[int]]:
+  """(warm-up steps, the piecewise schedule's boundaries in steps) of the `optim` section."""
+  warmup = epochs_to_steps(optim_config.warmup_epochs, steps_per_epoch)
+  if optim_config.schedule != "piecewise":
+    return warmup, []
+  per_unit = steps_per_epoch if optim_config.boundaries_unit == "epochs" else 1
+  return warmup, [epochs_to_steps(b, per_unit) for b in optim_config.boundaries]
+
+
 def peak_learning_rate(optim_config: Any, batch_size: int) -> float:
   """The configured rate, scaled linearly by `batch_size / lr_batch_base` when that is set."""
   lr = float(optim_config.learning_rate)
@@ -58,8 +74,7 @@ def constant(optim_config, *, peak, warmup, steps_per_epoch, total_steps):
 def piecewise(optim_config, *, peak, warmup, steps_per_epoch, total_steps):
   """/decay_factor at each of `boundaries` (in steps or epochs)."""
   del total_steps
-  scale = steps_per_epoch if optim_config.boundaries_unit == "epochs" else 1
-  boundaries = [int(round(b * scale)) for b in optim_config.boundaries]
+  boundaries = schedule_steps(optim_config, steps_per_epoch)[1]
   return with_warmup(optax.piecewise_constant_schedule(
       peak, {b: float(optim_config.decay_factor) for b in boundaries}), warmup,
       optim_config.warmup_start_factor)
@@ -95,7 +110,7 @@ def make_schedule(optim_config: Any, *, steps_per_epoch: int, total_steps: int,
   """
   return SCHEDULES[optim_config.schedule](
       optim_config, peak=peak_learning_rate(optim_config, batch_size),
-      warmup=int(round(optim_config.warmup_epochs * steps_per_epoch)),
+      warmup=schedule_steps(optim_config, steps_per_epoch)[0],
       steps_per_epoch=steps_per_epoch, total_steps=total_steps)
 
 

@@ -1,36 +1,56 @@
 """Resuming a run: its newest intact checkpoint, or why the run cannot resume from it."""
 
 import copy
+import dataclasses
+import logging
 from typing import Any
 
-from resnet_jax.data import DatasetInfo, check_same_classes
-from resnet_jax.errors import InvalidInputError
+import numpy as np
+
+from resnet_jax.data import check_same_classes
+from resnet_jax.errors import InvalidInputError, check
 from resnet_jax.train import checkpoint
+from resnet_jax.train.experiment import Experiment, build_state
 from resnet_jax.train.workdir import Workdir, config_differences
 
 
-def restore(checkpointer: checkpoint.Checkpointer, abstract_state: Any, run_dir: Workdir,
-            config: Any, info: DatasetInfo, abstract_state_of: Any) -> tuple[Any, dict] | None:
-  """The run's newest intact checkpoint as (state, meta), or None when it has none.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Resumed:
+  """Where a resumed run starts: its checkpoint's state, the steps' key, and the last window's
+  metrics saved with it (see `loop.Run.save`)."""
 
-  Args:
-    checkpointer: the run's checkpoints.
-    abstract_state: the structure this config's train state has (the restore target).
-    run_dir, config, info: the run folder, its new config and dataset.
-    abstract_state_of: config -> the train state's structure under that config.
+  state: Any  # on the host
+  rng: np.ndarray
+  step: int
+  record: dict[str, Any]
+
+
+def resume(exp: Experiment, checkpointer: checkpoint.Checkpointer,
+           run_dir: Workdir) -> Resumed | None:
+  """The run's newest intact checkpoint, or None when it has none (a fresh start).
 
   Raises:
-    InvalidInputError: the checkpoint was trained on other classes, or holds a state of another
-      structure; says why (before anything is compiled).
+    InvalidInputError: the checkpoint was trained on other classes, holds a state of another
+      structure (says why), or is past this run's last step; before anything is compiled.
   """
   def same_classes(step: int, meta: dict) -> None:
-    check_same_classes(saved_dataset(meta), info, action="resume", where=run_dir.path,
+    check_same_classes(saved_dataset(meta), exp.info, action="resume", where=run_dir.path,
                        trained=f"its checkpoint {step}", remedy="use a new --workdir")
 
   try:
-    return checkpointer.restore_latest(abstract_state, same_classes)
+    restored = checkpointer.restore_latest(exp.parts.abstract_state, same_classes)
   except checkpoint.StateStructureError as e:
-    raise structure_change_error(e, run_dir, config, info, abstract_state_of) from None
+    raise structure_change_error(e, run_dir, exp) from None
+  if restored is None:
+    return None
+  state, meta = restored
+  step = int(meta["step"])
+  check(step <= exp.total_steps, f"{checkpointer.directory} holds checkpoint {step}, past this "
+        f"run's {exp.total_steps} steps; give train.num_steps >= {step} to continue it, or "
+        "evaluate one of its checkpoints with python -m experiments.evaluate --step=N.")
+  logging.info("Resumed from step %d of %s.", step, checkpointer.directory)
+  return Resumed(state=state, rng=np.asarray(meta["rng"], np.uint32), step=step,
+                 record=meta.get("record") or {})
 
 
 def saved_dataset(meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -40,17 +60,17 @@ def saved_dataset(meta: dict[str, Any]) -> dict[str, Any] | None:
   return meta.get("dataset") or ({"classes": names} if names else None)
 
 
-def structure_change_error(error: checkpoint.StateStructureError, run_dir: Workdir, config: Any,
-                           info: DatasetInfo, abstract_state_of: Any) -> InvalidInputError:
+def structure_change_error(error: checkpoint.StateStructureError, run_dir: Workdir,
+                           exp: Experiment) -> InvalidInputError:
   """Why a resumed run's train state differs from its checkpoint's: the dataset's classes, the
   settings that change the state (each tried alone), or another version of this project.
 
   Args:
     error: what the checkpointer found.
     run_dir: the run folder being resumed (its saved config).
-    config, info: the new run's config and dataset.
-    abstract_state_of: config -> the train state's structure under that config.
+    exp: the new run, as assembled.
   """
+  config, info = exp.config, exp.info
   saved_classes = error.meta.get("model", {}).get("num_classes")
   if saved_classes is not None and saved_classes != info.num_classes:
     return InvalidInputError(
@@ -58,7 +78,7 @@ def structure_change_error(error: checkpoint.StateStructureError, run_dir: Workd
         f"checkpoint {error.step} was trained on {saved_classes}; restore the dataset's classes, "
         "or use a new --workdir.")
   changed = config_differences(run_dir.saved_config, config) if run_dir.saved_config else []
-  fits = lambda changes: _reverting_fits(changes, config, error.saved_structure, abstract_state_of)
+  fits = lambda changes: _reverting_fits(changes, exp, error.saved_structure)
   causes = [c for c in changed if fits([c])]
   state = (f"the structure of the train state in its checkpoint {error.step} "
            f"({checkpoint.summarize(error.differences, 1)})")
@@ -72,10 +92,11 @@ def structure_change_error(error: checkpoint.StateStructureError, run_dir: Workd
                            "new --workdir.")
 
 
-def _reverting_fits(changes: list[tuple[str, Any, Any]], config: Any, saved_structure: Any,
-                    abstract_state_of: Any) -> bool:
-  """Whether the config with these settings back at their saved values builds the saved state."""
-  candidate = copy.deepcopy(config)
+def _reverting_fits(changes: list[tuple[str, Any, Any]], exp: Experiment,
+                    saved_structure: Any) -> bool:
+  """Whether the config with these settings back at their saved values builds the saved state
+  (the state's structure alone: no runner, no data)."""
+  candidate = copy.deepcopy(exp.config)
   try:
     for key, saved, _ in changes:
       *sections, field = key.split(".")
@@ -83,6 +104,8 @@ def _reverting_fits(changes: list[tuple[str, Any, Any]], config: Any, saved_stru
       for section in sections:
         target = target[section]
       target[field] = tuple(saved) if isinstance(target[field], tuple) else saved
-    return not checkpoint.structure_differences(saved_structure, abstract_state_of(candidate))
+    parts = build_state(candidate, exp.info, steps_per_epoch=exp.steps_per_epoch,
+                        total_steps=exp.total_steps, source=exp.source)
+    return not checkpoint.structure_differences(saved_structure, parts.abstract_state)
   except (TypeError, ValueError, KeyError, AttributeError):
     return False
