@@ -100,9 +100,6 @@ class FolderSource:
     index = int(index)
     return {"image": self.read(index), "label": self.labels[index]}
 
-  def __getitems__(self, indices: Sequence[int]) -> list[dict]:
-    return [self[i] for i in indices]
-
   def scan(self, verify: bool) -> tuple[bool, set[tuple[int, int]]]:
     """(every image is grayscale, the set of (width, height)) of the split's files.
 
