@@ -16,8 +16,10 @@ from resnet_jax.errors import InvalidInputError
 if TYPE_CHECKING:
   from resnet_jax.pretrained import Pretrained
 
-# Classification reads files and weights: its data and checkpoint modules are imported on use, so
-# that `feature_fn` (a backbone inside other JAX code) loads none of them.
+# Classification decodes and preprocesses image files: its data modules (decode, transforms,
+# augment) and tensorflow_datasets (for the ImageNet labels) are imported on use, so that
+# `feature_fn` (a backbone inside other JAX code) loads none of them. Weights arrive as a
+# `Pretrained` the caller loaded, so no checkpoint module is imported here.
 
 
 def feature_fn(model: Any) -> Callable[[dict, jax.Array], dict[str, jax.Array]]:

@@ -16,9 +16,9 @@ from resnet_jax.errors import InvalidInputError
 EVAL_FOLDERS = ("test", "val", "validation")
 VERIFY_IMAGES = ("auto", "yes", "no")
 # data.verify_images=auto decodes every image of each split with at most this many files before
-# training (1.0 ms per 500x375 JPEG on the 2-core development machine, so about 10 s); larger
-# splits get a header check. Per split: a large training split still has its (smaller) evaluation
-# split decoded, so that no evaluation fails on an unreadable image after hours of training.
+# training, a wait of seconds at this size (measured: README, Performance); larger splits get a
+# header check. Per split: a large training split still has its (smaller) evaluation split
+# decoded, so that no evaluation fails on an unreadable image after hours of training.
 VERIFY_LIMIT = 10_000
 
 __all__ = ["EVAL_FOLDERS", "FolderSource", "ImageReadError", "eval_folder", "find_classes",
@@ -99,9 +99,6 @@ class FolderSource:
   def __getitem__(self, index: int) -> dict:
     index = int(index)
     return {"image": self.read(index), "label": self.labels[index]}
-
-  def __getitems__(self, indices: Sequence[int]) -> list[dict]:
-    return [self[i] for i in indices]
 
   def scan(self, verify: bool) -> tuple[bool, set[tuple[int, int]]]:
     """(every image is grayscale, the set of (width, height)) of the split's files.

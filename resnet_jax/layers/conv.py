@@ -1,18 +1,17 @@
 """2-D convolution with a CPU-specific weight gradient; the same function and variables as nn.Conv.
 
 XLA's CPU backend computes a convolution's weight gradient as a convolution over the batch, which
-its Eigen kernels run at a few GFLOP/s: for a CIFAR ResNet-18's first stage (batch 128, 32x32,
-64 channels) one weight gradient takes 2.6 s where the forward convolution takes 0.2 s. The same
-gradient is a sum over kernel taps of (shifted input)^T @ (output gradient), one matrix product
-per tap, which runs an order of magnitude faster there. `lax.platform_dependent` applies this form
-only when lowering for CPU; GPUs and TPUs keep XLA's own (cuDNN, TPU) convolution gradients.
+its Eigen kernels run at a few GFLOP/s, far slower than the forward convolution of the same layer.
+The same gradient is a sum over kernel taps of (shifted input)^T @ (output gradient), one matrix
+product per tap, which runs an order of magnitude faster there (measured: README, Performance).
+`lax.platform_dependent` applies this form only when lowering for CPU; GPUs and TPUs keep XLA's own
+(cuDNN, TPU) convolution gradients.
 
 A stride-2 convolution over a few input channels (the ImageNet stem's 7x7/2 over RGB) runs as a
 stride-1 convolution over 2x2 space-to-depth blocks: the same sums (the kernel is zero-padded to an
 even size and regrouped), with 4x the input channels. Tensor-core convolutions pad three channels to
-eight and run the stem at a few percent of peak; on an H100 (ResNet-50, bfloat16, batch 256) the
-stem's forward, weight gradient and padding passes drop from about 2.9 to 1.4 ms of GPU time
-per step (forward 1.54 -> 0.66 ms, weight gradient 0.88 -> 0.43 ms).
+eight and run the stem at a few percent of peak; the regrouped stem's forward and weight gradient
+take less GPU time (measured: README, Performance).
 """
 
 import functools

@@ -2,12 +2,12 @@
 
 Autodiff of `lax.reduce_window(max)` carries every window's winning position through the forward
 pass as 32-bit indices next to float32 values, and its transpose is a scatter (`select_and_scatter`)
-into a padded copy of the input. For the ImageNet stem's 3x3/2 pool on a GPU (bfloat16, batch 256,
-112x112x64) that was about 3 ms of a 44 ms ResNet-50 step, the scatter at a third of the memory
-bandwidth. Here the forward pass keeps one int8 per output (which of the k*k taps won, the first on
-ties, as autodiff and PyTorch choose) and the backward pass builds each stride phase of the input
-gradient from shifted output-resolution arrays and interleaves the phases: elementwise passes XLA
-fuses, with no scatter (1.0 ms there, the forward's winner bookkeeping fused into BN + ReLU).
+into a padded copy of the input, which on a GPU runs well below the memory bandwidth (measured for
+the ImageNet stem's 3x3/2 pool: README, Performance). Here the forward pass keeps one int8 per
+output (which of the k*k taps won, the first on ties, as autodiff and PyTorch choose) and the
+backward pass builds each stride phase of the input gradient from shifted output-resolution arrays
+and interleaves the phases: elementwise passes XLA fuses, with no scatter (on a GPU the forward's
+winner bookkeeping fuses into the BN + ReLU before it).
 """
 
 import functools
