@@ -15,7 +15,7 @@ import resnet_jax
 from experiments.configs import default
 from resnet_jax.data import Splits, device_augmentation, register_source
 from resnet_jax.models import blocks
-from resnet_jax.train import checkpoint, loop, metrics
+from resnet_jax.train import checkpoint, loop, metrics, parallel
 
 
 class SEBasicBlock(blocks.BasicBlock):
@@ -104,3 +104,15 @@ def test_a_fork_adds_a_block_a_dataset_an_optimizer_and_an_augmentation(tmp_path
   for name in ("se_reduce", "se_expand", "conv1"):
     assert not np.array_equal(after["params"]["layer1_0"][name]["kernel"],
                               state["params"]["layer1_0"][name]["kernel"]), name
+
+
+def test_a_runner_is_named_once_by_its_registration():
+  assert (parallel.PmapRunner.name, parallel.MeshRunner.name) == ("pmap", "mesh")
+
+  @parallel.register_runner("fork_mesh", replace=True)
+  class ForkRunner(parallel.MeshRunner):
+    """A fork's runner: the mesh runner under its own name."""
+
+  assert parallel.make_runner("fork_mesh", jax.devices()[:1]).name == "fork_mesh"
+  assert isinstance(parallel.make_runner("mesh"), parallel.MeshRunner)
+  assert parallel.MeshRunner.name == "mesh"  # the subclass's name is its own
