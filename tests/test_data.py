@@ -218,7 +218,7 @@ def test_mock_cifar10_through_the_pipeline(tmp_path):
     info = data.get_info(config)
     assert info.image_shape == (32, 32, 3) and info.num_classes == 10
     assert (info.num_train, info.num_eval) == (40, 40)
-    assert info.mean == sources.DATASETS["cifar10"].mean
+    assert info.mean == sources.SOURCES["cifar10"].spec.mean
     pipeline = pipeline_for(config, info=info, batch=16, eval_batch=24)
     batch = next(pipeline.train_batches(0))
     assert batch["image"].shape == (16, 32, 32, 3) and batch["label"].dtype == np.int32
