@@ -10,27 +10,35 @@ by the twin registered for its Flax class (`register_twin`). Importing this modu
 import functools
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnet_jax.errors import InvalidInputError
 from resnet_jax.models import blocks as flax_blocks
 from resnet_jax.models import ResNet
+from resnet_jax.registry import Registry
 from resnet_jax.timing import summary, timed
 
 
-# Flax block class -> (spec, in_channels, planes, stride) -> torch module with the same names.
-TWINS: dict[type, Any] = {}
+# Flax block class name -> (spec, in_channels, planes, stride) -> torch module with the same names.
+TWINS: Registry[Callable[..., nn.Module]] = Registry("PyTorch twin")
 
 
-def register_twin(flax_block: type):
-  """Registers a PyTorch twin for a Flax block class (a decorator of its factory)."""
-  def add(factory):
-    TWINS[flax_block] = factory
-    return factory
-  return add
+def register_twin(flax_block: type) -> Callable[[Callable], Callable]:
+  """Decorator: registers a factory as the PyTorch twin of a Flax block class.
+
+  Args:
+    flax_block: the Flax block class; its twin is registered under the class's name.
+
+  Returns:
+    A decorator that registers the factory `(spec, in_channels, planes, stride) -> nn.Module` and
+    returns it.
+  """
+  return TWINS.register(flax_block.__name__)
 
 
 class _Block(nn.Module):
@@ -108,10 +116,10 @@ class TorchResNet(nn.Module):
     super().__init__()
     if spec.stem not in ("imagenet", "cifar") or spec.shortcut not in flax_blocks.SHORTCUTS:
       raise ValueError(f"Unsupported stem/shortcut {spec.stem!r}/{spec.shortcut!r}.")
-    if spec.block_cls not in TWINS:
-      raise ValueError(f"No PyTorch twin is registered for {spec.block_cls.__name__}; register "
-                       "one with resnet_jax.interop.torch_reference.register_twin.")
-    twin = TWINS[spec.block_cls]
+    if spec.block_cls.__name__ not in TWINS:
+      raise InvalidInputError(f"No PyTorch twin is registered for {spec.block_cls.__name__}; "
+                              "register one with resnet_jax.interop.torch_reference.register_twin.")
+    twin = TWINS[spec.block_cls.__name__]
     self.preact = spec.block_cls.preactivation
     self.imagenet_stem = spec.stem == "imagenet"
     k = 7 if self.imagenet_stem else 3
