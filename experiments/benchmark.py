@@ -131,7 +131,7 @@ def run(args) -> dict:
 
   if args.compare_torch:
     spec = create_model(args.model, num_classes=args.num_classes)
-    from resnet_jax.interop.torch_reference import time_torch
+    from resnet_jax.interop.torch_timing import time_torch
     results["torch"] = time_torch(
         spec, batch_size=args.batch_size, image_size=args.image_size, channels=channels,
         precision=args.dtype, learning_rate=0.1, momentum=0.9, weight_decay=1e-4,
@@ -145,7 +145,7 @@ def run(args) -> dict:
                                     args.batch_size // jax.device_count())
     timers = {"jax": benchmark.time_convolution}
     if args.compare_torch:
-      from resnet_jax.interop.torch_reference import time_torch_convolution
+      from resnet_jax.interop.torch_timing import time_torch_convolution
       timers["torch"] = time_torch_convolution
     results["convolutions"] = {name: benchmark.profile_convolutions(shapes, functools.partial(
         timer, dtype=args.dtype, steps=args.steps, warmup=args.warmup))
