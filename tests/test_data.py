@@ -15,6 +15,7 @@ from PIL import Image
 
 from resnet_jax import data
 from resnet_jax.data import augment, sources, decode, digits, transforms
+from resnet_jax.errors import InvalidInputError
 
 
 def make_config(**overrides) -> ml_collections.ConfigDict:
@@ -229,7 +230,7 @@ def test_mock_cifar10_through_the_pipeline(tmp_path):
     info = dataset.info
     assert info.image_shape == (32, 32, 3) and info.num_classes == 10
     assert (info.num_train, info.num_eval) == (40, 40)
-    assert info.mean == sources.DATASETS["cifar10"].mean
+    assert info.mean == sources.SOURCES["cifar10"].spec.mean
     pipeline = pipeline_for(config, dataset=dataset, batch=16, eval_batch=24)
     batch = next(pipeline.train_batches(0))
     assert batch["image"].shape == (16, 32, 32, 3) and batch["label"].dtype == np.int32
@@ -439,8 +440,37 @@ def test_augmentations_run_where_the_plan_puts_them():
   config = make_config(random_flip=True, crop_padding=4, augmentations=("flip(p=1)",))
   assert augment.requested(config) == [("pad_crop", {"padding": 4}), ("flip", {}),
                                        ("flip", {"p": 1})]
-  with pytest.raises(ValueError, match="is not name or name"):
-    augment.parse("flip(0.5)")
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ("flip", ("flip", {})), (" flip ", ("flip", {})), ("flip()", ("flip", {})),
+    ("flip( )", ("flip", {})), ("flip(p=1)  ", ("flip", {"p": 1})),
+    ("pad_crop(padding=4,)", ("pad_crop", {"padding": 4})),
+    ("cutout(size=-1, fill=(0, 0, 0), mode='a,b', p=None, on=True)",
+     ("cutout", {"size": -1, "fill": (0, 0, 0), "mode": "a,b", "p": None, "on": True})),
+    ("my-aug(p=')')", ("my-aug", {"p": ")"})),  # the name is whatever stands before "("
+    ("(p=1)", ("", {"p": 1})),  # left to the registry, which refuses the name ''
+])
+def test_an_augmentation_entry_is_a_name_or_a_call_with_literal_keywords(spec, expected):
+  assert augment.requested(make_config(augmentations=(spec,))) == [expected]
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("flip(0.5)", "data.augmentations entry 'flip(0.5)': '0.5' is not name=value with a Python "
+                  "literal value (e.g. flip or pad_crop(padding=4))."),
+    ("flip(p=x)", "'p=x' is not name=value"), ("flip(*a)", "'*a' is not name=value"),
+    ("flip(**{'p': 1})", "\"**{'p': 1}\" is not name=value"),
+    ("flip(p={[1]: 1})", "'p={[1]: 1}' is not name=value"),
+    ("flip(p=1) or f(q=2)", "'p=1) or f(q=2' is not name=value"),
+    ("flip(", "data.augmentations entry 'flip(' is not name or name(key=value, ...); e.g. flip "
+              "or pad_crop(padding=4)."),
+    ("flip(p=1", "entry 'flip(p=1' is not name or name(key=value, ...)"),
+    ("flip(p=1) x", "entry 'flip(p=1) x' is not name or name(key=value, ...)"),
+])
+def test_an_augmentation_entry_that_is_not_a_call_with_literal_keywords_is_refused(spec, message):
+  with pytest.raises(InvalidInputError) as refused:
+    augment.requested(make_config(augmentations=(spec,)))
+  assert message in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_normalize():

@@ -10,13 +10,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import resnet_jax
 from experiments.configs import default
 from resnet_jax.data import Splits, device_augmentation, register_source
 from resnet_jax.models import blocks
 from resnet_jax import saved
-from resnet_jax.train import loop, metrics
+from resnet_jax.train import loop, metrics, parallel
 
 
 class SEBasicBlock(blocks.BasicBlock):
@@ -105,3 +106,32 @@ def test_a_fork_adds_a_block_a_dataset_an_optimizer_and_an_augmentation(tmp_path
   for name in ("se_reduce", "se_expand", "conv1"):
     assert not np.array_equal(after["params"]["layer1_0"][name]["kernel"],
                               state["params"]["layer1_0"][name]["kernel"]), name
+
+
+def test_a_runner_is_named_once_by_its_registration():
+  assert (parallel.PmapRunner.name, parallel.MeshRunner.name) == ("pmap", "mesh")
+
+  @parallel.register_runner("fork_mesh", replace=True)
+  class ForkRunner(parallel.MeshRunner):
+    """A fork's runner: the mesh runner under its own name."""
+
+  assert parallel.make_runner("fork_mesh", jax.devices()[:1]).name == "fork_mesh"
+  assert isinstance(parallel.make_runner("mesh"), parallel.MeshRunner)
+  assert parallel.MeshRunner.name == "mesh"  # the subclass's name is its own
+
+
+def test_a_pytorch_twin_is_registered_by_its_flax_block_class_name():
+  pytest.importorskip("torch")
+  from resnet_jax.interop import torch_reference
+  assert {"BasicBlock", "Bottleneck", "PreActBasicBlock", "PreActBottleneck"} <= set(
+      torch_reference.TWINS)
+  with pytest.raises(ValueError, match="No PyTorch twin is registered for SEBasicBlock; register "
+                                       "one with resnet_jax.interop.torch_reference.register_twin"):
+    torch_reference.TorchResNet(resnet_jax.create_model("se_resnet8", num_classes=2), 1)
+
+  class ForkBlock(blocks.BasicBlock):
+    """A fork's block with a twin of its own."""
+
+  factory = functools.partial(torch_reference.TWINS["BasicBlock"])
+  assert torch_reference.register_twin(ForkBlock)(factory) is factory
+  assert torch_reference.TWINS["ForkBlock"] is factory

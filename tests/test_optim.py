@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from experiments.configs import default
+from resnet_jax.errors import InvalidInputError
 from resnet_jax.train import optim
 
 
@@ -112,3 +113,33 @@ def test_unknown_names_are_rejected():
   with pytest.raises(ValueError, match="Unknown schedule 'linear'"):
     optim.make_schedule(optim_config(schedule="linear"), steps_per_epoch=1, total_steps=1,
                         batch_size=1)
+
+
+@pytest.mark.parametrize("kwargs,expected", [
+    ("", {}), ("  ", {}), ("b1=0.95", {"b1": 0.95}),
+    ("b1=0.95, nesterov=True", {"b1": 0.95, "nesterov": True}),
+    (" b1 = 0.95 ,nesterov= True ", {"b1": 0.95, "nesterov": True}),
+    ("b1=0.95,", {"b1": 0.95}), ("eps=-1.5e-3", {"eps": -0.0015}),
+    ("mask=None, flag=False", {"mask": None, "flag": False}),
+    ("s='a b', e=''", {"s": "a b", "e": ""}),
+    ("t=(), l=[1], d={'a': 1}", {"t": (), "l": [1], "d": {"a": 1}}),
+    ("t=(0.9, 0.99), s='x,y'", {"t": (0.9, 0.99), "s": "x,y"}),  # commas inside a value
+    ("b1=0.9, b1=0.8", {"b1": 0.8}),  # the last of a repeated name, as before
+])
+def test_optim_kwargs_is_the_argument_list_of_a_call(kwargs, expected):
+  assert optim.optax_kwargs(optim_config(kwargs=kwargs)) == expected
+
+
+@pytest.mark.parametrize("kwargs,item", [
+    ("b1", "'b1'"), ("b1=x", "'b1=x'"), ("b1=1+2", "'b1=1+2'"), ("b1=f()", "'b1=f()'"),
+    ("b1=0.95 nesterov=True", "'0.95 nesterov'"), ("b1=0.9,,b2=0.99", "','"), (", b1=1", "','"),
+    ("=5", "'='"), ("**{'b1': 1}", "\"**{'b1': 1}\""), ("*a", "'*a'"),
+    ("d={[1]: 2}", "'d={[1]: 2}'"), ("b1=1) or f(b2=2", "'b1=1) or f(b2=2'"),
+])
+def test_optim_kwargs_that_are_not_literal_keywords_are_refused_naming_the_item(kwargs, item):
+  with pytest.raises(InvalidInputError) as refused:
+    optim.optax_kwargs(optim_config(kwargs=kwargs))
+  message = str(refused.value)
+  assert message.startswith(f"optim.kwargs={kwargs!r}: {item} is not name=value with a Python "
+                            "literal value (") and message.endswith("e.g. b1=0.95, nesterov=True).")
+  assert "\n" not in message

@@ -5,9 +5,9 @@ the transforms) does not pull in tensorflow-datasets or grain."""
 import importlib
 
 _EXPORTS = {
-    "DATASETS": "sources", "DatasetInfo": "sources", "Dataset": "sources", "open": "sources",
-    "Splits": "sources", "register_source": "sources", "check_same_classes": "sources",
-    "identity_name": "sources",
+    "DatasetInfo": "sources", "Dataset": "sources", "open": "sources",
+    "Splits": "sources", "register_source": "sources", "register_tfds": "sources",
+    "check_same_classes": "sources", "identity_name": "sources",
     "Pipeline": "pipeline",
     "DeviceBatches": "device",
     "eval_transform": "transforms",

@@ -13,7 +13,6 @@ only when the host stage is empty. A fork adds one from its own file:
 and names it in the config: `data.augmentations=("cutout(size=4)",)`.
 """
 
-import ast
 import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,7 +23,7 @@ import numpy as np
 
 from resnet_jax.data.transforms import random_resized_crop
 from resnet_jax.errors import InvalidInputError
-from resnet_jax.registry import Registry
+from resnet_jax.registry import Registry, parse_call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,22 +100,6 @@ register_augmentation("flip", host=_flip_host, device=_flip_device)
 Stage = tuple[tuple[Augmentation, tuple[tuple[str, Any], ...]], ...]
 
 
-def parse(spec: str) -> tuple[str, dict[str, Any]]:
-  """"name" or "name(key=value, ...)" (Python literals) -> (name, kwargs)."""
-  name, _, rest = spec.partition("(")
-  kwargs = {}
-  if rest:
-    try:
-      call = ast.parse(f"f({rest}", mode="eval").body
-      kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-      if call.args:
-        raise ValueError("positional arguments")
-    except (SyntaxError, ValueError) as e:
-      raise InvalidInputError(f"data.augmentations entry {spec!r} is not name or "
-                              f"name(key=value, ...) with literal values ({e}).") from None
-  return name.strip(), kwargs
-
-
 def requested(data_config: Any) -> list[tuple[str, dict[str, Any]]]:
   """The augmentations a data config asks for, in order: the built-in switches
   (random_resized_crop, crop_padding -> pad_crop, random_flip -> flip), then data.augmentations."""
@@ -127,7 +110,8 @@ def requested(data_config: Any) -> list[tuple[str, dict[str, Any]]]:
     items.append(("pad_crop", {"padding": int(data_config.crop_padding)}))
   if data_config.random_flip:
     items.append(("flip", {}))
-  return items + [parse(spec) for spec in data_config.get("augmentations", ())]
+  return items + [parse_call(spec, "data.augmentations", "flip or pad_crop(padding=4)")
+                  for spec in data_config.get("augmentations", ())]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,24 +58,6 @@ class Spec:
   configs: bool = False  # tfds builder configs, named as <name>/<config>
 
 
-DATASETS: dict[str, Spec] = {
-    "digits": Spec("digits", needs_tensorflow_to_prepare=False),
-    "mnist": Spec("mnist", mean=(0.1307 * 255,), std=(0.3081 * 255,)),
-    "fashion_mnist": Spec("fashion_mnist", mean=(0.2860 * 255,), std=(0.3530 * 255,)),
-    "cifar10": Spec("cifar10", mean=(0.4914 * 255, 0.4822 * 255, 0.4465 * 255),
-                    std=(0.2470 * 255, 0.2435 * 255, 0.2616 * 255)),
-    "cifar100": Spec("cifar100", mean=(0.5071 * 255, 0.4865 * 255, 0.4409 * 255),
-                     std=(0.2673 * 255, 0.2564 * 255, 0.2762 * 255)),
-    "imagenet2012": Spec("imagenet2012", eval_split="validation", mean=IMAGENET_MEAN,
-                         std=IMAGENET_STD,
-                         manual_files=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
-                         manual_instructions=_IMAGENET_INSTRUCTIONS),
-    # tfds's imagenette builder lists its files with tf.io.gfile, so preparing it needs TF too.
-    "imagenette": Spec("imagenette", eval_split="validation", mean=IMAGENET_MEAN,
-                       std=IMAGENET_STD, configs=True),
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
   """What the model and the steps need to know about a dataset."""
@@ -124,7 +106,8 @@ class Splits:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """A registered dataset source: `open(data_config) -> Splits`, and how to name it.
+  """A registered dataset source: `open(data_config) -> Splits`, how to name it, and for one of
+  tfds's datasets its `Spec`.
 
   A `located` source's argument says where the data lies (folder:DIR), not what it is: a run on it
   is identified by the dataset's identity (its classes), so that a moved folder can be named again.
@@ -133,6 +116,7 @@ class Source:
   open: Callable[[Any], Splits]
   usage: str
   located: bool = False
+  spec: Spec | None = None  # a tfds dataset's (see register_tfds)
 
 
 SOURCES: Registry[Source] = Registry("dataset source", "data.name")
@@ -271,9 +255,35 @@ def _open_tfds(spec: Spec, data_config: Any) -> Splits:
                 spec.mean, spec.std, identity={"version": str(builder.info.version)})
 
 
-for _name, _spec in DATASETS.items():
-  register_source(_name, usage=f"{_name} (also imagenette/<config>, e.g. imagenette/320px-v2)"
-                  if _spec.configs else _name)(functools.partial(_open_tfds, _spec))
+def register_tfds(name: str, *, usage: str = "", **spec_fields: Any) -> Source:
+  """Registers one of tfds's datasets as the dataset source `name`.
+
+  Args:
+    name: its tfds name, and the data.name that selects it.
+    usage: how error messages list it (default: `name`).
+    **spec_fields: the rest of its `Spec` (splits, published mean/std, manual files, ...).
+
+  Returns:
+    The registered source; its `spec` is the dataset's `Spec`.
+  """
+  spec = Spec(name, **spec_fields)
+  return SOURCES.register(name, Source(functools.partial(_open_tfds, spec), usage or name,
+                                       spec=spec))
+
+
+register_tfds("digits", needs_tensorflow_to_prepare=False)
+register_tfds("mnist", mean=(0.1307 * 255,), std=(0.3081 * 255,))
+register_tfds("fashion_mnist", mean=(0.2860 * 255,), std=(0.3530 * 255,))
+register_tfds("cifar10", mean=(0.4914 * 255, 0.4822 * 255, 0.4465 * 255),
+              std=(0.2470 * 255, 0.2435 * 255, 0.2616 * 255))
+register_tfds("cifar100", mean=(0.5071 * 255, 0.4865 * 255, 0.4409 * 255),
+              std=(0.2673 * 255, 0.2564 * 255, 0.2762 * 255))
+register_tfds("imagenet2012", eval_split="validation", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+              manual_files=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
+              manual_instructions=_IMAGENET_INSTRUCTIONS)
+# tfds's imagenette builder lists its files with tf.io.gfile, so preparing it needs TF too.
+register_tfds("imagenette", usage="imagenette (also imagenette/<config>, e.g. imagenette/320px-v2)",
+              eval_split="validation", mean=IMAGENET_MEAN, std=IMAGENET_STD, configs=True)
 
 
 @register_source("folder", usage="folder:DIR for images in DIR/train/<class>/ and "

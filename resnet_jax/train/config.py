@@ -159,7 +159,7 @@ RANGES: dict[str, Range] = {
     "optim.name": Range(str, "a registered optimizer, or optax.<name> for any optax optimizer",
                         checker=optim.check_names, bad="adam"),
     "optim.kwargs": Range(str, "\"name=value, ...\" with Python literals: optax.<name>'s arguments",
-                          checker=lambda o: optim.parse_kwargs(o.kwargs), bad="b1"),
+                          checker=optim.optax_kwargs, bad="b1"),
     "optim.learning_rate": _positive(float),
     "optim.lr_batch_base": _non_negative(int, " (0: off; else the rate is scaled by "
                                          "batch_size / lr_batch_base)"),

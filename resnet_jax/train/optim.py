@@ -11,7 +11,6 @@ A fork adds its own from its own file:
     def linear(optim_config, *, peak, warmup, steps_per_epoch, total_steps): ...
 """
 
-import ast
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from resnet_jax.errors import InvalidInputError
-from resnet_jax.registry import Registry
+from resnet_jax.registry import Registry, parse_arguments
 
 # name -> (optim_config, schedule, decay mask or None) -> a GradientTransformation, or a list of
 # them to chain (flat, so that the optimizer state keeps one structure).
@@ -147,19 +146,19 @@ def lars(optim_config, schedule, mask):
                     momentum=o.momentum, nesterov=o.nesterov)
 
 
-def parse_kwargs(spec: str) -> dict[str, Any]:
-  """optim.kwargs, "name=value, name=value" with Python literals, as a dict."""
-  out = {}
-  for item in filter(None, (part.strip() for part in spec.split(","))):
-    name, sep, value = item.partition("=")
-    try:
-      out[name.strip()] = ast.literal_eval(value.strip()) if sep else None
-    except (ValueError, SyntaxError):
-      sep = ""
-    if not sep:
-      raise InvalidInputError(f"optim.kwargs={spec!r}: {item!r} is not name=value with a Python "
-                              "literal value (e.g. b1=0.95, nesterov=True).")
-  return out
+def optax_kwargs(optim_config: Any) -> dict[str, Any]:
+  """optim.kwargs, the argument list of optax.<name>'s call ("b1=0.95, nesterov=True").
+
+  Args:
+    optim_config: the config's `optim` section.
+
+  Returns:
+    name -> value (Python literals).
+
+  Raises:
+    InvalidInputError: naming optim.kwargs and the item that is not name=value with a literal.
+  """
+  return parse_arguments(optim_config.kwargs, "optim.kwargs", "b1=0.95, nesterov=True")
 
 
 def _optax_optimizer(name: str, optim_config: Any, schedule: optax.Schedule,
@@ -170,7 +169,7 @@ def _optax_optimizer(name: str, optim_config: Any, schedule: optax.Schedule,
   if not callable(fn) or "learning_rate" not in inspect.signature(fn).parameters:
     raise InvalidInputError(f"optim.name={OPTAX_PREFIX}{name}: optax has no optimizer {name!r} "
                             "taking a learning_rate.")
-  kwargs = parse_kwargs(optim_config.kwargs)
+  kwargs = optax_kwargs(optim_config)
   parameters = inspect.signature(fn).parameters
   wd = float(optim_config.weight_decay)
   chain = []

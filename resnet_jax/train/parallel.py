@@ -20,7 +20,24 @@ from resnet_jax.registry import Registry
 
 AXIS = "batch"  # the data-parallel axis: gradients and BatchNorm statistics are averaged on it
 RUNNERS: Registry[type] = Registry("runner", "train.runner")
-register_runner = RUNNERS.register
+
+
+def register_runner(name: str, runner_cls: type | None = None, *, replace: bool = False) -> Any:
+  """Registers a `Runner` subclass as `name` and sets its `name` attribute to it.
+
+  Args:
+    name: the train.runner value that selects it.
+    runner_cls: the class; without it, a decorator that registers what it decorates.
+    replace: replace a runner already registered as `name`.
+
+  Returns:
+    The class, or the decorator.
+  """
+  def add(cls: type) -> type:
+    RUNNERS.register(name, cls, replace=replace)
+    cls.name = name
+    return cls
+  return add if runner_cls is None else add(runner_cls)
 
 
 def initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
@@ -46,7 +63,7 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
 class Runner:
   """Places arrays and transforms per-replica steps for data parallelism over all devices."""
 
-  name = ""
+  name = ""  # set by register_runner
 
   def __init__(self, devices: list | None = None):
     self.devices = devices or jax.devices()
@@ -110,8 +127,6 @@ class Runner:
 class PmapRunner(Runner):
   """`jax.pmap` over the local devices; collectives span every process's devices."""
 
-  name = "pmap"
-
   def __init__(self, devices: list | None = None):
     super().__init__(devices)
     self._local_mesh = Mesh(np.array(self.local_devices), (AXIS,))
@@ -140,8 +155,6 @@ class PmapRunner(Runner):
 @register_runner("mesh")
 class MeshRunner(Runner):
   """`jax.jit` of a `shard_map` over a one-axis device `Mesh`; the batch is sharded, state replicated."""
-
-  name = "mesh"
 
   def __init__(self, devices: list | None = None):
     super().__init__(devices)
