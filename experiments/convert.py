@@ -35,38 +35,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
   args = parse_args(argv)
   with cli.command():
-    from resnet_jax import inference
-    from resnet_jax.interop import convert
     from resnet_jax import pretrained
-    from resnet_jax.data.sources import IMAGENET_MEAN, IMAGENET_STD
-    from resnet_jax.data.transforms import Preprocessing
-    from resnet_jax.errors import InvalidInputError
-    from resnet_jax.models import create_model
-
-    state_dict = convert.load_state_dict(args.source)
-    variables = convert.from_torchvision(args.model, state_dict)
-    model = create_model(args.model)
-    head = variables["params"].get(model.head)
-    num_classes = int(head["kernel"].shape[1]) if head else 0
-    channels = int(variables["params"][model.input_conv]["kernel"].shape[2])
-    spec = args.labels
-    if spec == "auto":
-      spec = "imagenet" if num_classes == 1000 else "none"
-    labels = None
-    if spec != "none":
-      if not num_classes:
-        raise InvalidInputError(f"These {args.model} weights have no classifier head, so they "
-                                "take no labels; use --labels=none.")
-      labels = inference.read_labels(spec, num_classes, None)
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((127.5,) * channels,
-                                                                     (64.0,) * channels)
-    source = pretrained.Pretrained(
-        variables=variables, model=args.model, num_classes=num_classes,
-        preprocessing=Preprocessing(args.image_size, channels, args.crop_ratio, mean,
-                                               std),
-        class_names=tuple(labels) if labels else None)
-    pretrained.export(args.out, source)
-  print(f"Wrote {args.model} ({num_classes} classes, {channels}-channel input) to {args.out}")
+    from resnet_jax.interop import convert
+    weights = convert.converted_model(args.model, args.source, image_size=args.image_size,
+                                      crop_ratio=args.crop_ratio, labels=args.labels)
+    pretrained.export(args.out, weights)
+  print(f"Wrote {args.model} ({weights.num_classes} classes, "
+        f"{weights.preprocessing.channels}-channel input) to {args.out}")
   return 0
 
 

@@ -86,11 +86,12 @@ def format_table(results: dict[str, Any]) -> str:
     if "compile_time_s" in r:
       line += f", compile {r['compile_time_s']:.1f} s"
     rows.append(line)
-  s = results["synthetic"]
-  rows.append(f"  FLOPs/image {s['flops_per_image'] / 1e9:.3f} G (fwd+bwd), achieved "
-              f"{s['achieved_flops_per_sec_per_device'] / 1e12:.2f} TFLOP/s per device, MFU "
-              + (f"{100 * s['mfu']:.1f}%" if s["mfu"] is not None else "n/a (peak unknown)")
-              + f", peak memory {s['peak_memory_bytes'] / 2**30:.2f} GiB ({s['peak_memory_kind']})")
+  step = results["synthetic"]
+  mfu = f"{100 * step['mfu']:.1f}%" if step["mfu"] is not None else "n/a (peak unknown)"
+  rows.append(f"  FLOPs/image {step['flops_per_image'] / 1e9:.3f} G (fwd+bwd), achieved "
+              f"{step['achieved_flops_per_sec_per_device'] / 1e12:.2f} TFLOP/s per device, MFU "
+              f"{mfu}, peak memory {step['peak_memory_bytes'] / 2**30:.2f} GiB "
+              f"({step['peak_memory_kind']})")
   for name, profile in results.get("convolutions", {}).items():
     rows.append(f"  {name} convolutions alone: " + ", ".join(
         f"{phase.replace('_', ' ')} {profile[phase + '_ms']:.1f} ms" for phase in PHASES))
@@ -199,10 +200,10 @@ def convolutions(model: Any, image_shape: tuple[int, ...],
   counts: dict[ConvShape, int] = collections.Counter()
 
   def census(next_fun, args, kwargs, context):
-    m = context.module
-    if isinstance(m, conv.Conv) and context.method_name == "__call__":
+    module = context.module
+    if isinstance(module, conv.Conv) and context.method_name == "__call__":
       shape = tuple(args[0].shape)
-      counts[ConvShape(shape, *m.geometry(shape), m.feature_group_count)] += 1
+      counts[ConvShape(shape, *module.geometry(shape), module.feature_group_count)] += 1
     return next_fun(*args, **kwargs)
 
   x = jax.ShapeDtypeStruct((batch_size,) + tuple(image_shape), jnp.float32)

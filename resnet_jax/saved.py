@@ -82,7 +82,8 @@ def short(error: BaseException) -> str:
   return text if len(text) < 300 else text[:300] + "..."
 
 
-def read_checkpoint(directory: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def read_checkpoint(directory: str,
+                    step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
   """Reads a checkpoint as saved (nested dicts of numpy arrays) and its metadata; no target needed.
 
   Args:

@@ -239,8 +239,8 @@ def test_mock_cifar10_through_the_pipeline(tmp_path):
     config.device_resident = "yes"
     resident = pipeline_for(config, dataset=dataset, batch=16, eval_batch=24)
     assert resident.arrays["train"]["image"].shape == (40, 32, 32, 3)
-    np.testing.assert_array_equal(resident.arrays["train"]["image"][resident_rows(resident, [0])[0]],
-                                  batch["image"])
+    np.testing.assert_array_equal(
+        resident.arrays["train"]["image"][resident_rows(resident, [0])[0]], batch["image"])
   assert "tensorflow" not in sys.modules
 
 

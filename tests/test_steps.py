@@ -104,7 +104,8 @@ def test_train_step_is_traced_once():
 
 def make_step(exp, runner, config, **step_overrides):
   step_config = dataclasses.replace(exp.parts.step_config, **step_overrides)
-  train = functools.partial(steps.train_step, model=exp.parts.model, tx=exp.parts.tx, config=step_config)
+  train = functools.partial(steps.train_step, model=exp.parts.model, tx=exp.parts.tx,
+                            config=step_config)
   return runner.train_step(summed_over_windows(train, config.train.log_every_steps),
                            data.DeviceBatches.unpipelined(config.data, INFO, parallel.AXIS))
 

@@ -25,12 +25,10 @@ import tensorflow_datasets as tfds
 
 from resnet_jax.data import digits  # noqa: F401  (registers the "digits" builder with tfds)
 from resnet_jax.data import folder as folder_lib
-from resnet_jax.data.transforms import Preprocessing, eval_transform
+from resnet_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, eval_transform
 from resnet_jax.errors import InputNotFoundError, InvalidInputError, MissingDependencyError
 from resnet_jax.registry import Registry
 
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 STATS_SAMPLE = 1000  # images used to estimate mean/std where none are published
 NORMALIZATIONS = ("dataset", "imagenet")
 _IMAGENET_INSTRUCTIONS = (

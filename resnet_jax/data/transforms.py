@@ -9,6 +9,10 @@ from PIL import Image
 
 from resnet_jax.errors import InvalidInputError
 
+# ImageNet's per-channel statistics (torchvision's), in 0..255 units.
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
 
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:

@@ -14,7 +14,7 @@ import struct
 import warnings
 import zipfile
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax
 import jax
@@ -23,7 +23,12 @@ import numpy as np
 
 from resnet_jax.errors import (InputNotFoundError, InvalidInputError, MissingDependencyError,
                                mismatch_error)
+from resnet_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from resnet_jax.inference import read_labels
 from resnet_jax.models import ResNet, create_model
+
+if TYPE_CHECKING:
+  from resnet_jax.pretrained import Pretrained
 from resnet_jax.models.blocks import BasicBlock
 
 _LEAF = {  # (collection, Flax leaf name) -> torch suffix
@@ -367,3 +372,42 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     raise InvalidInputError(f"{path!r} holds values that are not tensors under {shown}; save "
                             "model.state_dict().")
   return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def converted_model(model: str, path: str | os.PathLike, *, image_size: int, crop_ratio: float,
+                    labels: str = "auto") -> "Pretrained":
+  """PyTorch weights as a model `pretrained.export` writes: the network, its classes' names and
+  how its images are prepared.
+
+  Args:
+    model: the registry name the weights belong to.
+    path: a .pth/.pt/.bin or .safetensors file (`load_state_dict`).
+    image_size, crop_ratio: the evaluation crop (224 and 0.875: torchvision's V1 weights).
+    labels: "auto" (the ImageNet-1k synsets for a 1000-class head, else none), "imagenet", a
+      text file with one name per line, or "none".
+
+  Returns:
+    A `Pretrained`; ImageNet's normalisation for three input channels, 127.5 +- 64 otherwise.
+
+  Raises:
+    InvalidInputError: the file does not hold these weights, or the labels do not fit them.
+  """
+  from resnet_jax.pretrained import Pretrained  # orbax: only for exporting
+  variables = from_torchvision(model, load_state_dict(path))
+  network = create_model(model)
+  head = variables["params"].get(network.head)
+  num_classes = int(head["kernel"].shape[1]) if head else 0
+  channels = int(variables["params"][network.input_conv]["kernel"].shape[2])
+  if labels == "auto":
+    labels = "imagenet" if num_classes == 1000 else "none"
+  names = None
+  if labels != "none":
+    if not num_classes:
+      raise InvalidInputError(f"These {model} weights have no classifier head, so they take no "
+                              "labels; use --labels=none.")
+    names = tuple(read_labels(labels, num_classes, None))
+  mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((127.5,) * channels,
+                                                                   (64.0,) * channels)
+  return Pretrained(variables=variables, model=model, num_classes=num_classes,
+                    preprocessing=Preprocessing(image_size, channels, crop_ratio, mean, std),
+                    class_names=names)

@@ -32,6 +32,7 @@ from resnet_jax.interop.convert import torch_keys, torch_layout
 from resnet_jax.interop.torch_reference import TorchResNet
 from resnet_jax.saved import named_leaves
 from resnet_jax.train import optim
+from resnet_jax.train.config import validate_config
 from resnet_jax.train.experiment import Experiment, assemble
 
 TOLERANCE = 1e-5  # teacher-forced, float64: differences of 1e-3 and up are semantic
@@ -74,10 +75,10 @@ def setup(config: Any, steps: int) -> Setup:
 class JaxSide:
   """The project's own train step at a precision, and the states it passes through."""
 
-  def __init__(self, s: Setup, config: Any, precision: str, start: Any = None):
+  def __init__(self, shared: Setup, config: Any, precision: str, start: Any = None):
     config = copy.deepcopy(config)
     config.train.precision = precision
-    self.exp = assemble(config, source=s.exp.source, dataset=s.exp.dataset)
+    self.exp = assemble(config, source=shared.exp.source, dataset=shared.exp.dataset)
     self.runner, self.parts = self.exp.runner, self.exp.parts
     self.initial = self.parts.state if start is None else jax.tree.map(
         lambda a, like: np.asarray(a, like.dtype), start, self.parts.abstract_state)
@@ -113,39 +114,39 @@ def torch_scheduler(optim_config: Any, optimizer: torch.optim.Optimizer, *, step
   """The config's schedule as PyTorch writes it: LinearLR (or, from 0, a LambdaLR ramp) for the
   warm-up, MultiStepLR (chained: its boundaries stay absolute) or CosineAnnealingLR (after the
   warm-up, SequentialLR) for the rest; stepped once per optimizer step."""
-  o, sched = optim_config, torch.optim.lr_scheduler
-  warmup, boundaries = optim.schedule_steps(o, steps_per_epoch)
-  start = float(o.warmup_start_factor)
+  sched = torch.optim.lr_scheduler
+  warmup, boundaries = optim.schedule_steps(optim_config, steps_per_epoch)
+  start = float(optim_config.warmup_start_factor)
   warm = None
   if warmup and start > 0:
     warm = sched.LinearLR(optimizer, start_factor=start, end_factor=1.0, total_iters=warmup)
   elif warmup:
     warm = sched.LambdaLR(optimizer, lambda step: min(1.0, step / warmup))
-  if o.schedule == "constant":
+  if optim_config.schedule == "constant":
     return warm or sched.LambdaLR(optimizer, lambda step: 1.0)
-  if o.schedule == "piecewise":
-    main = sched.MultiStepLR(optimizer, boundaries, gamma=float(o.decay_factor))
+  if optim_config.schedule == "piecewise":
+    main = sched.MultiStepLR(optimizer, boundaries, gamma=float(optim_config.decay_factor))
     if warm is None:
       return main
     if start == 0:
       raise InvalidInputError("A piecewise schedule after a warm-up from 0 has no PyTorch form "
                               "(LinearLR cannot start at 0); set optim.warmup_start_factor > 0.")
     return sched.ChainedScheduler([warm, main])
-  if o.schedule == "cosine":
+  if optim_config.schedule == "cosine":
     main = sched.CosineAnnealingLR(optimizer, T_max=max(total_steps, warmup + 1) - warmup)
     return sched.SequentialLR(optimizer, [warm, main], milestones=[warmup]) if warm else main
-  raise InvalidInputError(f"optim.schedule={o.schedule!r} has no PyTorch counterpart here; "
-                          "compare constant, piecewise or cosine schedules.")
+  raise InvalidInputError(f"optim.schedule={optim_config.schedule!r} has no PyTorch counterpart "
+                          "here; compare constant, piecewise or cosine schedules.")
 
 
 class TorchSide:
   """The same recipe in PyTorch: the twin network, torch.optim with the same parameter groups,
   torch's schedulers, nn.CrossEntropyLoss, torch.optim.swa_utils.AveragedModel for the EMA."""
 
-  def __init__(self, s: Setup, jax_side: JaxSide, dtype: torch.dtype):
-    config, parts = s.config, jax_side.parts
-    self.config, self.setup, self.parts, self.dtype = config, s, parts, dtype
-    self.model = TorchResNet(parts.model, s.exp.info.image_shape[-1]).to(dtype)
+  def __init__(self, shared: Setup, jax_side: JaxSide, dtype: torch.dtype):
+    config, parts = shared.config, jax_side.parts
+    self.config, self.shared, self.parts, self.dtype = config, shared, parts, dtype
+    self.model = TorchResNet(parts.model, shared.exp.info.image_shape[-1]).to(dtype)
     self.keys = torch_keys(parts.abstract_state.variables(), parts.model)
     self.params = dict(self.model.named_parameters())
     self.frozen = range(parts.model.frozen_stages)
@@ -155,11 +156,11 @@ class TorchSide:
   def _groups(self) -> list[dict]:
     """Parameter groups from the project's own masks: weight decay on what `optim.decay_mask`
     decays, the backbone at `init.backbone_lr_scale`, frozen parts left out."""
-    o, init, model = self.config.optim, self.config.init, self.parts.model
+    optim_config, init, model = self.config.optim, self.config.init, self.parts.model
     params = self.parts.abstract_state.params
     decayed = set(named_leaves(jax.tree.map(lambda flag: np.zeros(()) if flag else None,
                                             optim.decay_mask(params))))
-    peak = optim.peak_learning_rate(o, self.config.train.batch_size)
+    peak = optim.peak_learning_rate(optim_config, self.config.train.batch_size)
     groups: dict[tuple[float, float], list] = {}
     for name in named_leaves(params):
       part = model.part_of(name.split("/")[0])
@@ -168,20 +169,20 @@ class TorchSide:
         param.requires_grad_(False)
         continue
       lr = peak * (init.backbone_lr_scale if part is not None else 1.0)
-      wd = float(o.weight_decay) if (o.decay_all or name in decayed) else 0.0
+      wd = float(optim_config.weight_decay) if (optim_config.decay_all or name in decayed) else 0.0
       groups.setdefault((lr, wd), []).append(param)
     return [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()]
 
   def _optimizer(self) -> torch.optim.Optimizer:
-    o = self.config.optim
-    if o.name == "sgd":
-      return torch.optim.SGD(self._groups(), lr=0.0, momentum=float(o.momentum),
-                             nesterov=bool(o.nesterov))
-    if o.name == "adamw":
-      return torch.optim.AdamW(self._groups(), lr=0.0, betas=(float(o.b1), float(o.b2)),
-                               eps=float(o.eps))
-    raise InvalidInputError(f"optim.name={o.name!r} has no torch.optim counterpart here; compare "
-                            "sgd or adamw.")
+    optim_config = self.config.optim
+    if optim_config.name == "sgd":
+      return torch.optim.SGD(self._groups(), lr=0.0, momentum=float(optim_config.momentum),
+                             nesterov=bool(optim_config.nesterov))
+    if optim_config.name == "adamw":
+      return torch.optim.AdamW(self._groups(), lr=0.0, eps=float(optim_config.eps),
+                               betas=(float(optim_config.b1), float(optim_config.b2)))
+    raise InvalidInputError(f"optim.name={optim_config.name!r} has no torch.optim counterpart "
+                            "here; compare sgd or adamw.")
 
   def _tensor(self, value: Any) -> torch.Tensor:
     """A project array as a torch tensor in torch's layout."""
@@ -205,8 +206,8 @@ class TorchSide:
       if kind != "trace":
         state["step"] = torch.tensor(float(step))
     self.scheduler = torch_scheduler(self.config.optim, self.optimizer,
-                                     steps_per_epoch=self.setup.exp.steps_per_epoch,
-                                     total_steps=self.setup.exp.total_steps)
+                                     steps_per_epoch=self.shared.exp.steps_per_epoch,
+                                     total_steps=self.shared.exp.total_steps)
     with warnings.catch_warnings():  # fast-forwarding before any optimizer step, on purpose
       warnings.simplefilter("ignore", UserWarning)
       for _ in range(step):
@@ -223,7 +224,7 @@ class TorchSide:
 
   def step(self, batch: dict) -> float:
     """One optimizer step on a batch; its loss."""
-    info = self.setup.exp.info
+    info = self.shared.exp.info
     x = (batch["image"].astype(np.float64) - np.asarray(info.mean)) / np.asarray(info.std)
     x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(self.dtype)
     y = torch.from_numpy(batch["label"].astype(np.int64))
@@ -288,15 +289,15 @@ def relative(a: dict[str, np.ndarray], b: dict[str, np.ndarray], names: list[str
   return diff / norm if norm else diff
 
 
-def teacher_forced(s: Setup, jax64: JaxSide, states: list[Any], torch64: TorchSide,
+def teacher_forced(shared: Setup, jax64: JaxSide, states: list[Any], torch64: TorchSide,
                    step: int) -> dict[str, float]:
   """One float64 step on each side from the project's state at `step`; relative differences."""
   start = at_step(states[min(step, len(states) - 1)], step)
-  batch = s.batches[step % len(s.batches)]
+  batch = shared.batches[step % len(shared.batches)]
   after, _ = jax64.step(start, batch)
   torch64.load(start, step)
   torch64.step(batch)
-  keys, ema = torch64.keys, bool(s.config.optim.ema_decay)
+  keys, ema = torch64.keys, bool(shared.config.optim.ema_decay)
   before, mine, theirs = (jax_arrays(start, keys, ema), jax_arrays(after, keys, ema),
                           torch64.arrays())
   params = [keys[f"params/{n}"] for n in named_leaves(start.params)]
@@ -316,11 +317,11 @@ def teacher_forced(s: Setup, jax64: JaxSide, states: list[Any], torch64: TorchSi
   return result
 
 
-def checked_steps(s: Setup) -> list[int]:
+def checked_steps(shared: Setup) -> list[int]:
   """The start, the end, and each side of every schedule boundary (the warm-up's end too)."""
-  warmup, boundaries = optim.schedule_steps(s.config.optim, s.exp.steps_per_epoch)
+  warmup, boundaries = optim.schedule_steps(shared.config.optim, shared.exp.steps_per_epoch)
   around = [b + d for b in [warmup] + boundaries if b for d in (-1, 0, 1)]
-  total = s.exp.total_steps
+  total = shared.exp.total_steps
   return sorted({0, total - 1, *[k for k in around if 0 <= k < total]})
 
 
@@ -346,24 +347,25 @@ def compare(config: Any, *, steps: int, control: str = "") -> dict[str, Any]:
     {"losses": {side: [...]}, "within": {side: {threshold: steps}}, "teacher_forced": [...],
      "worst_teacher_forced", "passed_teacher_forced", "passed_free_running", "passed"}.
   """
+  validate_config(config)
   if control not in CONTROLS:
-    raise InvalidInputError(f"Unknown control {control!r}; use one of {sorted(CONTROLS)}.")
-  s = setup(config, steps)
-  ours = copy.deepcopy(s.config)
+    raise InvalidInputError(f"Unknown --control {control!r}; use one of {sorted(CONTROLS)}.")
+  shared = setup(config, steps)
+  ours = copy.deepcopy(shared.config)
   section, key, value = CONTROLS[control]
   if section:
     ours[section][key] = value
-  jax32 = JaxSide(s, ours, "float32")
-  _, jax_losses = jax32.run(s.batches)
+  jax32 = JaxSide(shared, ours, "float32")
+  _, jax_losses = jax32.run(shared.batches)
   curves = {"jax_float32": jax_losses}
   for name, dtype in (("torch_float64", torch.float64), ("torch_float32", torch.float32)):
-    side = TorchSide(s, jax32, dtype)
-    curves[name] = [side.step(batch) for batch in s.batches]
+    side = TorchSide(shared, jax32, dtype)
+    curves[name] = [side.step(batch) for batch in shared.batches]
   with jax.enable_x64(True):
-    jax64 = JaxSide(s, ours, "float64", start=jax32.initial)
-    states, _ = jax64.run(s.batches)
-    torch64 = TorchSide(s, jax64, torch.float64)
-    teacher = [teacher_forced(s, jax64, states, torch64, k) for k in checked_steps(s)]
+    jax64 = JaxSide(shared, ours, "float64", start=jax32.initial)
+    states, _ = jax64.run(shared.batches)
+    torch64 = TorchSide(shared, jax64, torch.float64)
+    teacher = [teacher_forced(shared, jax64, states, torch64, k) for k in checked_steps(shared)]
   reference = curves["torch_float64"]
   counts = {side: {t: within(curves[side], reference, t) for t in THRESHOLDS}
             for side in ("jax_float32", "torch_float32")}
@@ -373,3 +375,26 @@ def compare(config: Any, *, steps: int, control: str = "") -> dict[str, Any]:
   return {"steps": steps, "losses": curves, "within": counts, "teacher_forced": teacher,
           "worst_teacher_forced": worst, "passed_teacher_forced": worst <= TOLERANCE,
           "passed_free_running": free_running, "passed": worst <= TOLERANCE and free_running}
+
+
+def format_report(report: dict[str, Any]) -> str:
+  """The per-step losses, the teacher-forced rows and the verdicts, as text."""
+  curves = report["losses"]
+  rows = ["step  jax_float32     torch_float64   torch_float32   jax rel.diff   torch32 rel.diff"]
+  for i, (mine, ref, theirs) in enumerate(zip(curves["jax_float32"], curves["torch_float64"],
+                                              curves["torch_float32"])):
+    rows.append(f"{i + 1:4d}  {mine:.9f}  {ref:.9f}  {theirs:.9f}  "
+                f"{abs(mine - ref) / abs(ref):.3e}      {abs(theirs - ref) / abs(ref):.3e}")
+  rows.append("teacher-forced float64 steps (relative differences):")
+  for row in report["teacher_forced"]:
+    rows.append("  step " + str(row["step"]) + ": " + ", ".join(
+        f"{k} {v:.2e}" for k, v in row.items() if k != "step"))
+  within = report["within"]
+  for threshold in within["jax_float32"]:
+    rows.append(f"steps within {threshold:.1%} of PyTorch float64: project float32 "
+                f"{within['jax_float32'][threshold]}, PyTorch float32 "
+                f"{within['torch_float32'][threshold]} (of {report['steps']})")
+  rows.append(f"worst teacher-forced relative difference: {report['worst_teacher_forced']:.2e} "
+              f"({'pass' if report['passed_teacher_forced'] else 'FAIL'}); free-running: "
+              f"{'pass' if report['passed_free_running'] else 'FAIL'}")
+  return "\n".join(rows)

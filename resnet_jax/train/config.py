@@ -242,15 +242,15 @@ def validate_config(config: Any) -> None:
       for name in key.split(".")[:-1]:
         section = section[name]
       value_range.check(key, values[key], section)
-  t, o = config.train, config.optim
-  check(t.num_steps > 0 or t.num_epochs > 0,
-        f"Set train.num_steps or train.num_epochs to a positive value (got {t.num_steps}, "
-        f"{t.num_epochs}).")
-  check(not o.boundaries or o.schedule == "piecewise", f"optim.boundaries={o.boundaries} is "
-        f"read only by optim.schedule=piecewise, not {o.schedule!r}; set that schedule or leave "
-        "the boundaries empty.")
-  check(t.precision != "float64" or jax.config.jax_enable_x64, "train.precision=float64 needs "
-        "64-bit JAX: set JAX_ENABLE_X64=1.")
+  train_config, optim_config = config.train, config.optim
+  check(train_config.num_steps > 0 or train_config.num_epochs > 0,
+        "Set train.num_steps or train.num_epochs to a positive value (got "
+        f"{train_config.num_steps}, {train_config.num_epochs}).")
+  check(not optim_config.boundaries or optim_config.schedule == "piecewise",
+        f"optim.boundaries={optim_config.boundaries} is read only by optim.schedule=piecewise, "
+        f"not {optim_config.schedule!r}; set that schedule or leave the boundaries empty.")
+  check(train_config.precision != "float64" or jax.config.jax_enable_x64,
+        "train.precision=float64 needs 64-bit JAX: set JAX_ENABLE_X64=1.")
   check(config.model.name or config.init.checkpoint, "model.name='' takes the model of "
         "init.checkpoint, which is not set; set one of them.")
 

@@ -209,10 +209,10 @@ class Run:
 
   def evaluate(self, step: int, device_state: Any, *, write: bool) -> dict[str, float]:
     """Exact metrics on the eval split (and of the EMA weights when kept); logged."""
-    result = evaluate(self.exp.steps.eval, device_state.variables(), self.exp.pipeline, self.exp.runner)
-    if self.exp.config.optim.ema_decay:
-      ema = evaluate(self.exp.steps.eval, device_state.variables(ema=True), self.exp.pipeline,
-                     self.exp.runner)
+    exp = self.exp
+    result = evaluate(exp.steps.eval, device_state.variables(), exp.pipeline, exp.runner)
+    if exp.config.optim.ema_decay:
+      ema = evaluate(exp.steps.eval, device_state.variables(ema=True), exp.pipeline, exp.runner)
       result.update({f"ema_{k}": v for k, v in ema.items()})
     logging.info("step %d: %s", step, " ".join(f"{k}={v:.4f}" for k, v in result.items()))
     self.checkpointer.record_evaluation(step, result["eval_accuracy"])

@@ -133,17 +133,17 @@ def sgd(optim_config, schedule, mask):
 
 @register_optimizer("adamw")
 def adamw(optim_config, schedule, mask):
-  o = optim_config
-  return optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=float(o.weight_decay),
-                     mask=mask)
+  return optax.adamw(schedule, b1=optim_config.b1, b2=optim_config.b2, eps=optim_config.eps,
+                     weight_decay=float(optim_config.weight_decay), mask=mask)
 
 
 @register_optimizer("lars")
 def lars(optim_config, schedule, mask):
-  o = optim_config
-  return optax.lars(schedule, weight_decay=float(o.weight_decay), weight_decay_mask=mask or True,
-                    trust_coefficient=o.trust_coefficient, trust_ratio_mask=mask or True,
-                    momentum=o.momentum, nesterov=o.nesterov)
+  return optax.lars(schedule, weight_decay=float(optim_config.weight_decay),
+                    weight_decay_mask=mask or True,
+                    trust_coefficient=optim_config.trust_coefficient,
+                    trust_ratio_mask=mask or True, momentum=optim_config.momentum,
+                    nesterov=optim_config.nesterov)
 
 
 def optax_kwargs(optim_config: Any) -> dict[str, Any]:

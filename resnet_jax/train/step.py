@@ -94,8 +94,8 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
   params = optax.apply_updates(state.params, updates)
   new = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
   if config.ema_decay:
-    d = config.ema_decay
-    ema = lambda old, cur: jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, old, cur)
+    decay = config.ema_decay
+    ema = lambda old, cur: jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, old, cur)
     new = new.replace(ema_params=ema(state.ema_params, params),
                       ema_batch_stats=ema(state.ema_batch_stats, batch_stats))
   new = jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, state)
