@@ -15,7 +15,7 @@ from experiments import cli
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--model", required=True, help="Registry name, e.g. resnet50.")
-  p.add_argument("--from", dest="source", required=True, help=".pth/.pt/.bin or .safetensors")
+  p.add_argument("--from", dest="weights_file", required=True, help=".pth/.pt/.bin or .safetensors")
   p.add_argument("--out", required=True, help="New folder for the Flax model.")
   p.add_argument("--image-size", type=int, default=224, help="Evaluation crop (pixels).")
   p.add_argument("--crop-ratio", type=float, default=0.875,
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
   with cli.command():
     from resnet_jax import pretrained
     from resnet_jax.interop import convert
-    weights = convert.converted_model(args.model, args.source, image_size=args.image_size,
+    weights = convert.converted_model(args.model, args.weights_file, image_size=args.image_size,
                                       crop_ratio=args.crop_ratio, labels=args.labels)
     pretrained.export(args.out, weights)
   print(f"Wrote {args.model} ({weights.num_classes} classes, "

@@ -32,9 +32,9 @@ def main(argv=None) -> int:
   with cli.command():
     from resnet_jax import inference
     from resnet_jax import pretrained
-    source = pretrained.load(args.checkpoint)
-    labels = inference.read_labels(args.labels, source.num_classes, source.class_names)
-    classifier = inference.Classifier(source, batch_size=args.batch_size)
+    weights = pretrained.load(args.checkpoint)
+    labels = inference.read_labels(args.labels, weights.num_classes, weights.class_names)
+    classifier = inference.Classifier(weights, batch_size=args.batch_size)
     results, errors = classifier.classify_files(args.images, labels, top=args.top)
   for path, top in results:
     print(path)

@@ -43,23 +43,23 @@ def imagenet_class_names() -> tuple[str, ...]:
     return tuple(tfds.builder_cls("imagenet2012")(data_dir=empty).info.features["label"].names)
 
 
-def read_labels(spec: str, num_classes: int, default: Sequence[str] | None) -> list[str]:
+def read_labels(labels: str, num_classes: int, default: Sequence[str] | None) -> list[str]:
   """Class names from "imagenet", a text file (one per line), "none" (class indices) or, for "",
   the checkpoint's own.
 
   Raises:
     InvalidInputError: their number differs from the network's classes.
   """
-  if spec == "imagenet":
+  if labels == "imagenet":
     names, origin = list(imagenet_class_names()), "the ImageNet-1k list"
-  elif spec and spec != "none":
+  elif labels and labels != "none":
     try:
-      with open(spec) as f:
-        names, origin = [line.strip() for line in f if line.strip()], spec
+      with open(labels) as f:
+        names, origin = [line.strip() for line in f if line.strip()], labels
     except OSError as e:
-      raise InvalidInputError(f"Cannot read the labels file {spec!r}: {e.strerror}; give a text "
+      raise InvalidInputError(f"Cannot read the labels file {labels!r}: {e.strerror}; give a text "
                               "file with one class name per line, or --labels=none.") from e
-  elif spec != "none" and default:
+  elif labels != "none" and default:
     names, origin = list(default), "the checkpoint"
   else:
     return [str(i) for i in range(num_classes)]
@@ -74,25 +74,25 @@ def read_labels(spec: str, num_classes: int, default: Sequence[str] | None) -> l
 class Classifier:
   """Top-k predictions of a network for image files, batched and jitted."""
 
-  def __init__(self, source: "Pretrained", batch_size: int = 64):
-    if source.num_classes == 0:
+  def __init__(self, weights: "Pretrained", batch_size: int = 64):
+    if weights.num_classes == 0:
       raise InvalidInputError(
-          f"This {source.model} has no classifier head (num_classes=0), so it cannot predict "
+          f"This {weights.model} has no classifier head (num_classes=0), so it cannot predict "
           "classes; use resnet_jax.inference.feature_fn for its features, or fine-tune a head.")
     if batch_size <= 0:
       raise InvalidInputError(f"The batch size must be positive, got {batch_size}.")
-    self.source, self.batch_size = source, batch_size
-    self.model = source.create_model()
-    self.variables = jax.device_put(source.variables)
+    self.weights, self.batch_size = weights, batch_size
+    self.model = weights.create_model()
+    self.variables = jax.device_put(weights.variables)
     from resnet_jax.data.augment import normalize
-    prep = source.preprocessing
+    prep = weights.preprocessing
     self._forward = jax.jit(lambda variables, images: jax.nn.softmax(self.model.apply(
         variables, normalize(images, prep.mean, prep.std), train=False)))
 
   def preprocess(self, image: np.ndarray) -> np.ndarray:
     """A decoded image (HWC uint8) prepared exactly as evaluation prepares it."""
     from resnet_jax.data.transforms import eval_transform
-    prep = self.source.preprocessing
+    prep = self.weights.preprocessing
     return eval_transform(image, image_size=prep.image_size, channels=prep.channels,
                           crop_ratio=prep.crop_ratio)
 

@@ -116,15 +116,15 @@ def _stem_for_channels(kernel: np.ndarray, channels: int) -> np.ndarray:
                           "from 1 channel.")
 
 
-def adapt(source: dict[str, Any], template: dict[str, Any], *, replace_head: bool,
+def adapt(pretrained: dict[str, Any], template: dict[str, Any], *, replace_head: bool,
           head: str = ResNet.head, input_conv: str = ResNet.input_conv) -> dict:
-  """The `template` network's variables, taken from `source` wherever they correspond.
+  """The `template` network's variables, taken from `pretrained` wherever they correspond.
 
   Args:
-    source: pretrained {"params", "batch_stats"}.
+    pretrained: the pretrained {"params", "batch_stats"}.
     template: the new network's variables, or their shapes (`jax.eval_shape`) to check the match
       before anything is initialised; a replaced head keeps the template's leaves.
-    replace_head: keep the template's classifier instead of the source's.
+    replace_head: keep the template's classifier instead of the pretrained one.
     head, input_conv: the network's classifier and first convolution (`ResNet.head`,
       `ResNet.input_conv`): the parts that change with the classes and the image channels.
 
@@ -134,7 +134,7 @@ def adapt(source: dict[str, Any], template: dict[str, Any], *, replace_head: boo
   Raises:
     InvalidInputError: naming every missing, unexpected or mis-shaped variable.
   """
-  src = flax.traverse_util.flatten_dict(flax.core.unfreeze(source), sep="/")
+  src = flax.traverse_util.flatten_dict(flax.core.unfreeze(pretrained), sep="/")
   dst = flax.traverse_util.flatten_dict(flax.core.unfreeze(template), sep="/")
   is_head = lambda key: key.split("/")[1] == head
   out, missing, mismatched = {}, [], []

@@ -121,11 +121,11 @@ def parse_arguments(text: str, setting: str, example: str, entry: str | None = N
   return kwargs
 
 
-def parse_call(spec: str, setting: str, example: str) -> tuple[str, dict[str, Any]]:
+def parse_call(entry: str, setting: str, example: str) -> tuple[str, dict[str, Any]]:
   """"name" or "name(key=value, ...)" (Python literal values) -> (name, keyword arguments).
 
   Args:
-    spec: the entry, e.g. "pad_crop(padding=4)".
+    entry: the entry, e.g. "pad_crop(padding=4)".
     setting: the config key it comes from, for messages ("data.augmentations", ...).
     example: a valid entry, for messages.
 
@@ -137,11 +137,11 @@ def parse_call(spec: str, setting: str, example: str) -> tuple[str, dict[str, An
     InvalidInputError: a positional argument, a value that is not a Python literal, or text
       around the parentheses; the message names the setting and the entry.
   """
-  name, paren, rest = spec.partition("(")
+  name, paren, rest = entry.partition("(")
   if not paren:
     return name.strip(), {}
   arguments, close, after = rest.rpartition(")")
   if not close or after.strip():
-    raise InvalidInputError(f"{setting} entry {spec!r} is not name or name(key=value, ...); "
+    raise InvalidInputError(f"{setting} entry {entry!r} is not name or name(key=value, ...); "
                             f"e.g. {example}.")
-  return name.strip(), parse_arguments(arguments, setting, example, entry=spec)
+  return name.strip(), parse_arguments(arguments, setting, example, entry=entry)

@@ -110,8 +110,8 @@ def requested(data_config: Any) -> list[tuple[str, dict[str, Any]]]:
     items.append(("pad_crop", {"padding": int(data_config.crop_padding)}))
   if data_config.random_flip:
     items.append(("flip", {}))
-  return items + [parse_call(spec, "data.augmentations", "flip or pad_crop(padding=4)")
-                  for spec in data_config.get("augmentations", ())]
+  return items + [parse_call(entry, "data.augmentations", "flip or pad_crop(padding=4)")
+                  for entry in data_config.get("augmentations", ())]
 
 
 @dataclasses.dataclass(frozen=True)

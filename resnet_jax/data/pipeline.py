@@ -40,11 +40,11 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 class _Reader:
-  """Decodes and preprocesses rows of a source into batches; picklable for grain's workers."""
+  """Decodes and preprocesses rows of a split's records into batches; picklable for grain's workers."""
 
-  def __init__(self, source: Any, *, image_size: int, channels: int, crop_ratio: float,
+  def __init__(self, records: Any, *, image_size: int, channels: int, crop_ratio: float,
                size: tuple[int, int], host_stage: augment.Stage = (), seed: int = 0):
-    self.source, self.image_size, self.channels = source, image_size, channels
+    self.records, self.image_size, self.channels = records, image_size, channels
     self.crop_ratio, self.size, self.host_stage, self.seed = crop_ratio, size, host_stage, seed
 
   def _resize(self, image: np.ndarray) -> np.ndarray:
@@ -55,7 +55,7 @@ class _Reader:
     """{"image", "label"} for `indices`; the host augmentations when given the examples'
     positions in the run (each example's randomness comes from its position)."""
     # One record at a time: as fast as tfds's __getitems__ here, and tfds's mock_data breaks that.
-    records = [self.source[int(i)] for i in indices]
+    records = [self.records[int(i)] for i in indices]
     if positions is not None and self.host_stage:
       images = [augment.apply_on_host(
           r["image"], self.host_stage, np.random.default_rng([self.seed, AUGMENT_STREAM, int(p)]),

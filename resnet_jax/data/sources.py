@@ -317,12 +317,12 @@ def sample_indices(n: int, limit: int = STATS_SAMPLE) -> np.ndarray:
   return np.arange(n) if n <= limit else np.sort(np.random.RandomState(0).choice(n, limit, False))
 
 
-def estimate_mean_std(source: Any, *, image_size: int, channels: int,
+def estimate_mean_std(records: Any, *, image_size: int, channels: int,
                       crop_ratio: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  """Per-channel mean and std (0..255 units) of a fixed sample of `source`, as preprocessed.
+  """Per-channel mean and std (0..255 units) of a fixed sample of `records`, as preprocessed.
 
   Args:
-    source: random access to records {"image", "label"}.
+    records: random access to records {"image", "label"}.
     image_size, channels, crop_ratio: `eval_transform`'s arguments.
 
   Returns:
@@ -331,8 +331,8 @@ def estimate_mean_std(source: Any, *, image_size: int, channels: int,
   total = np.zeros(channels)
   total_sq = np.zeros(channels)
   count = 0
-  for i in sample_indices(len(source)):
-    image = eval_transform(source[int(i)]["image"], image_size=image_size, channels=channels,
+  for i in sample_indices(len(records)):
+    image = eval_transform(records[int(i)]["image"], image_size=image_size, channels=channels,
                            crop_ratio=crop_ratio).reshape(-1, channels).astype(np.float64)
     total += image.sum(0)
     total_sq += np.square(image).sum(0)

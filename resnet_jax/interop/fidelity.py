@@ -67,8 +67,8 @@ class Setup:
 def setup(config: Any, steps: int) -> Setup:
   """The experiment with augmentation off, and the first `steps` training batches."""
   config = without_augmentation(config)
-  source = pretrained.load(config.init.checkpoint) if config.init.checkpoint else None
-  exp = assemble(config, source=source)
+  weights = pretrained.load(config.init.checkpoint) if config.init.checkpoint else None
+  exp = assemble(config, weights=weights)
   return Setup(exp, list(itertools.islice(exp.pipeline.train_batches(0), steps)))
 
 
@@ -78,7 +78,7 @@ class JaxSide:
   def __init__(self, shared: Setup, config: Any, precision: str, start: Any = None):
     config = copy.deepcopy(config)
     config.train.precision = precision
-    self.exp = assemble(config, source=shared.exp.source, dataset=shared.exp.dataset)
+    self.exp = assemble(config, weights=shared.exp.weights, dataset=shared.exp.dataset)
     self.runner, self.parts = self.exp.runner, self.exp.parts
     self.initial = self.parts.state if start is None else jax.tree.map(
         lambda a, like: np.asarray(a, like.dtype), start, self.parts.abstract_state)

@@ -20,7 +20,7 @@ from resnet_jax.models import ResNet
 from resnet_jax.registry import Registry
 
 
-# Flax block class name -> (spec, in_channels, planes, stride) -> torch module with the same names.
+# Flax block class name -> (model, in_channels, planes, stride) -> torch module with the same names.
 TWINS: Registry[Callable[..., nn.Module]] = Registry("PyTorch twin")
 
 
@@ -31,7 +31,7 @@ def register_twin(flax_block: type) -> Callable[[Callable], Callable]:
     flax_block: the Flax block class; its twin is registered under the class's name.
 
   Returns:
-    A decorator that registers the factory `(spec, in_channels, planes, stride) -> nn.Module` and
+    A decorator that registers the factory `(model, in_channels, planes, stride) -> nn.Module` and
     returns it.
   """
   return TWINS.register(flax_block.__name__)
@@ -40,22 +40,22 @@ def register_twin(flax_block: type) -> Callable[[Callable], Callable]:
 class _Block(nn.Module):
   """The torchvision blocks: basic or bottleneck, post- or pre-activation."""
 
-  def __init__(self, spec: ResNet, in_channels: int, planes: int, stride: int, *,
+  def __init__(self, model: ResNet, in_channels: int, planes: int, stride: int, *,
                bottleneck: bool):
     super().__init__()
-    flax_cls = spec.block_cls
+    flax_cls = model.block_cls
     self.preact = flax_cls.preactivation
     self.bottleneck = bottleneck
     self.out_channels = planes * flax_cls.expansion
     self.stride = stride
-    self.zero_pad = spec.shortcut == "zero_pad"
-    bn = lambda c: nn.BatchNorm2d(c, eps=spec.bn_epsilon, momentum=1.0 - spec.bn_momentum)
+    self.zero_pad = model.shortcut == "zero_pad"
+    bn = lambda c: nn.BatchNorm2d(c, eps=model.bn_epsilon, momentum=1.0 - model.bn_momentum)
     conv = lambda i, o, k, s=1, g=1: nn.Conv2d(i, o, k, s, padding=k // 2, groups=g, bias=False)
     if self.bottleneck:
-      width = int(planes * (spec.width_per_group / 64.0)) * spec.groups
-      s1, s3 = (stride, 1) if spec.stride_in_1x1 else (1, stride)
+      width = int(planes * (model.width_per_group / 64.0)) * model.groups
+      s1, s3 = (stride, 1) if model.stride_in_1x1 else (1, stride)
       self.conv1 = conv(in_channels, width, 1, s1)
-      self.conv2 = conv(width, width, 3, s3, spec.groups)
+      self.conv2 = conv(width, width, 3, s3, model.groups)
       self.conv3 = conv(width, self.out_channels, 1)
       norm_channels = [in_channels, width, width] if self.preact else [width, width, self.out_channels]
     else:
@@ -108,35 +108,35 @@ for _cls, _bottleneck in ((flax_blocks.BasicBlock, False), (flax_blocks.Bottlene
 class TorchResNet(nn.Module):
   """A PyTorch network computing the same function as a `ResNet` with converted weights."""
 
-  def __init__(self, spec: ResNet, in_channels: int = 3):
+  def __init__(self, model: ResNet, in_channels: int = 3):
     super().__init__()
-    if spec.stem not in ("imagenet", "cifar") or spec.shortcut not in flax_blocks.SHORTCUTS:
-      raise ValueError(f"Unsupported stem/shortcut {spec.stem!r}/{spec.shortcut!r}.")
-    if spec.block_cls.__name__ not in TWINS:
-      raise InvalidInputError(f"No PyTorch twin is registered for {spec.block_cls.__name__}; "
+    if model.stem not in ("imagenet", "cifar") or model.shortcut not in flax_blocks.SHORTCUTS:
+      raise ValueError(f"Unsupported stem/shortcut {model.stem!r}/{model.shortcut!r}.")
+    if model.block_cls.__name__ not in TWINS:
+      raise InvalidInputError(f"No PyTorch twin is registered for {model.block_cls.__name__}; "
                               "register one with resnet_jax.interop.torch_reference.register_twin.")
-    twin = TWINS[spec.block_cls.__name__]
-    self.preact = spec.block_cls.preactivation
-    self.imagenet_stem = spec.stem == "imagenet"
+    twin = TWINS[model.block_cls.__name__]
+    self.preact = model.block_cls.preactivation
+    self.imagenet_stem = model.stem == "imagenet"
     k = 7 if self.imagenet_stem else 3
-    self.conv1 = nn.Conv2d(in_channels, spec.num_filters, k, 2 if self.imagenet_stem else 1,
+    self.conv1 = nn.Conv2d(in_channels, model.num_filters, k, 2 if self.imagenet_stem else 1,
                            padding=k // 2, bias=False)
     self.stem_norm = self.imagenet_stem or not self.preact
     if self.stem_norm:
-      self.bn1 = nn.BatchNorm2d(spec.num_filters, eps=spec.bn_epsilon,
-                                momentum=1.0 - spec.bn_momentum)
-    channels = spec.num_filters
-    for i, n in enumerate(spec.stage_sizes):
-      planes = spec.num_filters * 2**i
+      self.bn1 = nn.BatchNorm2d(model.num_filters, eps=model.bn_epsilon,
+                                momentum=1.0 - model.bn_momentum)
+    channels = model.num_filters
+    for i, n in enumerate(model.stage_sizes):
+      planes = model.num_filters * 2**i
       stage = []
       for j in range(n):
-        stage.append(twin(spec, channels, planes, 2 if (i > 0 and j == 0) else 1))
+        stage.append(twin(model, channels, planes, 2 if (i > 0 and j == 0) else 1))
         channels = stage[-1].out_channels
       setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
-    self.num_stages = len(spec.stage_sizes)
+    self.num_stages = len(model.stage_sizes)
     if self.preact:
-      self.final_bn = nn.BatchNorm2d(channels, eps=spec.bn_epsilon, momentum=1.0 - spec.bn_momentum)
-    self.fc = nn.Linear(channels, spec.num_classes) if spec.num_classes else None
+      self.final_bn = nn.BatchNorm2d(channels, eps=model.bn_epsilon, momentum=1.0 - model.bn_momentum)
+    self.fc = nn.Linear(channels, model.num_classes) if model.num_classes else None
 
   def forward(self, x):
     x = self.conv1(x)

@@ -82,7 +82,7 @@ def evaluate_run(workdir: str, *, split: str = "", step: int | None = None,
                           remedy="name the run's dataset with --data")
   network = pretrained.from_description(
       {"params": state["params"], "batch_stats": state["batch_stats"]}, meta["model"])
-  exp = assemble(config, source=network, dataset=dataset, train=False)
+  exp = assemble(config, weights=network, dataset=dataset, train=False)
   metrics = evaluate(exp.steps.eval, exp.runner.replicate(network.variables), exp.pipeline,
                      exp.runner)
   return {"step": int(meta["step"]), "split": config.data.eval_split or "default",

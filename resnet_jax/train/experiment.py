@@ -78,7 +78,7 @@ class Experiment:
   steps_per_epoch: int
   total_steps: int
   eval_every: int  # steps between evaluations; 0: only at the end
-  source: Pretrained | None  # the weights it starts from (training) or evaluates
+  weights: Pretrained | None  # the weights it starts from (training) or evaluates
 
   @property
   def info(self) -> data.DatasetInfo:
@@ -93,18 +93,18 @@ class Experiment:
         class_names=self.info.class_names).describe()
 
 
-def model_architecture(config: Any, source: Pretrained | None) -> tuple[str, dict[str, Any]]:
+def model_architecture(config: Any, weights: Pretrained | None) -> tuple[str, dict[str, Any]]:
   """The registry name and variable-shaping options: the config's, or a fine-tuned checkpoint's."""
   model_config = config.model
   options = {k: model_config[k] for k in ARCHITECTURE_OPTIONS
              if model_config.get(k) is not None}  # None: the registry's
-  if source is None:
+  if weights is None:
     return model_config.name, options
-  if model_config.name and model_config.name != source.model:
-    raise InvalidInputError(f"init.checkpoint holds a {source.model}, but model.name is "
-                            f"{model_config.name!r}; set --config.model.name={source.model} or "
+  if model_config.name and model_config.name != weights.model:
+    raise InvalidInputError(f"init.checkpoint holds a {weights.model}, but model.name is "
+                            f"{model_config.name!r}; set --config.model.name={weights.model} or "
                             "leave it empty.")
-  return source.model, {**options, **source.options}
+  return weights.model, {**options, **weights.options}
 
 
 def frozen_stage_count(freeze: str, num_stages: int) -> int:
@@ -129,10 +129,10 @@ def step_config(config: Any, num_classes: int) -> step.StepConfig:
 
 
 def _network(config: Any, info: data.DatasetInfo,
-             source: Pretrained | None) -> tuple[StateParts, Callable[[], Any]]:
+             weights: Pretrained | None) -> tuple[StateParts, Callable[[], Any]]:
   """The evaluation-ready parts, and the network's initialiser () -> variables."""
   train_config = config.train
-  name, architecture = model_architecture(config, source)
+  name, architecture = model_architecture(config, weights)
   float64 = train_config.precision == "float64"
   model = create_model(
       name, num_classes=info.num_classes, dtype=PRECISIONS[train_config.precision],
@@ -156,14 +156,14 @@ def _network(config: Any, info: data.DatasetInfo,
 
 
 def build_state(config: Any, info: data.DatasetInfo, *, steps_per_epoch: int, total_steps: int,
-                source: Pretrained | None = None) -> StateParts:
+                weights: Pretrained | None = None) -> StateParts:
   """Builds the model, its optimizer and schedule, the train state's structure and the steps.
 
   Args:
     config: the run config.
     info: the dataset's classes and image shape.
     steps_per_epoch, total_steps: for the schedule.
-    source: the weights of init.checkpoint, when set (`pretrained.load`).
+    weights: the weights of init.checkpoint, when set (`pretrained.load`).
 
   Returns:
     `StateParts` for training; nothing is compiled until its `state` is read.
@@ -172,12 +172,12 @@ def build_state(config: Any, info: data.DatasetInfo, *, steps_per_epoch: int, to
     InvalidInputError: the model does not fit the data, or init.checkpoint the model.
   """
   train_config, optim_config, init = config.train, config.optim, config.init
-  parts, init_variables = _network(config, info, source)
+  parts, init_variables = _network(config, info, weights)
   model = parts.model
   start = None
-  if source is not None:
+  if weights is not None:
     # Check the match on shapes alone, before anything is compiled.
-    start = adapt(source.variables, jax.eval_shape(init_variables),
+    start = adapt(weights.variables, jax.eval_shape(init_variables),
                   replace_head=init.head == "replace", head=model.head,
                   input_conv=model.input_conv)
   tx, schedule = optim.make_optimizer(optim_config, steps_per_epoch=steps_per_epoch,
@@ -217,7 +217,7 @@ def compose_steps(parts: StateParts, runner: parallel.Runner,
       eval=runner.eval_step(parts.eval_step, batches))
 
 
-def assemble(config: Any, *, source: Pretrained | None = None,
+def assemble(config: Any, *, weights: Pretrained | None = None,
              dataset: data.Dataset | None = None, runner: parallel.Runner | None = None,
              train: bool = True) -> Experiment:
   """Assembles the experiment a config describes; everything wrong with it is refused here,
@@ -225,7 +225,7 @@ def assemble(config: Any, *, source: Pretrained | None = None,
 
   Args:
     config: the run config.
-    source: for training, the weights of init.checkpoint; for evaluation (train=False), the
+    weights: for training, the weights of init.checkpoint; for evaluation (train=False), the
       network to evaluate (its architecture wins over the config's).
     dataset: the dataset, already opened (`data.open`), or one without records (synthetic: the
       host sends each batch); None opens config.data.
@@ -260,9 +260,9 @@ def assemble(config: Any, *, source: Pretrained | None = None,
   total_steps, eval_every = run_length(train_config, steps_per_epoch)
   if train:
     parts = build_state(config, dataset.info, steps_per_epoch=steps_per_epoch,
-                        total_steps=total_steps, source=source)
+                        total_steps=total_steps, weights=weights)
   else:
-    parts = _network(config, dataset.info, source)[0]
+    parts = _network(config, dataset.info, weights)[0]
   return Experiment(config=config, dataset=dataset, pipeline=pipeline, runner=runner, parts=parts,
                     steps=compose_steps(parts, runner, batches), steps_per_epoch=steps_per_epoch,
-                    total_steps=total_steps, eval_every=eval_every, source=source)
+                    total_steps=total_steps, eval_every=eval_every, weights=weights)

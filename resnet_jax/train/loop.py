@@ -50,8 +50,8 @@ def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any
   parallel.initialize_distributed(distributed.coordinator_address, distributed.num_processes,
                                   distributed.process_id)
   with PreemptionWatcher() as watcher:
-    source = pretrained.load(config.init.checkpoint) if config.init.checkpoint else None
-    exp = assemble(config, source=source)
+    weights = pretrained.load(config.init.checkpoint) if config.init.checkpoint else None
+    exp = assemble(config, weights=weights)
     with Workdir(workdir or default_workdir(exp.parts.name, config.data.name), config,
                  is_main=jax.process_index() == 0) as run_dir:
       run, feed, failed = Run.start(exp, run_dir), None, True

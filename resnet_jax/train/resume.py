@@ -105,7 +105,7 @@ def _reverting_fits(changes: list[tuple[str, Any, Any]], exp: Experiment,
         target = target[section]
       target[field] = tuple(saved) if isinstance(target[field], tuple) else saved
     parts = build_state(candidate, exp.info, steps_per_epoch=exp.steps_per_epoch,
-                        total_steps=exp.total_steps, source=exp.source)
+                        total_steps=exp.total_steps, weights=exp.weights)
     return not checkpoint.structure_differences(saved_structure, parts.abstract_state)
   except (TypeError, ValueError, KeyError, AttributeError):
     return False
