@@ -7,11 +7,16 @@ for a bad flag; any other exception is unexpected and keeps its traceback.
 
 import contextlib
 import logging
+import os
 import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from absl import flags
+from absl import app, flags
+from ml_collections import config_flags
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
 
 
 def _quiet_libraries(record: logging.LogRecord) -> bool:
@@ -91,3 +96,29 @@ def flag_error(error: BaseException, argv: list[str]) -> str:
     reason = raw.strip().splitlines()[-1].strip()
     return f"cannot load the config file {path[0] if path else ''}: {reason}"
   return " ".join(raw.split())
+
+
+def define_config_flag() -> None:
+  """`--config=FILE` (default: configs/default.py) and its `--config.section.key=value` overrides,
+  locked: a mistyped key is refused."""
+  # ml_collections reads sys.argv here (to register the overrides), so a mistyped key fails here,
+  # before absl parses anything: `run` reports it in one line.
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file.",
+                                  lock_config=True)
+
+
+def run(main: Callable[[list[str]], Any], define_flags: Callable[[], None]) -> None:
+  """Defines an absl command's flags and runs `main` as an absl app; a flag that cannot be
+  defined or parsed fails in one line."""
+  try:
+    define_flags()
+  except Exception as e:  # noqa: BLE001 - flags and config files fail in many ways; all are input
+    fail(flag_error(e, sys.argv))
+  app.run(main, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # noqa: BLE001 - see `run`
+    fail(flag_error(e, argv))

@@ -11,32 +11,21 @@ Without a download, point it at the embedded digits: `--config.data.name=digits`
 """
 
 import json
-import os
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from experiments import cli
 
 FLAGS = flags.FLAGS
-DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
 
 
 def define_flags() -> None:
-  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file.",
-                                  lock_config=True)
+  cli.define_config_flag()
   flags.DEFINE_integer("steps", 20, "Free-running steps on each side.", lower_bound=1)
   flags.DEFINE_string("control", "", "A deliberate semantic difference on the project's side "
                       "only (resnet_jax.interop.fidelity.CONTROLS), which the check must catch.")
   flags.DEFINE_string("json", "", "Also write every number to this file.")
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  try:
-    return FLAGS(argv)
-  except Exception as e:  # noqa: BLE001 - flags and config files fail in many ways; all are input
-    cli.fail(cli.flag_error(e, argv))
 
 
 def main(argv):
@@ -53,8 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  try:
-    define_flags()
-  except Exception as e:  # noqa: BLE001 - see experiments/train.py
-    cli.fail(cli.flag_error(e, sys.argv))
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, define_flags)

@@ -8,29 +8,17 @@ import os
 import signal
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from experiments import cli
 
 FLAGS = flags.FLAGS
-DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
 
 
 def define_flags() -> None:
-  # ml_collections reads sys.argv here (to register the --config.* overrides), so a mistyped key
-  # fails here, before absl parses anything.
-  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file.",
-                                  lock_config=True)
+  cli.define_config_flag()
   flags.DEFINE_string("workdir", None, "Run folder; running again with it resumes. Default: a new "
                       "folder under ./runs.")
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  try:
-    return FLAGS(argv)
-  except Exception as e:  # noqa: BLE001 - flags and config files fail in many ways; all are input
-    cli.fail(cli.flag_error(e, argv))
 
 
 def main(argv):
@@ -62,8 +50,4 @@ def stop_while_starting(signum, frame) -> None:
 if __name__ == "__main__":
   for signum in (signal.SIGTERM, signal.SIGINT):
     signal.signal(signum, stop_while_starting)
-  try:
-    define_flags()
-  except Exception as e:  # noqa: BLE001 - see define_flags
-    cli.fail(cli.flag_error(e, sys.argv))
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, define_flags)

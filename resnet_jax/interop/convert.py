@@ -70,21 +70,20 @@ def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
   return tuple(reversed(shape)) if len(shape) == 2 else tuple(shape)
 
 
+def _relaid(x: np.ndarray, kernel_axes: tuple[int, ...]) -> np.ndarray:
+  """`x` with a convolution kernel's axes in `kernel_axes` order, a dense kernel transposed."""
+  if x.ndim == 4:
+    return np.transpose(x, kernel_axes)
+  return np.transpose(x) if x.ndim == 2 else x
+
+
 def torch_layout(x: np.ndarray) -> np.ndarray:
   """A Flax array in torch's layout: HWIO kernels as OIHW, dense kernels transposed."""
-  if x.ndim == 4:
-    return np.transpose(x, (3, 2, 0, 1))
-  if x.ndim == 2:
-    return np.transpose(x)
-  return x
+  return _relaid(x, (3, 2, 0, 1))
 
 
 def _to_flax_layout(x: np.ndarray) -> np.ndarray:
-  if x.ndim == 4:
-    return np.transpose(x, (2, 3, 1, 0))
-  if x.ndim == 2:
-    return np.transpose(x)
-  return x
+  return _relaid(x, (2, 3, 1, 0))
 
 
 def _entries(tree: Mapping[str, Any], renamings: dict[str, str]):
