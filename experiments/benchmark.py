@@ -50,13 +50,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
   args = parse_args(argv)
   with cli.command():
+    from experiments.configs import default
     from resnet_jax import benchmark
     options = {**vars(args), "torch_compile": {"auto": None, "yes": True, "no": False}[
         args.torch_compile]}
     path = options.pop("json") or os.path.join(
         "runs", "benchmark",
         f"{args.model}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
-    results = benchmark.run(benchmark.Options(**options))
+    results = benchmark.run(benchmark.Options(**options), default.get_config())
     benchmark.write_results(results, path)
   print(benchmark.format_table(results))
   print(f"Wrote {path}")

@@ -6,6 +6,7 @@ by the device's published peak.
 """
 
 import collections
+import copy
 import dataclasses
 import functools
 import itertools
@@ -332,11 +333,11 @@ class Options:
   num_workers: int = 0
 
 
-def benchmark_config(options: Options, jpeg_folder: str) -> Any:
-  """The run config the benchmark times: SGD with momentum and weight decay at a constant rate,
-  for as many steps as it runs, reading `options.data` (or its default) for `input`."""
-  from experiments.configs import default
-  config = default.get_config()
+def benchmark_config(options: Options, base: Any, jpeg_folder: str) -> Any:
+  """The run config the benchmark times: `base` (a full config, e.g. experiments/configs'
+  default) with SGD, momentum and weight decay at a constant rate, for as many steps as it runs,
+  reading `options.data` (or its default) for `input`."""
+  config = copy.deepcopy(base)
   imagenet_like = options.image_size >= 64
   config.model.name = options.model
   config.optim.update(name="sgd", momentum=0.9, nesterov=False, weight_decay=1e-4,
@@ -355,8 +356,13 @@ def benchmark_config(options: Options, jpeg_folder: str) -> Any:
   return config
 
 
-def run(options: Options) -> dict[str, Any]:
-  """Every timing `options` asks for, as one results dict (see `format_table`)."""
+def run(options: Options, base_config: Any) -> dict[str, Any]:
+  """Every timing `options` asks for, as one results dict (see `format_table`).
+
+  Args:
+    options: what to time.
+    base_config: a full run config that `benchmark_config` adapts (experiments/configs/default).
+  """
   create_model(options.model, num_classes=options.num_classes)  # an unknown name fails here
   results = {"model": options.model, "batch_size": options.batch_size,
              "image_size": options.image_size, "dtype": options.dtype, "runner": options.runner,
@@ -365,7 +371,7 @@ def run(options: Options) -> dict[str, Any]:
   timing = {"steps": options.steps, "warmup": options.warmup}
   channels = options.channels
   with tempfile.TemporaryDirectory() as folder:
-    config = benchmark_config(options, folder)
+    config = benchmark_config(options, base_config, folder)
     real = None
     if options.input:
       if not options.data and options.image_size >= 64:
