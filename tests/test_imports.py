@@ -48,6 +48,11 @@ RULES = {
     "resnet_jax.benchmark": TORCH,
     # A backbone inside other JAX code loads no data or checkpoint library.
     "resnet_jax.inference": ("optax",) + CHECKPOINTS_AND_DATA + TORCH,
+    # Reading saved weights needs no training, data or torch library; converting weights needs
+    # no checkpoint library until it exports.
+    "resnet_jax.saved": ("flax", "optax", "grain", "tensorflow_datasets", "tensorflow") + TORCH,
+    "resnet_jax.pretrained": ("optax", "grain", "tensorflow_datasets", "tensorflow") + TORCH,
+    "resnet_jax.interop.convert": ("optax",) + CHECKPOINTS_AND_DATA[:-1] + TORCH,
 }
 # A child's traceback is cut to this: its reply stays well under a pipe's 64 KiB buffer, so no child
 # blocks writing while the parent waits for another.
@@ -203,18 +208,27 @@ def test_every_rule_names_a_module_that_exists():
   assert not missing, f"RULES names modules that do not exist (list only existing ones): {missing}"
 
 
-def test_torch_is_imported_only_in_interop():
-  importing_torch = re.compile(r"^\s*(import torch|from torch\b)", re.M)
+def files_importing(pattern, folders, allowed=None):
+  """The .py files under `folders` with an import line matching `pattern`, but for `allowed`."""
+  importing = re.compile(rf"^\s*(import|from) {pattern}\b", re.M)
   offenders = []
-  for folder in ("resnet_jax", "experiments"):
+  for folder in folders:
     for root, _, names in os.walk(os.path.join(REPO, folder)):
       for name in names:
         path = os.path.join(root, name)
-        if name.endswith(".py") and os.sep + "interop" + os.sep not in path:
+        if name.endswith(".py") and not (allowed and allowed in path):
           with open(path) as f:
-            if importing_torch.search(f.read()):
+            if importing.search(f.read()):
               offenders.append(os.path.relpath(path, REPO))
-  assert not offenders
+  return offenders
+
+
+def test_torch_is_imported_only_in_interop():
+  assert not files_importing("torch", ("resnet_jax", "experiments"), os.sep + "interop" + os.sep)
+
+
+def test_the_library_imports_no_command():
+  assert not files_importing("experiments", ("resnet_jax",))
 
 
 if __name__ == "__main__":
