@@ -16,7 +16,7 @@ from resnet_jax.errors import InvalidInputError
 EVAL_FOLDERS = ("test", "val", "validation")
 VERIFY_IMAGES = ("auto", "yes", "no")
 # data.verify_images=auto decodes every image of each split with at most this many files before
-# training, a wait of seconds at this size (measured: README, Performance); larger splits get a
+# training, a wait of seconds at this size (README, Performance); larger splits get a
 # header check. Per split: a large training split still has its (smaller) evaluation split
 # decoded, so that no evaluation fails on an unreadable image after hours of training.
 VERIFY_LIMIT = 10_000
