@@ -112,8 +112,9 @@ def _peak_memory_bytes() -> tuple[int | None, str]:
 
 
 def synthetic_info(num_classes: int, image_size: int, channels: int,
-                   num_train: int = 0) -> data.DatasetInfo:
-  """A stand-in dataset description: ImageNet-like normalisation, no files."""
+                   num_train: int) -> data.DatasetInfo:
+  """A stand-in dataset description: ImageNet-like normalisation, no files; `num_train` examples
+  make an epoch (of num_train // batch_size steps) for the schedule."""
   mean = (124.0, 116.0, 104.0)[:channels] if channels <= 3 else (127.5,) * channels
   std = (58.0, 57.0, 57.5)[:channels] if channels <= 3 else (64.0,) * channels
   return data.DatasetInfo(name="synthetic", num_classes=num_classes,
@@ -313,24 +314,24 @@ def time_input(pipeline: Any, *, batch_size: int, steps: int, warmup: int) -> di
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Options:
-  """What to time (the flags of `experiments.benchmark`)."""
+  """What to time: the flags of `experiments.benchmark`, which documents and defaults them."""
 
-  model: str = "resnet50"
-  batch_size: int = 256  # global
-  image_size: int = 224
-  channels: int = 3
-  num_classes: int = 1000
-  dtype: str = "bfloat16"  # the compute precision: float32, bfloat16 or float16
-  steps: int = 20  # timed steps
-  warmup: int = 3  # untimed steps after compilation
-  runner: str = "mesh"
-  compare_torch: bool = False  # also time PyTorch's twin
-  torch_compile: bool | None = None  # None: on CUDA only
-  profile_convs: bool = False  # also time each convolution alone
-  input: bool = False  # also time the input pipeline alone and the step fed by it
-  data: str = ""  # the dataset for `input`; "": digits under 64 pixels, else generated JPEGs
-  data_dir: str = ""
-  num_workers: int = 0
+  model: str
+  batch_size: int  # global
+  image_size: int
+  channels: int
+  num_classes: int
+  dtype: str  # the compute precision: float32, bfloat16 or float16
+  steps: int  # timed steps
+  warmup: int  # untimed steps after compilation
+  runner: str
+  compare_torch: bool  # also time PyTorch's twin
+  torch_compile: bool | None  # None: on CUDA only
+  profile_convs: bool  # also time each convolution alone
+  input: bool  # also time the input pipeline alone and the step fed by it
+  data: str  # the dataset for `input`; "": digits under 64 pixels, else generated JPEGs
+  data_dir: str
+  num_workers: int
 
 
 def benchmark_config(options: Options, base: Any, jpeg_folder: str) -> Any:

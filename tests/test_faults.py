@@ -261,8 +261,8 @@ def test_the_folder_check_decodes_the_evaluation_split_of_a_large_folder(tmp_pat
   truncate(images / "test" / "cat" / "2.png")
   monkeypatch.setattr(folder_lib, "VERIFY_LIMIT", 12)  # train (16 files) is "large", test is not
   with pytest.raises(errors.InvalidInputError, match=r"Cannot read image .*test/cat/2\.png"):
-    train_source, eval_source, _ = folder_lib.open_folder(str(images))
-    folder_lib.native_shape([train_source, eval_source], 8, "auto")
+    train_records, eval_records, _ = folder_lib.open_folder(str(images))
+    folder_lib.native_shape([train_records, eval_records], 8, "auto")
 
 
 # 4. A folder dataset's identity: its absolute path and classes, checked on resume and evaluate.
@@ -371,10 +371,10 @@ def test_every_reader_refuses_a_checkpoint_that_fails_its_checksums(
 
 
 def test_an_exported_model_is_verified_when_loaded(finished_runs, tmp_path):
-  source = pretrained.load(finished_runs[0])
-  pretrained.export(str(tmp_path / "model"), source)
+  weights = pretrained.load(finished_runs[0])
+  pretrained.export(str(tmp_path / "model"), weights)
   chex.assert_trees_all_equal(pretrained.load(str(tmp_path / "model")).variables,
-                              source.variables)
+                              weights.variables)
   description = json.loads((tmp_path / "model" / "model.json").read_text())
   description["checksums"]["params/fc/bias"] = "00000000"
   (tmp_path / "model" / "model.json").write_text(json.dumps(description))
@@ -382,7 +382,7 @@ def test_an_exported_model_is_verified_when_loaded(finished_runs, tmp_path):
                                                      r"mismatch in params/fc/bias"):
     pretrained.load(str(tmp_path / "model"))
   with pytest.raises(errors.InvalidInputError, match="already holds variables and model.json"):
-    pretrained.export(str(tmp_path / "model"), source)
+    pretrained.export(str(tmp_path / "model"), weights)
 
 
 # 6. Smaller ones, each one line through the command line.

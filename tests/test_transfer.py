@@ -61,16 +61,16 @@ def image_folder(tmp_path_factory):
 
 
 def test_converted_model_matches_pytorch_and_lists_imagenet_labels(converted):
-  source = pretrained.load(str(converted))
-  assert source.model == "resnet18" and source.num_classes == 1000
-  assert source.class_names[0] == "n01440764" and len(source.class_names) == 1000
-  assert source.preprocessing.image_size == 224 and source.preprocessing.crop_ratio == 0.875
+  weights = pretrained.load(str(converted))
+  assert weights.model == "resnet18" and weights.num_classes == 1000
+  assert weights.class_names[0] == "n01440764" and len(weights.class_names) == 1000
+  assert weights.preprocessing.image_size == 224 and weights.preprocessing.crop_ratio == 0.875
   torch.manual_seed(0)
   net = TorchResNet(resnet_jax.create_model("resnet18", num_classes=1000)).eval()
   x = np.random.RandomState(0).randn(1, 64, 64, 3).astype(np.float32)
   with torch.no_grad():
     expected = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
-  got = source.create_model().apply(source.variables, x)
+  got = weights.create_model().apply(weights.variables, x)
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -95,16 +95,16 @@ def test_finetune_freezes_stages_bitwise_and_the_head_learns(converted, image_fo
   run_dir = final["workdir"]
   assert re.fullmatch(rf"{tmp_path}/runs/\d{{8}}-\d{{6}}-resnet18-folder_.*images\d*", run_dir)
   state, _ = saved.read_checkpoint(os.path.join(run_dir, "checkpoints"))
-  source = pretrained.load(str(converted))
+  weights = pretrained.load(str(converted))
   frozen = ("conv1", "bn1", "layer1_0", "layer1_1", "layer2_0", "layer2_1")
   for name in frozen:
-    chex.assert_trees_all_equal(state["params"][name], source.variables["params"][name])
-    if name in source.variables["batch_stats"]:
+    chex.assert_trees_all_equal(state["params"][name], weights.variables["params"][name])
+    if name in weights.variables["batch_stats"]:
       chex.assert_trees_all_equal(state["batch_stats"][name],
-                                  source.variables["batch_stats"][name])
+                                  weights.variables["batch_stats"][name])
   for name in ("layer3_0", "layer4_1"):  # trained, at a tenth of the head's rate
     assert not np.array_equal(state["params"][name]["conv1"]["kernel"],
-                              source.variables["params"][name]["conv1"]["kernel"])
+                              weights.variables["params"][name]["conv1"]["kernel"])
   assert state["params"]["fc"]["kernel"].shape == (512, 2)  # the head was replaced
   records = metrics.read_metrics(run_dir)
   assert records[-1]["train_loss"] < records[0]["train_loss"]
@@ -125,13 +125,13 @@ def test_finetune_freezes_stages_bitwise_and_the_head_learns(converted, image_fo
 
 
 def test_grayscale_finetuning_sums_the_stem_over_colours(converted):
-  source = pretrained.load(str(converted))
+  weights = pretrained.load(str(converted))
   gray = resnet_jax.create_model("resnet18", num_classes=1000)
   shapes = jax.eval_shape(lambda: gray.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1))))
-  variables = pretrained.adapt(source.variables, shapes, replace_head=False)
+  variables = pretrained.adapt(weights.variables, shapes, replace_head=False)
   x = np.random.RandomState(1).randn(2, 64, 64, 1).astype(np.float32)
   np.testing.assert_allclose(gray.apply(variables, x),
-                             source.create_model().apply(source.variables, np.repeat(x, 3, -1)),
+                             weights.create_model().apply(weights.variables, np.repeat(x, 3, -1)),
                              rtol=1e-4, atol=1e-4)
 
 
@@ -145,10 +145,10 @@ def test_mismatched_checkpoints_and_labels_are_refused(converted, image_folder, 
   with pytest.raises(ValueError, match=r"params/fc/kernel: checkpoint \(512, 1000\), model "
                                        r"\(512, 2\) \(a different number of classes"):
     loop.train_and_evaluate(config, str(tmp_path / "b"))
-  source = pretrained.load(str(converted))
+  weights = pretrained.load(str(converted))
   other = resnet_jax.create_model("resnet34", num_classes=1000)
   with pytest.raises(ValueError, match="80 missing: batch_stats/layer1_2/bn1/mean"):
-    pretrained.adapt(source.variables, jax.eval_shape(
+    pretrained.adapt(weights.variables, jax.eval_shape(
         lambda: other.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))), replace_head=False)
   labels = tmp_path / "labels.txt"
   labels.write_text("cat\ndog\n")
@@ -161,8 +161,8 @@ def test_mismatched_checkpoints_and_labels_are_refused(converted, image_folder, 
 
 
 def test_feature_function_gives_pooled_features_and_stage_maps(converted):
-  source = pretrained.load(str(converted))
-  model = source.create_model()
-  features = inference.feature_fn(model)(source.variables, jnp.zeros((2, 64, 64, 3)))
+  weights = pretrained.load(str(converted))
+  model = weights.create_model()
+  features = inference.feature_fn(model)(weights.variables, jnp.zeros((2, 64, 64, 3)))
   chex.assert_shape([features["pooled"], features["stage1"], features["stage4"]],
                     [(2, 512), (2, 16, 16, 64), (2, 2, 2, 512)])

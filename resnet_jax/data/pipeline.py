@@ -218,7 +218,8 @@ class Pipeline:
   """Training batches from any step, and padded, masked evaluation batches.
 
   Attributes:
-    device_resident: the whole dataset lives on the devices; batches carry only indices.
+    device_resident: the whole dataset lives on the devices; training sends only each epoch's
+      order, evaluation only indices.
     arrays: when device-resident, {"train", "eval"} -> {"image": uint8 [N, H, W, C],
       "label": int32 [N]} numpy arrays, preprocessed by `eval_transform`; else None.
     steps_per_epoch: full global batches per epoch (training drops the last partial one).
@@ -334,8 +335,8 @@ class Pipeline:
   def check_steps(self) -> None:
     """Refuses a global batch larger than the training split (an epoch of no steps)."""
     if self.steps_per_epoch < 1:
-      raise InvalidInputError(f"The global batch size {self.global_batch_size} exceeds the "
-                              f"{self.num_train} training examples; lower train.batch_size.")
+      raise InvalidInputError(f"train.batch_size={self.global_batch_size} exceeds the "
+                              f"{self.num_train} training examples; lower it.")
 
   def train_batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """This process's batches for steps start_step, start_step + 1, ... (endless).
@@ -347,14 +348,14 @@ class Pipeline:
       An iterator of {"image": uint8 [B_local, H, W, C], "label": int32 [B_local]}.
 
     Raises:
-      InvalidInputError: the dataset is device-resident: its batches are sliced on the devices
+      ValueError: the dataset is device-resident: its batches are sliced on the devices
         (`DeviceBatches`), and `train_feed` sends only each epoch's order.
     """
     self.check_steps()
     if self.device_resident:
-      raise InvalidInputError(f"{self.info.name} is device-resident: its training batches are "
-                              "built on the devices (train_feed); set data.device_resident=no to "
-                              "read them on the host.")
+      raise ValueError(f"{self.info.name} is device-resident: its training batches are built on "
+                       "the devices (train_feed); read them on the host with "
+                       "data.device_resident=no.")
     return _stream(_TrainBatch(self._train_indices, self._train_reader), start_step, MAX_STEP,
                    self.num_workers)
 

@@ -104,14 +104,14 @@ class Splits:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """A registered dataset source: `open(data_config) -> Splits`, how to name it, and for one of
+  """A registered dataset source: `open_splits(data_config) -> Splits`, how to name it, and for one of
   tfds's datasets its `Spec`.
 
   A `located` source's argument says where the data lies (folder:DIR), not what it is: a run on it
   is identified by the dataset's identity (its classes), so that a moved folder can be named again.
   """
 
-  open: Callable[[Any], Splits]
+  open_splits: Callable[[Any], Splits]
   usage: str
   located: bool = False
   spec: Spec | None = None  # a tfds dataset's (see register_tfds)
@@ -121,7 +121,7 @@ SOURCES: Registry[Source] = Registry("dataset source", "data.name")
 
 
 def register_source(name: str, *, usage: str = "", located: bool = False) -> Callable:
-  """Decorator: registers `open(data_config) -> Splits` as the dataset source `name` (a
+  """Decorator: registers `open_splits(data_config) -> Splits` as the dataset source `name` (a
   data.name of `name` or, for sources taking an argument, `name:ARGUMENT`; `located`: the
   argument is where the data lies, see `Source`)."""
   def add(open_fn):
@@ -188,7 +188,7 @@ def _open_splits(data_config: Any) -> Splits:
   if source_name(name) not in SOURCES:
     raise InvalidInputError(f"Unknown dataset {name!r} (data.name). Valid names: "
                             f"{valid_names()}.")
-  return SOURCES[source_name(name)].open(data_config)
+  return SOURCES[source_name(name)].open_splits(data_config)
 
 
 def _mocked() -> bool:

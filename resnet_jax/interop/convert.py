@@ -21,15 +21,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from resnet_jax.errors import (InputNotFoundError, InvalidInputError, MissingDependencyError,
                                mismatch_error)
-from resnet_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from resnet_jax.inference import read_labels
 from resnet_jax.models import ResNet, create_model
+from resnet_jax.models.blocks import BasicBlock
 
 if TYPE_CHECKING:
   from resnet_jax.pretrained import Pretrained
-from resnet_jax.models.blocks import BasicBlock
 
 _LEAF = {  # (collection, Flax leaf name) -> torch suffix
     ("params", "kernel"): "weight",

@@ -41,11 +41,11 @@ def evaluate(eval_fn: Any, variables: Any, pipeline: data.Pipeline,
 def load_config(workdir: str) -> Any:
   """The resolved config a run saved in WORKDIR/config.json, its dataset named as saved (a
   folder by its absolute path, whatever the current directory)."""
-  saved = read_saved(workdir)
-  if saved is None:
+  stored = read_saved(workdir)
+  if stored is None:
     raise InputNotFoundError(f"{workdir} is not a run folder (no {CONFIG_FILE}).")
-  config = ml_collections.ConfigDict(saved["config"])
-  config.data.name = (saved.get("dataset") or {}).get("name", config.data.name)
+  config = ml_collections.ConfigDict(stored["config"])
+  config.data.name = (stored.get("dataset") or {}).get("name", config.data.name)
   return config
 
 
@@ -82,7 +82,7 @@ def evaluate_run(workdir: str, *, split: str = "", step: int | None = None,
                           remedy="name the run's dataset with --data")
   network = pretrained.from_description(
       {"params": state["params"], "batch_stats": state["batch_stats"]}, meta["model"])
-  exp = assemble(config, weights=network, dataset=dataset, train=False)
+  exp = assemble(config, weights=network, dataset=dataset, for_training=False)
   metrics = evaluate(exp.steps.eval, exp.runner.replicate(network.variables), exp.pipeline,
                      exp.runner)
   return {"step": int(meta["step"]), "split": config.data.eval_split or "default",

@@ -35,6 +35,7 @@ class StateParts:
 
   name: str  # the registry name
   model: Any
+  input_shape: tuple[int, ...]  # (1, height, width, channels): what the initialisers take
   step_config: step.StepConfig
   input_dtype: Any  # of the normalised images the network takes
   eval_step: Callable[..., Any]  # (variables, batch) -> metrics summed over the replicas
@@ -45,6 +46,12 @@ class StateParts:
   abstract_state: TrainState | None = None  # shapes and dtypes: the restore target
   init_state: Callable[[], TrainState] | None = None  # a fresh state (compiles the initialisers)
   train_step: Callable[..., Any] | None = None  # (state, batch, rng) -> (state, window sums)
+
+  def init_key(self) -> jax.Array:
+    """The key the parameters are drawn with."""
+    # The "rbg" generator: its initialisers compile several times faster than threefry's
+    # (seconds per run). The steps' key stays threefry, a uint32[2] (`rng`).
+    return jax.random.key(self.seed, impl="rbg")
 
   @functools.cached_property
   def state(self) -> TrainState:
@@ -115,7 +122,7 @@ def frozen_stage_count(freeze: str, num_stages: int) -> int:
   return min(names.index(freeze), num_stages + 1)
 
 
-def step_config(config: Any, num_classes: int) -> step.StepConfig:
+def make_step_config(config: Any, num_classes: int) -> step.StepConfig:
   """The optimisation settings of a run config."""
   train_config = config.train
   on_nonfinite = train_config.on_nonfinite
@@ -144,15 +151,12 @@ def _network(config: Any, info: data.DatasetInfo,
                                                        len(model.stage_sizes)))
   input_shape = (1,) + tuple(info.image_shape)
   model.check_input_shape(input_shape)
-  # Parameters are drawn with the "rbg" generator: its initialisers compile several times faster
-  # than threefry's (seconds per run). The steps' key stays threefry, a uint32[2] (`rng`).
-  init_variables = lambda: model.init(jax.random.key(config.seed, impl="rbg"),
-                                      jnp.zeros(input_shape), train=False)
-  steps = step_config(config, info.num_classes)
-  return StateParts(
-      name=name, model=model, step_config=steps,
+  settings = make_step_config(config, info.num_classes)
+  parts = StateParts(
+      name=name, model=model, input_shape=input_shape, step_config=settings,
       input_dtype=jnp.float64 if float64 else jnp.float32, seed=config.seed,
-      eval_step=functools.partial(step.eval_step, model=model, config=steps)), init_variables
+      eval_step=functools.partial(step.eval_step, model=model, config=settings))
+  return parts, lambda: model.init(parts.init_key(), jnp.zeros(input_shape), train=False)
 
 
 def build_state(config: Any, info: data.DatasetInfo, *, steps_per_epoch: int, total_steps: int,
@@ -189,7 +193,7 @@ def build_state(config: Any, info: data.DatasetInfo, *, steps_per_epoch: int, to
   loss_scale = LossScale.create(period=train_config.loss_scale_period) if \
       parts.step_config.loss_scaling else None
   create_state = lambda variables=None: create_train_state(
-      model, tx, jax.random.key(config.seed, impl="rbg"), (1,) + tuple(info.image_shape),
+      model, tx, parts.init_key(), parts.input_shape,
       metrics=step.metric_names(parts.step_config), ema=optim_config.ema_decay > 0,
       variables=variables, loss_scale=loss_scale)
 
@@ -201,11 +205,11 @@ def build_state(config: Any, info: data.DatasetInfo, *, steps_per_epoch: int, to
                                variables, fresh)
     return jax.device_get(jax.jit(create_state)(variables))
 
-  train = functools.partial(step.train_step, model=model, tx=tx, config=parts.step_config)
+  one_step = functools.partial(step.train_step, model=model, tx=tx, config=parts.step_config)
   return dataclasses.replace(
       parts, tx=tx, schedule=schedule, abstract_state=jax.eval_shape(create_state),
       init_state=init_state,
-      train_step=summed_over_windows(train, train_config.log_every_steps))
+      train_step=summed_over_windows(one_step, train_config.log_every_steps))
 
 
 def compose_steps(parts: StateParts, runner: parallel.Runner,
@@ -219,18 +223,18 @@ def compose_steps(parts: StateParts, runner: parallel.Runner,
 
 def assemble(config: Any, *, weights: Pretrained | None = None,
              dataset: data.Dataset | None = None, runner: parallel.Runner | None = None,
-             train: bool = True) -> Experiment:
+             for_training: bool = True) -> Experiment:
   """Assembles the experiment a config describes; everything wrong with it is refused here,
   before anything is compiled.
 
   Args:
     config: the run config.
-    weights: for training, the weights of init.checkpoint; for evaluation (train=False), the
+    weights: for training, the weights of init.checkpoint; for evaluation (for_training=False), the
       network to evaluate (its architecture wins over the config's).
     dataset: the dataset, already opened (`data.open`), or one without records (synthetic: the
       host sends each batch); None opens config.data.
     runner: the parallel runner; None makes config.train.runner.
-    train: build the optimizer, the train state and the train step too.
+    for_training: build the optimizer, the train state and the train step too.
 
   Returns:
     An `Experiment`.
@@ -241,7 +245,7 @@ def assemble(config: Any, *, weights: Pretrained | None = None,
   train_config = config.train
   dataset = dataset or data.open(config.data)
   runner = runner or parallel.make_runner(train_config.runner)
-  if train:
+  if for_training:
     runner.check_batch_size(train_config.batch_size)
   runner.check_batch_size(train_config.eval_batch_size, "train.eval_batch_size")
   pipeline = None
@@ -253,12 +257,12 @@ def assemble(config: Any, *, weights: Pretrained | None = None,
         config.data, dataset, global_batch_size=train_config.batch_size,
         eval_batch_size=train_config.eval_batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count())
-    if train:
+    if for_training:
       pipeline.check_steps()
     batches = pipeline.device_batches(parallel.AXIS)
     steps_per_epoch = pipeline.steps_per_epoch
   total_steps, eval_every = run_length(train_config, steps_per_epoch)
-  if train:
+  if for_training:
     parts = build_state(config, dataset.info, steps_per_epoch=steps_per_epoch,
                         total_steps=total_steps, weights=weights)
   else:

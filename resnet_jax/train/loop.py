@@ -1,6 +1,7 @@
 """train_and_evaluate(config, workdir): the training loop and its records (metrics, evaluations,
-checkpoints). The experiment is assembled by `train.experiment.assemble`, which refuses whatever
-is wrong with the input (names, sizes, numbers, a checkpoint of another shape) before anything is
+checkpoints). The run folder is locked first; then `train.experiment.assemble` builds the
+experiment and `train.resume` finds where it starts, refusing whatever is wrong with the input
+(names, sizes, numbers, the run folder, a checkpoint of another shape) before anything is
 compiled."""
 
 import dataclasses
@@ -18,7 +19,7 @@ from resnet_jax.saved import CHECKPOINTS_DIR
 from resnet_jax.train import checkpoint, parallel, resume
 from resnet_jax.train.config import validate_config
 from resnet_jax.train.evaluate import evaluate
-from resnet_jax.train.experiment import Experiment, assemble
+from resnet_jax.train.experiment import Experiment, assemble, model_architecture
 from resnet_jax.train.metrics import MetricsWriter, Progress, read_metrics, window_means
 from resnet_jax.train.preemption import Preempted, PreemptionWatcher
 from resnet_jax.train.step import NONFINITE_LOSS, metric_names
@@ -51,9 +52,10 @@ def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any
                                   distributed.process_id)
   with PreemptionWatcher() as watcher:
     weights = pretrained.load(config.init.checkpoint) if config.init.checkpoint else None
-    exp = assemble(config, weights=weights)
-    with Workdir(workdir or default_workdir(exp.parts.name, config.data.name), config,
-                 is_main=jax.process_index() == 0) as run_dir:
+    # The folder is locked before the data is opened: a second command on it stops at once.
+    path = workdir or default_workdir(model_architecture(config, weights)[0], config.data.name)
+    with Workdir(path, config, is_main=jax.process_index() == 0) as run_dir:
+      exp = assemble(config, weights=weights)
       run, feed, failed = Run.start(exp, run_dir), None, True
       try:
         if run.finished is not None:  # a finished run is reported again, not retrained
