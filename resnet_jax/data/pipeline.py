@@ -40,7 +40,7 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 class _Reader:
-  """Decodes and preprocesses rows of a split's records into batches; picklable for grain's workers."""
+  """Decodes and preprocesses a split's records into batches; picklable for grain's workers."""
 
   def __init__(self, records: Any, *, image_size: int, channels: int, crop_ratio: float,
                size: tuple[int, int], host_stage: augment.Stage = (), seed: int = 0):

@@ -104,8 +104,8 @@ class Splits:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """A registered dataset source: `open_splits(data_config) -> Splits`, how to name it, and for one of
-  tfds's datasets its `Spec`.
+  """A registered dataset source: `open_splits(data_config) -> Splits`, how to name it, and for
+  one of tfds's datasets its `Spec`.
 
   A `located` source's argument says where the data lies (folder:DIR), not what it is: a run on it
   is identified by the dataset's identity (its classes), so that a moved folder can be named again.

@@ -135,7 +135,8 @@ class TorchResNet(nn.Module):
       setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
     self.num_stages = len(model.stage_sizes)
     if self.preact:
-      self.final_bn = nn.BatchNorm2d(channels, eps=model.bn_epsilon, momentum=1.0 - model.bn_momentum)
+      self.final_bn = nn.BatchNorm2d(channels, eps=model.bn_epsilon,
+                                     momentum=1.0 - model.bn_momentum)
     self.fc = nn.Linear(channels, model.num_classes) if model.num_classes else None
 
   def forward(self, x):
