@@ -92,14 +92,14 @@ def parse_arguments(text: str, setting: str, example: str, entry: str | None = N
       not an argument list; the message names the setting, the entry and the item at fault.
   """
   where = f"{setting} entry {entry!r}" if entry is not None else f"{setting}={text!r}"
-  source = f"f({text})"
+  code = f"f({text})"
 
   def refuse(item: str, detail: str = "") -> InvalidInputError:
     return InvalidInputError(f"{where}: {item!r} is not name=value with a Python literal value "
                              f"({detail}e.g. {example}).")
 
   try:
-    call = ast.parse(source, mode="eval").body
+    call = ast.parse(code, mode="eval").body
   except SyntaxError as e:
     # The columns Python blames, less the "f(" around `text`.
     start = max(0, (e.offset or 1) - 3)
@@ -110,7 +110,7 @@ def parse_arguments(text: str, setting: str, example: str, entry: str | None = N
     raise refuse(text)  # e.g. "a=1) or (b=2": more than one argument list
   kwargs = {}
   for node in call.args + call.keywords:
-    item = ast.get_source_segment(source, node)
+    item = ast.get_source_segment(code, node)
     if isinstance(node, ast.keyword) and node.arg is not None:
       try:
         kwargs[node.arg] = ast.literal_eval(node.value)
