@@ -23,7 +23,9 @@ def free_port():
     return s.getsockname()[1]
 
 
-def launch(workdir, tfds_dir, *flags, processes=2, devices=2):
+def launch(workdir, tfds_dir, *flags, processes=2, devices=2, kubernetes=False):
+  """`processes` trainers on 127.0.0.1, told of one another by flags or, with `kubernetes`, by
+  the variables a Kubernetes indexed Job's pods have (README, Running on a pod)."""
   port = free_port()
   env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
          "JAX_PLATFORMS": "cpu"}
@@ -31,14 +33,17 @@ def launch(workdir, tfds_dir, *flags, processes=2, devices=2):
             "--config.model.name=resnet8", "--config.data.image_size=8",
             "--config.train.batch_size=64", "--config.train.eval_batch_size=64",
             "--config.train.progress_bar=no", *flags]
-  if processes > 1:
+  if processes > 1 and kubernetes:
+    env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes))
+  elif processes > 1:
     common += [f"--config.distributed.coordinator_address=127.0.0.1:{port}",
                f"--config.distributed.num_processes={processes}"]
+  own = lambda i: ({"JOB_COMPLETION_INDEX": str(i)}, []) if kubernetes else (
+      {}, [f"--config.distributed.process_id={i}"] if processes > 1 else [])
   return [subprocess.Popen(
-      [sys.executable, "-m", "experiments.train", *common] +
-      ([f"--config.distributed.process_id={i}"] if processes > 1 else []),
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for i in range(processes)]
+      [sys.executable, "-m", "experiments.train", *common, *own(i)[1]],
+      cwd=REPO, env={**env, **own(i)[0]}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True) for i in range(processes)]
 
 
 def finish(procs, timeout=600):
@@ -47,9 +52,14 @@ def finish(procs, timeout=600):
 
 
 def test_two_processes_equal_one_process(tfds_dir, tmp_path):
+  # Launched as a Kubernetes indexed Job's pods, on a data_dir where the digits are not prepared
+  # yet: process 0 prepares them once while process 1 waits, then both train.
   flags = ["--config.train.num_steps=1", "--config.train.log_every_steps=1"]
-  codes, outputs = finish(launch(tmp_path / "multi", tfds_dir, *flags))
+  codes, outputs = finish(launch(tmp_path / "multi", tmp_path / "fresh_data_dir", *flags,
+                                 kubernetes=True))
   assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  assert [o.count("Preparing digits in ") for o in outputs] == [1, 0], outputs
+  assert "Process 1 waits (at most 86400 s) for process 0 to prepare digits" in outputs[1]
   codes, outputs = finish(launch(tmp_path / "single", tfds_dir, *flags, processes=1, devices=4))
   assert codes == [0], outputs[0][-3000:]
   multi, _ = saved.read_checkpoint(str(tmp_path / "multi" / "checkpoints"))

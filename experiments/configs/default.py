@@ -54,6 +54,8 @@ def get_config() -> ml_collections.ConfigDict:
       num_workers=0,              # host decoding processes (grain) for streamed datasets
       verify_images="auto",       # folder: decode every image before training: auto (folders of
                                   # at most 10,000 files) | yes | no (headers only)
+      prepare_timeout_s=24 * 3600,  # multi-process: how long the others wait for process 0 to
+                                    # prepare a tfds dataset (converting ImageNet takes hours)
   ))
 
   config.optim = ml_collections.ConfigDict(dict(

@@ -20,9 +20,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
+from resnet_jax import hosts
 from resnet_jax.data import digits  # noqa: F401  (registers the "digits" builder with tfds)
 from resnet_jax.data import folder as folder_lib
 from resnet_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, eval_transform
@@ -30,6 +32,7 @@ from resnet_jax.errors import InputNotFoundError, InvalidInputError, MissingDepe
 from resnet_jax.registry import Registry
 
 STATS_SAMPLE = 1000  # images used to estimate mean/std where none are published
+DAY_S = 24 * 3600  # data.prepare_timeout_s's default: converting ImageNet takes hours
 NORMALIZATIONS = ("dataset", "imagenet")
 _IMAGENET_INSTRUCTIONS = (
     "imagenet2012 needs a manual download. Get ILSVRC2012_img_train.tar and "
@@ -197,12 +200,34 @@ def _mocked() -> bool:
       "mock_download_and_prepare"
 
 
-def _prepare(spec: Spec, data_dir: str) -> Any:
-  """The tfds builder, downloaded and prepared as array_record if it is not yet."""
+def _prepare(spec: Spec, data_dir: str, timeout_s: int) -> Any:
+  """The tfds builder, downloaded and prepared as array_record if it is not yet: by process 0
+  alone in a multi-process run, the others waiting for it (at most `timeout_s`) and then reading
+  what it wrote, so that no two processes prepare the same folder at once."""
   builder = tfds.builder(spec.tfds_name, data_dir=data_dir or None, file_format="array_record")
-  if builder.is_prepared() or _mocked():
+  if _mocked():
     return builder
   root = os.fspath(builder.data_dir_root)
+  if jax.process_index() != 0:
+    hosts.wait_for_all(f"prepare {spec.tfds_name} in {root}",
+                       f"process 0 to prepare {spec.tfds_name} in {root}", timeout_s)
+    builder = tfds.builder(spec.tfds_name, data_dir=data_dir or None, file_format="array_record")
+    if not builder.is_prepared():
+      raise InputNotFoundError(
+          f"Process 0 prepared {spec.tfds_name} in {root}, which process {jax.process_index()} "
+          "does not see: put data.data_dir on storage that every host reaches.")
+    return builder
+  if not builder.is_prepared():
+    _check_preparable(spec, root)
+    logging.info("Preparing %s in %s (once, for every process).", spec.tfds_name, root)
+    builder.download_and_prepare(file_format="array_record")
+  hosts.wait_for_all(f"prepare {spec.tfds_name} in {root}",
+                     f"the other processes to reach {spec.tfds_name}", timeout_s)
+  return builder
+
+
+def _check_preparable(spec: Spec, root: str) -> None:
+  """Refuses a preparation that cannot succeed here: a missing manual download, or TensorFlow."""
   if spec.manual_files:
     manual_dir = os.path.join(root, "downloads", "manual")
     missing = [f for f in spec.manual_files if not os.path.exists(os.path.join(manual_dir, f))]
@@ -214,8 +239,6 @@ def _prepare(spec: Spec, data_dir: str) -> Any:
         f"Preparing {spec.tfds_name} (once, into {root}) needs TensorFlow, which is not "
         'installed: pip install -e ".[prepare]". Reading it afterwards does not; or set '
         "--config.data.data_dir to a folder where it is already prepared as array_record.")
-  builder.download_and_prepare(file_format="array_record")
-  return builder
 
 
 def _tfds_source(builder: Any, split: str) -> Any:
@@ -238,7 +261,7 @@ def _open_tfds(spec: Spec, data_config: Any) -> Splits:
     raise InvalidInputError(f"Unknown dataset {name!r} (data.name): {spec.tfds_name} has no "
                             f"configs. Valid names: {valid_names()}.")
   spec = dataclasses.replace(spec, tfds_name=name)
-  builder = _prepare(spec, data_config.data_dir)
+  builder = _prepare(spec, data_config.data_dir, data_config.get("prepare_timeout_s", DAY_S))
   train = _tfds_source(builder, spec.train_split)
   evaluation = _tfds_source(builder, data_config.get("eval_split", "") or spec.eval_split)
 

@@ -154,6 +154,8 @@ RANGES: dict[str, Range] = {
     "data.max_device_bytes": _non_negative(int, " (the limit of device_resident=auto)"),
     "data.num_workers": _non_negative(int, " (0: one decoding thread)"),
     "data.verify_images": _one_of(folder.VERIFY_IMAGES),
+    "data.prepare_timeout_s": _positive(int, " (seconds the other processes wait for process 0 "
+                                        "to prepare a tfds dataset)"),
 
     # optim.check_names refuses an unknown optimizer or schedule, listing the registered ones.
     "optim.name": Range(str, "a registered optimizer, or optax.<name> for any optax optimizer",

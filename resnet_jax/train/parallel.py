@@ -42,16 +42,31 @@ def register_runner(name: str, runner_cls: type | None = None, *, replace: bool 
 
 def initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
                            process_id: int = -1) -> None:
-  """Joins a multi-process run: explicit arguments, or auto-detection (TPU pods, SLURM, MPI).
+  """Joins a multi-process run: explicit arguments; JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
+  and JAX_PROCESS_ID from the environment (a Kubernetes indexed Job's manifest sets the first two,
+  and Kubernetes gives each pod its JOB_COMPLETION_INDEX, read when JAX_PROCESS_ID is not set);
+  or jax's auto-detection (Cloud TPU, SLURM, Open MPI).
 
   Call before any other JAX call. With no arguments it initialises only when a cluster
   environment is detected, so a single-process run is untouched.
   """
+  environ = os.environ
+  if not (coordinator_address or num_processes) and "JAX_NUM_PROCESSES" in environ:
+    index = environ.get("JAX_PROCESS_ID", environ.get("JOB_COMPLETION_INDEX", ""))
+    try:
+      coordinator_address, num_processes, process_id = (
+          environ.get("JAX_COORDINATOR_ADDRESS", ""), int(environ["JAX_NUM_PROCESSES"]),
+          int(index))
+    except ValueError:
+      raise InvalidInputError(f"JAX_NUM_PROCESSES={environ['JAX_NUM_PROCESSES']!r} needs a "
+                              "number of processes and, in JAX_PROCESS_ID or Kubernetes' "
+                              f"JOB_COMPLETION_INDEX, this one's index (got {index!r}).") from None
   if coordinator_address or num_processes:
     if not (coordinator_address and num_processes > 0 and 0 <= process_id < num_processes):
       raise InvalidInputError("A multi-process run needs distributed.coordinator_address "
                               "(host:port), distributed.num_processes (> 0) and "
-                              "distributed.process_id (0..num_processes-1); got "
+                              "distributed.process_id (0..num_processes-1), or the variables "
+                              "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID; got "
                               f"{coordinator_address!r}, {num_processes}, {process_id}.")
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)
