@@ -23,9 +23,10 @@ def free_port():
     return s.getsockname()[1]
 
 
-def launch(workdir, tfds_dir, *flags, processes=2, devices=2, kubernetes=False):
-  """`processes` trainers on 127.0.0.1, told of one another by flags or, with `kubernetes`, by
-  the variables a Kubernetes indexed Job's pods have (README, Running on a pod)."""
+def launch(workdir, tfds_dir, *flags, processes=2, devices=2, cluster=""):
+  """`processes` trainers on 127.0.0.1, told of one another by flags, or by the variables that a
+  `cluster` ("kubernetes": an indexed Job's pods; "slurm": srun's tasks on one node) gives them
+  (README, Running on a pod)."""
   port = free_port()
   env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
          "JAX_PLATFORMS": "cpu"}
@@ -33,13 +34,17 @@ def launch(workdir, tfds_dir, *flags, processes=2, devices=2, kubernetes=False):
             "--config.model.name=resnet8", "--config.data.image_size=8",
             "--config.train.batch_size=64", "--config.train.eval_batch_size=64",
             "--config.train.progress_bar=no", *flags]
-  if processes > 1 and kubernetes:
+  own = lambda i: ({}, [f"--config.distributed.process_id={i}"] if processes > 1 else [])
+  if cluster == "kubernetes":
     env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes))
+    own = lambda i: ({"JOB_COMPLETION_INDEX": str(i)}, [])
+  elif cluster == "slurm":  # jax derives the coordinator from the node list (and the port)
+    env.update(SLURM_JOB_ID="4242", SLURM_STEP_NODELIST="127.0.0.1", SLURM_NTASKS=str(processes),
+               JAX_COORDINATOR_PORT=str(port))
+    own = lambda i: ({"SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)}, [])
   elif processes > 1:
     common += [f"--config.distributed.coordinator_address=127.0.0.1:{port}",
                f"--config.distributed.num_processes={processes}"]
-  own = lambda i: ({"JOB_COMPLETION_INDEX": str(i)}, []) if kubernetes else (
-      {}, [f"--config.distributed.process_id={i}"] if processes > 1 else [])
   return [subprocess.Popen(
       [sys.executable, "-m", "experiments.train", *common, *own(i)[1]],
       cwd=REPO, env={**env, **own(i)[0]}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -56,9 +61,10 @@ def test_two_processes_equal_one_process(tfds_dir, tmp_path):
   # yet: process 0 prepares them once while process 1 waits, then both train.
   flags = ["--config.train.num_steps=1", "--config.train.log_every_steps=1"]
   codes, outputs = finish(launch(tmp_path / "multi", tmp_path / "fresh_data_dir", *flags,
-                                 kubernetes=True))
+                                 cluster="kubernetes"))
   assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
   assert [o.count("Preparing digits in ") for o in outputs] == [1, 0], outputs
+  assert all("over 4 cpu device(s)" in o for o in outputs)  # one run of both processes' devices
   assert "Process 1 waits (at most 86400 s) for process 0 to prepare digits" in outputs[1]
   codes, outputs = finish(launch(tmp_path / "single", tfds_dir, *flags, processes=1, devices=4))
   assert codes == [0], outputs[0][-3000:]
@@ -73,9 +79,10 @@ def test_two_processes_equal_one_process(tfds_dir, tmp_path):
 
 
 def test_sigterm_to_one_process_stops_both_at_the_same_step(tfds_dir, tmp_path):
+  # Launched as srun's two tasks on one node: jax finds the coordinator in SLURM's variables.
   flags = ["--config.train.num_steps=100000", "--config.train.log_every_steps=5",
            "--config.train.eval_every_epochs=0"]
-  procs = launch(tmp_path, tfds_dir, *flags)
+  procs = launch(tmp_path, tfds_dir, *flags, cluster="slurm")
   deadline = time.time() + 300
   while len(metrics.read_metrics(str(tmp_path))) < 2:
     assert all(p.poll() is None for p in procs), [p.stdout.read()[-2000:] for p in procs]
@@ -84,6 +91,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tfds_dir, tmp_path):
   procs[1].send_signal(signal.SIGTERM)
   codes, outputs = finish(procs, timeout=300)
   assert codes == [143, 143], outputs[0][-3000:] + outputs[1][-3000:]
+  assert all("over 4 cpu device(s)" in o for o in outputs)  # one run of both processes' devices
   steps = [int(o.split("Stopped by SIGTERM after step ")[1].split(";")[0]) for o in outputs]
   assert steps[0] == steps[1]
   assert saved.read_checkpoint(str(tmp_path / "checkpoints"))[1]["step"] == steps[0]
