@@ -204,14 +204,16 @@ def _prepare(spec: Spec, data_dir: str, timeout_s: int) -> Any:
   """The tfds builder, downloaded and prepared as array_record if it is not yet: by process 0
   alone in a multi-process run, the others waiting for it (at most `timeout_s`) and then reading
   what it wrote, so that no two processes prepare the same folder at once."""
-  builder = tfds.builder(spec.tfds_name, data_dir=data_dir or None, file_format="array_record")
+  open_builder = lambda: tfds.builder(spec.tfds_name, data_dir=data_dir or None,
+                                      file_format="array_record")
+  builder = open_builder()
   if _mocked():
     return builder
   root = os.fspath(builder.data_dir_root)
+  barrier = f"prepare {spec.tfds_name}"  # the same on every host, wherever its data_dir lies
   if jax.process_index() != 0:
-    hosts.wait_for_all(f"prepare {spec.tfds_name} in {root}",
-                       f"process 0 to prepare {spec.tfds_name} in {root}", timeout_s)
-    builder = tfds.builder(spec.tfds_name, data_dir=data_dir or None, file_format="array_record")
+    hosts.wait_for_all(barrier, f"process 0 to prepare {spec.tfds_name}", timeout_s)
+    builder = open_builder()  # what process 0 wrote
     if not builder.is_prepared():
       raise InputNotFoundError(
           f"Process 0 prepared {spec.tfds_name} in {root}, which process {jax.process_index()} "
@@ -221,8 +223,7 @@ def _prepare(spec: Spec, data_dir: str, timeout_s: int) -> Any:
     _check_preparable(spec, root)
     logging.info("Preparing %s in %s (once, for every process).", spec.tfds_name, root)
     builder.download_and_prepare(file_format="array_record")
-  hosts.wait_for_all(f"prepare {spec.tfds_name} in {root}",
-                     f"the other processes to reach {spec.tfds_name}", timeout_s)
+  hosts.wait_for_all(barrier, f"the other processes to reach {spec.tfds_name}", timeout_s)
   return builder
 
 
