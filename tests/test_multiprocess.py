@@ -25,8 +25,8 @@ def free_port():
 
 def launch(workdir, tfds_dir, *flags, processes=2, devices=2, cluster=""):
   """`processes` trainers on 127.0.0.1, told of one another by flags, or by the variables that a
-  `cluster` ("kubernetes": an indexed Job's pods; "slurm": srun's tasks on one node) gives them
-  (README, Running on a pod)."""
+  `cluster` ("kubernetes": an indexed Job's pods; "slurm": srun's tasks on one node; "openmpi":
+  Open MPI 4's mpirun) gives them (README, Running on a pod)."""
   port = free_port()
   env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
          "JAX_PLATFORMS": "cpu"}
@@ -42,6 +42,10 @@ def launch(workdir, tfds_dir, *flags, processes=2, devices=2, cluster=""):
     env.update(SLURM_JOB_ID="4242", SLURM_STEP_NODELIST="127.0.0.1", SLURM_NTASKS=str(processes),
                JAX_COORDINATOR_PORT=str(port))
     own = lambda i: ({"SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)}, [])
+  elif cluster == "openmpi":  # jax reads the launcher's address from mpirun's URI
+    env.update(OMPI_MCA_orte_hnp_uri="1531576320.0;tcp://127.0.0.1:1",
+               OMPI_COMM_WORLD_SIZE=str(processes), JAX_COORDINATOR_PORT=str(port))
+    own = lambda i: ({"OMPI_COMM_WORLD_RANK": str(i), "OMPI_COMM_WORLD_LOCAL_RANK": str(i)}, [])
   elif processes > 1:
     common += [f"--config.distributed.coordinator_address=127.0.0.1:{port}",
                f"--config.distributed.num_processes={processes}"]
@@ -95,3 +99,13 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tfds_dir, tmp_path):
   steps = [int(o.split("Stopped by SIGTERM after step ")[1].split(";")[0]) for o in outputs]
   assert steps[0] == steps[1]
   assert saved.read_checkpoint(str(tmp_path / "checkpoints"))[1]["step"] == steps[0]
+
+
+# In the slow tier for the default tier's time budget only (about 15 s): the third launch recipe.
+@pytest.mark.slow
+def test_open_mpi_ranks_form_one_run(tfds_dir, tmp_path):
+  codes, outputs = finish(launch(tmp_path, tfds_dir, "--config.train.num_steps=1",
+                                 cluster="openmpi"))
+  assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  assert all("over 4 cpu device(s)" in o for o in outputs)  # one run of both processes' devices
+  assert metrics.read_metrics(str(tmp_path))[-1]["step"] == 1
