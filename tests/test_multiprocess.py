@@ -101,11 +101,13 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tfds_dir, tmp_path):
   assert saved.read_checkpoint(str(tmp_path / "checkpoints"))[1]["step"] == steps[0]
 
 
-# In the slow tier for the default tier's time budget only (about 15 s): the third launch recipe.
+# In the slow tier for the default tier's time budget only (about 12 s each): the launch recipes
+# that the default tier's two multi-process tests do not use.
 @pytest.mark.slow
-def test_open_mpi_ranks_form_one_run(tfds_dir, tmp_path):
+@pytest.mark.parametrize("cluster", ["openmpi", ""])  # "": the distributed.* flags
+def test_launched_processes_form_one_run(cluster, tfds_dir, tmp_path):
   codes, outputs = finish(launch(tmp_path, tfds_dir, "--config.train.num_steps=1",
-                                 cluster="openmpi"))
+                                 cluster=cluster))
   assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
   assert all("over 4 cpu device(s)" in o for o in outputs)  # one run of both processes' devices
   assert metrics.read_metrics(str(tmp_path))[-1]["step"] == 1
