@@ -364,7 +364,7 @@ def run(options: Options, base_config: Any) -> dict[str, Any]:
     options: what to time.
     base_config: a full run config that `benchmark_config` adapts (experiments/configs/default).
   """
-  create_model(options.model, num_classes=options.num_classes)  # an unknown name fails here
+  model = create_model(options.model, num_classes=options.num_classes)  # an unknown name fails
   results = {"model": options.model, "batch_size": options.batch_size,
              "image_size": options.image_size, "dtype": options.dtype, "runner": options.runner,
              "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
@@ -392,7 +392,6 @@ def run(options: Options, base_config: Any) -> dict[str, Any]:
       results["with_input"]["device_resident"] = real.pipeline.device_resident
       results["input_vs_synthetic"] = (results["with_input"]["images_per_sec"] /
                                        results["synthetic"]["images_per_sec"])
-  model = create_model(options.model, num_classes=options.num_classes)
   if options.compare_torch:
     from resnet_jax.interop.torch_timing import time_torch
     results["torch"] = time_torch(
