@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from resnet_jax.errors import InvalidInputError
 
@@ -54,8 +55,8 @@ def read_labels(labels: str, num_classes: int, default: Sequence[str] | None) ->
     names, origin = list(imagenet_class_names()), "the ImageNet-1k list"
   elif labels and labels != "none":
     try:
-      with open(labels) as f:
-        names, origin = [line.strip() for line in f if line.strip()], labels
+      text = epath.Path(labels).read_text()  # a local file or an object in a bucket
+      names, origin = [line.strip() for line in text.splitlines() if line.strip()], labels
     except OSError as e:
       raise InvalidInputError(f"Cannot read the labels file {labels!r}: {e.strerror}; give a text "
                               "file with one class name per line, or --labels=none.") from e

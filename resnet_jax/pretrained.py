@@ -9,6 +9,7 @@ from typing import Any
 import flax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from resnet_jax import files, saved
 from resnet_jax.data.transforms import Preprocessing
@@ -54,12 +55,14 @@ def from_description(variables: dict[str, Any], description: dict[str, Any]) -> 
 def export(directory: str, pretrained: Pretrained) -> None:
   """Writes an orbax checkpoint of the variables, then model.json describing them (with their
   checksums); both atomically, model.json last, so a folder with model.json is complete."""
-  directory = os.path.abspath(directory)
-  existing = [n for n in (VARIABLES_DIR, MODEL_FILE) if os.path.lexists(os.path.join(directory, n))]
+  directory = files.resolve(directory)
+  existing = [n for n in (VARIABLES_DIR, MODEL_FILE)
+              if files.is_link(os.path.join(directory, n)) or
+              epath.Path(directory, n).exists()]
   if existing:
     raise InvalidInputError(f"{directory} already holds {' and '.join(existing)}; choose a new "
                             "--out folder.")
-  os.makedirs(directory, exist_ok=True)
+  epath.Path(directory).mkdir(parents=True, exist_ok=True)
   with ocp.StandardCheckpointer() as saver:
     saver.save(os.path.join(directory, VARIABLES_DIR), pretrained.variables)
   files.write_atomic(os.path.join(directory, MODEL_FILE), json.dumps(
@@ -77,11 +80,10 @@ def load(path: str) -> Pretrained:
     FileNotFoundError: `path` is neither.
     InvalidInputError: it cannot be read, or fails its checksums.
   """
-  path = os.path.abspath(os.path.expanduser(path))
-  if os.path.exists(os.path.join(path, MODEL_FILE)):
+  path = files.resolve(path)
+  if epath.Path(path, MODEL_FILE).exists():
     try:
-      with open(os.path.join(path, MODEL_FILE)) as f:
-        description = json.load(f)
+      description = json.loads(epath.Path(path, MODEL_FILE).read_text())
       with ocp.StandardCheckpointer() as reader:
         variables = reader.restore(os.path.join(path, VARIABLES_DIR))
     except saved.READ_ERRORS as e:
@@ -90,7 +92,7 @@ def load(path: str) -> Pretrained:
     saved.verified(variables, description, f"The model in {path}")
     return from_description(variables, description)
   checkpoints = os.path.join(path, saved.CHECKPOINTS_DIR)
-  if os.path.isdir(checkpoints):
+  if epath.Path(checkpoints).is_dir():
     state, meta = saved.read_checkpoint(checkpoints)
     if "model" not in meta:
       raise InvalidInputError(f"The checkpoint in {checkpoints} does not describe its model.")

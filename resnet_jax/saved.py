@@ -13,7 +13,9 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
+from resnet_jax import files
 from resnet_jax.errors import InputNotFoundError, InvalidInputError
 
 CHECKPOINTS_DIR = "checkpoints"  # a run folder's checkpoints: WORKDIR/checkpoints/<step>/
@@ -87,7 +89,7 @@ def read_checkpoint(directory: str,
   """Reads a checkpoint as saved (nested dicts of numpy arrays) and its metadata; no target needed.
 
   Args:
-    directory: a run's checkpoints folder (WORKDIR/checkpoints).
+    directory: a run's checkpoints folder (WORKDIR/checkpoints), local or in a bucket.
     step: which checkpoint; None for the newest.
 
   Returns:
@@ -98,10 +100,11 @@ def read_checkpoint(directory: str,
     InputNotFoundError: there is no such checkpoint.
     InvalidInputError: it cannot be read, or fails its checksums.
   """
-  directory = os.path.abspath(directory)
-  # Finished saves only: an unfinished one is a temporary folder with a suffix.
-  steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if \
-      os.path.isdir(directory) else []
+  directory = files.resolve(directory)
+  # Finished saves only: an unfinished one is a temporary folder with a suffix (locally) or has
+  # no commit marker (in a bucket), which orbax's step listing leaves out.
+  folder = epath.Path(directory)
+  steps = sorted(ocp.utils.checkpoint_steps(folder)) if folder.is_dir() else []
   if not steps or (step is not None and step not in steps):
     which = "checkpoint" if step is None else f"checkpoint {step}"
     raise InputNotFoundError(f"No {which} in {directory}; it has {steps or 'none'}.")

@@ -12,6 +12,7 @@ from concurrent import futures
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from etils import epath
 
 from resnet_jax.errors import InvalidInputError
 
@@ -78,8 +79,7 @@ def decode_image(data: bytes, path: str) -> np.ndarray:
 def read_image(path: str) -> np.ndarray:
   """`decode_image` of the file at `path`; raises ImageReadError naming it."""
   try:
-    with open(path, "rb") as f:
-      data = f.read()
+    data = epath.Path(path).read_bytes()  # a local file or an object in a bucket
   except OSError as e:
     raise read_error(path, e) from e
   return decode_image(data, path)
@@ -88,7 +88,7 @@ def read_image(path: str) -> np.ndarray:
 def read_header(path: str) -> tuple[bool, tuple[int, int]]:
   """(grayscale, (width, height)) from a file's header, without decoding its pixels."""
   try:
-    with Image.open(path) as image:
+    with epath.Path(path).open("rb") as f, Image.open(f) as image:
       return image.mode in GRAYSCALE_MODES, image.size
   except Exception as e:  # noqa: BLE001 - see decode_image
     raise read_error(path, e) from e

@@ -8,9 +8,11 @@ decoder of training, evaluation and predict.
 import os
 from collections.abc import Sequence
 
-from resnet_jax.data.decode import ImageReadError, describe_all, read_image
 import numpy as np
+from etils import epath
 
+from resnet_jax import files
+from resnet_jax.data.decode import ImageReadError, describe_all, read_image
 from resnet_jax.errors import InvalidInputError
 
 EVAL_FOLDERS = ("test", "val", "validation")
@@ -29,15 +31,30 @@ def _visible(names: Sequence[str]) -> list[str]:
   return sorted(n for n in names if not n.startswith("."))
 
 
+def _listing(folder: str) -> tuple[list[str], list[str]]:
+  """(subfolder names, file names) of `folder`, sorted, hidden ones left out; for a folder in a
+  bucket one listing request, not one lookup per entry."""
+  if files.is_remote(folder):
+    _, folders, names = next(epath.Path(folder).walk(), (None, [], []))
+    return _visible(folders), _visible(names)
+  names = _visible(os.listdir(folder))
+  return ([n for n in names if os.path.isdir(os.path.join(folder, n))],
+          [n for n in names if os.path.isfile(os.path.join(folder, n))])
+
+
+def _is_folder(path: str) -> bool:
+  return epath.Path(path).is_dir()
+
+
 def find_classes(root: str) -> list[str]:
   """Sorted class folder names under DIR/train; raises unless there are at least two."""
-  if not os.path.isdir(root):
+  if not _is_folder(root):
     raise InvalidInputError(f"Image folder {root!r} does not exist.")
   train = os.path.join(root, "train")
-  if not os.path.isdir(train):
+  if not _is_folder(train):
     raise InvalidInputError(f"Image folder {root!r} has no 'train' subfolder; expected "
                             f"{root}/train/<class>/<image> and {root}/test/<class>/<image>.")
-  classes = [n for n in _visible(os.listdir(train)) if os.path.isdir(os.path.join(train, n))]
+  classes = _listing(train)[0]
   if not classes:
     raise InvalidInputError(f"{train} has no class subfolders; put each class's images in "
                             f"{train}/<class_name>/.")
@@ -50,7 +67,7 @@ def find_classes(root: str) -> list[str]:
 def eval_folder(root: str) -> str:
   """The evaluation split's folder name: test, else val, else validation."""
   for name in EVAL_FOLDERS:
-    if os.path.isdir(os.path.join(root, name)):
+    if _is_folder(os.path.join(root, name)):
       return name
   raise InvalidInputError(f"Image folder {root!r} has no evaluation split: add "
                           f"{root}/test/<class>/... (or val/ or validation/).")
@@ -62,23 +79,22 @@ class FolderSource:
   def __init__(self, root: str, split: str, classes: Sequence[str]):
     self.root, self.split = root, split
     split_dir = os.path.join(root, split)
-    if not os.path.isdir(split_dir):
+    if not _is_folder(split_dir):
       raise InvalidInputError(f"Image folder {root!r} has no split {split!r} (no folder "
                               f"{split_dir}).")
-    unknown = [n for n in _visible(os.listdir(split_dir))
-               if os.path.isdir(os.path.join(split_dir, n)) and n not in classes]
+    present = _listing(split_dir)[0]
+    unknown = [n for n in present if n not in classes]
     if unknown:
       raise InvalidInputError(f"{split_dir} has class folders {unknown} that {root}/train lacks; "
                               "every evaluation class must also be a training class.")
     self.files, self.labels = [], []
     for label, name in enumerate(classes):
-      class_dir = os.path.join(split_dir, name)
-      if not os.path.isdir(class_dir):
+      if name not in present:
         continue
-      files = [os.path.join(class_dir, f) for f in _visible(os.listdir(class_dir))]
-      files = [f for f in files if os.path.isfile(f)]
-      self.files.extend(files)
-      self.labels.extend([label] * len(files))
+      class_dir = os.path.join(split_dir, name)
+      images = [os.path.join(class_dir, f) for f in _listing(class_dir)[1]]
+      self.files.extend(images)
+      self.labels.extend([label] * len(images))
     if not self.files:
       raise InvalidInputError(f"No images under {split_dir}/<class>/; put image files (JPEG, PNG, "
                               "...) in the class folders.")

@@ -23,8 +23,9 @@ from typing import Any
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
-from resnet_jax import hosts
+from resnet_jax import files, hosts
 from resnet_jax.data import digits  # noqa: F401  (registers the "digits" builder with tfds)
 from resnet_jax.data import folder as folder_lib
 from resnet_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, eval_transform
@@ -204,7 +205,8 @@ def _prepare(spec: Spec, data_dir: str, timeout_s: int) -> Any:
   """The tfds builder, downloaded and prepared as array_record if it is not yet: by process 0
   alone in a multi-process run, the others waiting for it (at most `timeout_s`) and then reading
   what it wrote, so that no two processes prepare the same folder at once."""
-  open_builder = lambda: tfds.builder(spec.tfds_name, data_dir=data_dir or None,
+  data_dir = files.resolve(data_dir) if data_dir else None  # local, or a bucket URL
+  open_builder = lambda: tfds.builder(spec.tfds_name, data_dir=data_dir,
                                       file_format="array_record")
   builder = open_builder()
   if _mocked():
@@ -231,7 +233,7 @@ def _check_preparable(spec: Spec, root: str) -> None:
   """Refuses a preparation that cannot succeed here: a missing manual download, or TensorFlow."""
   if spec.manual_files:
     manual_dir = os.path.join(root, "downloads", "manual")
-    missing = [f for f in spec.manual_files if not os.path.exists(os.path.join(manual_dir, f))]
+    missing = [f for f in spec.manual_files if not epath.Path(manual_dir, f).exists()]
     if missing:
       raise InputNotFoundError(spec.manual_instructions.format(
           manual_dir=manual_dir, missing=", ".join(missing), data_dir=root))
@@ -316,7 +318,7 @@ def _open_folder(data_config: Any) -> Splits:
   if not path:
     raise InvalidInputError("data.name=folder:DIR needs the folder, e.g. folder:~/images.")
   # Absolute: worker processes need not share this process's working directory.
-  root = os.path.abspath(os.path.expanduser(path))
+  root = files.resolve(path)
   train, evaluation, classes = folder_lib.open_folder(root, data_config.get("eval_split", ""))
   return Splits(train, evaluation, tuple(classes), lambda: folder_lib.native_shape(
       [train, evaluation], data_config.image_size, data_config.get("verify_images", "auto")),

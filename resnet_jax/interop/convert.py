@@ -7,6 +7,7 @@ block's `torch_names`): Flax `layer2_0/downsample_conv/kernel` is torch
 kernels are transposed.
 """
 
+import io
 import os
 import pickle
 import re
@@ -20,7 +21,9 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
+from resnet_jax import files
 from resnet_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from resnet_jax.errors import (InputNotFoundError, InvalidInputError, MissingDependencyError,
                                mismatch_error)
@@ -237,8 +240,7 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   """Every tensor of a .safetensors file, in its stored dtype (bfloat16/float8 as jax's types)."""
   import safetensors
   try:
-    with open(path, "rb") as f:
-      data = f.read()
+    data = epath.Path(path).read_bytes()  # a local file or an object in a bucket
     # safetensors validates the header (size, JSON, offsets covering the data) and hands back raw
     # bytes; safetensors.numpy would fail on bfloat16, which numpy lacks.
     tensors = safetensors.deserialize(data)
@@ -284,7 +286,8 @@ def _read_torch(path: str) -> Any:
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     try:
-      state = torch.load(path, map_location="cpu", weights_only=True)
+      source = path if not files.is_remote(path) else io.BytesIO(epath.Path(path).read_bytes())
+      state = torch.load(source, map_location="cpu", weights_only=True)
     except OSError as e:
       raise _unreadable(path, e) from e
     except pickle.UnpicklingError as e:
@@ -341,16 +344,18 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     MissingDependencyError: a torch file without torch installed.
   """
   path = os.fspath(path)
-  if not os.path.exists(path):
+  if files.is_remote(path):
+    path = files.resolve(path)
+  if not epath.Path(path).exists():
     raise InputNotFoundError(f"No weights file at {path!r}.")
-  if os.path.isdir(path):
+  if epath.Path(path).is_dir():
     raise InvalidInputError(f"{path!r} is a folder, not a weights file; give the .safetensors or "
                             ".pth file inside it.")
   if not path.endswith((".safetensors", ".pth", ".pt", ".bin")):
     raise InvalidInputError(f"Unknown weights format {path!r}: expected .safetensors, .pth, .pt "
                             "or .bin.")
   try:
-    empty = os.path.getsize(path) == 0
+    empty = epath.Path(path).stat().length == 0
   except OSError as e:
     raise _unreadable(path, e) from e
   if empty:

@@ -16,9 +16,11 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from resnet_jax import files
 from resnet_jax.errors import InvalidInputError, StorageError
 from resnet_jax.saved import (META, READ_ERRORS, STATE, checksums, damaged_leaves, named_leaves,
                               short, summarize)
@@ -102,10 +104,11 @@ class Checkpointer:
       keep_best: also keep the checkpoint with the best recorded evaluation accuracy.
       async_save: write in a background thread while training continues.
     """
-    self.directory = os.path.abspath(directory)
+    self.directory = files.resolve(directory)
     self.identity = identity
-    unfinished = [n for n in os.listdir(self.directory) if ".orbax-checkpoint-tmp" in n] if \
-        os.path.isdir(self.directory) else []
+    folder = epath.Path(self.directory)
+    unfinished = [e.name for e in folder.iterdir() if ".orbax-checkpoint-tmp" in e.name] if \
+        folder.is_dir() else []
     for name in unfinished:
       logging.warning("Ignoring an unfinished checkpoint save (killed while writing?): %s",
                       os.path.join(self.directory, name))
@@ -132,7 +135,9 @@ class Checkpointer:
     self.check_for_errors()
     needed = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(state)) + \
         SAVE_HEADROOM_BYTES
-    free = shutil.disk_usage(self.directory).free
+    # A bucket has no free space to read; a failed upload is reported as any failed save.
+    free = float("inf") if files.is_remote(self.directory) else \
+        shutil.disk_usage(self.directory).free
     if free < needed:
       raise CheckpointSaveError(
           f"No room to save checkpoint {step} in {self.directory}: it needs about "
@@ -219,13 +224,13 @@ class Checkpointer:
     source = os.path.join(self.directory, str(step))
     target = source + CORRUPT_SUFFIX
     for n in range(2, 10**6):
-      if not os.path.exists(target):
+      if not epath.Path(target).exists():
         break
       target = f"{source}{CORRUPT_SUFFIX}-{n}"
     logging.warning("Checkpoint %d in %s is corrupt or incomplete (%s); moved to %s, trying an "
                     "older one.", step, self.directory, reason, target)
     if jax.process_index() == 0:
-      os.rename(source, target)
+      epath.Path(source).rename(target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
     self.manager.reload()

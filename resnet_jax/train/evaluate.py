@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from resnet_jax import data, pretrained, saved
+from resnet_jax import data, files, pretrained, saved
 from resnet_jax.errors import InputNotFoundError
 from resnet_jax.train import parallel, resume
 from resnet_jax.train.experiment import assemble
@@ -69,6 +69,7 @@ def evaluate_run(workdir: str, *, split: str = "", step: int | None = None,
   Raises:
     InvalidInputError: the dataset's classes changed, or the checkpoint fails its checksums.
   """
+  workdir = files.resolve(workdir)
   config = load_config(workdir)
   config.data.eval_split = split or config.data.eval_split
   config.data.name = data_name or config.data.name

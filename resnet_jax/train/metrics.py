@@ -2,6 +2,7 @@
 WORKDIR/metrics.jsonl, TensorBoard event files, and a progress display."""
 
 import functools
+import io
 import json
 import logging
 import math
@@ -13,10 +14,11 @@ from typing import Any
 
 import jax.numpy as jnp
 import tqdm
+from etils import epath
 
 from resnet_jax import files
 from resnet_jax.errors import InvalidInputError
-from resnet_jax.train.workdir import METRICS_FILE
+from resnet_jax.train.workdir import METRICS_FILE, TENSORBOARD_DIR
 
 
 def summed_over_windows(step_fn: Callable, log_every_steps: int) -> Callable:
@@ -64,10 +66,9 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
 def _parse(path: str) -> tuple[list[dict[str, Any]], int | None, bool]:
   """(the records of `path`, the number of its damaged last line or None, whether its last line
   lacks its newline)."""
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     return [], None, False
-  with open(path, "rb") as f:
-    content = f.read()
+  content = epath.Path(path).read_bytes()
   lines = content.splitlines()
   last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
   records = []
@@ -108,8 +109,10 @@ class MetricsWriter:
     kept = [r for r in records if r["step"] <= resume_step]
     if cut_short or len(kept) < len(records):
       files.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept), root=workdir)
-    from tensorboardX import SummaryWriter
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+    from tensorboardX import SummaryWriter, record_writer
+    if files.is_remote(workdir):  # through the path layer, not tensorboardX's own bucket clients
+      record_writer.register_writer_factory(workdir.split("://")[0], _BucketEventsFactory())
+    self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR),
                              purge_step=resume_step + 1 if resume_step else None)
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
@@ -125,6 +128,33 @@ class MetricsWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+class _BucketEvents:
+  """A TensorBoard event file in a bucket: objects cannot be appended to, so each flush uploads
+  the whole file again (as tensorboardX's own bucket writers do)."""
+
+  def __init__(self, path: str):
+    self.path, self._buffer = path, io.BytesIO()
+
+  def write(self, data: bytes) -> None:
+    self._buffer.write(data)
+
+  def flush(self) -> None:
+    files.write_atomic(self.path, self._buffer.getvalue())
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _BucketEventsFactory:
+  """tensorboardX's hook for a URL scheme: opens `_BucketEvents`; a bucket needs no folders."""
+
+  def open(self, path: str) -> _BucketEvents:
+    return _BucketEvents(path)
+
+  def directory_check(self, path: str) -> None:
+    del path
 
 
 def _plain(value: Any) -> Any:

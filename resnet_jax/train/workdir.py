@@ -4,6 +4,10 @@ Nothing the user already has is deleted or overwritten because a new command dif
 is written (atomically) only once a run is accepted, and a refused run removes only what it created
 itself (an empty new folder and its lock file). A folder holding files this project did not write
 is refused, naming them, and nothing is written through a symlink that leads out of it.
+
+A run folder may be local or in a bucket (gs://). A local folder is locked with flock; a bucket,
+which has no locks, holds a lease object instead: the holder and a heartbeat that the holder
+renews, taken over once it is stale.
 """
 
 import datetime
@@ -13,7 +17,12 @@ import logging
 import os
 import re
 import socket
+import threading
+import time
+import uuid
 from typing import Any
+
+from etils import epath
 
 from resnet_jax import files
 from resnet_jax.saved import CHECKPOINTS_DIR
@@ -34,6 +43,8 @@ _CHECKPOINT_ENTRY = re.compile(r"\d+(\.orbax-checkpoint-tmp.*|" + re.escape(CORR
 _CUT_WRITES = tuple(f"{files.TEMP_PREFIX}{name}." for name in (CONFIG_FILE, METRICS_FILE))
 # The lock holder is written in one block of this size: a reader sees the old holder or the new.
 _HOLDER_BYTES = 512
+# Where orbax-checkpoint writes checkpoints: local folders and gs:// (its tensorstore drivers).
+CHECKPOINT_SCHEMES = ("gs",)
 
 
 def default_workdir(model_name: str, data_name: str) -> str:
@@ -104,12 +115,11 @@ def read_saved(workdir: str) -> dict[str, Any] | None:
     InvalidInputError: the file is damaged or was not written by resnet_jax.
   """
   path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.lexists(path):
+  if not (files.is_link(path) or epath.Path(path).exists()):
     return None
   files.check_inside(path, workdir)
   try:
-    with open(path) as f:
-      saved = json.load(f)
+    saved = json.loads(epath.Path(path).read_text())
   except (OSError, ValueError) as e:
     saved = e
   if not isinstance(saved, dict) or not {"config", "identity"} <= set(saved):
@@ -127,18 +137,18 @@ def foreign_entries(workdir: str, *, has_config: bool) -> list[str]:
   checkpoints of a run whose config.json was moved away, with that run's metrics and TensorBoard.
   """
   foreign = []
-  checkpoints = os.path.join(workdir, CHECKPOINTS_DIR)
+  checkpoints = epath.Path(workdir) / CHECKPOINTS_DIR
   steps = []
-  if os.path.isdir(checkpoints):
-    for name in sorted(os.listdir(checkpoints)):
-      path = os.path.join(checkpoints, name)
-      if _CHECKPOINT_ENTRY.fullmatch(name) and os.path.isdir(path) and not os.path.islink(path):
-        steps += [name] if name.isdigit() else []
+  if checkpoints.is_dir():
+    for entry in sorted(checkpoints.iterdir()):
+      path = os.fspath(entry)
+      if _CHECKPOINT_ENTRY.fullmatch(entry.name) and entry.is_dir() and not files.is_link(path):
+        steps += [entry.name] if entry.name.isdigit() else []
       else:
-        foreign.append(os.path.join(CHECKPOINTS_DIR, name))
+        foreign.append(os.path.join(CHECKPOINTS_DIR, entry.name))
   if not has_config:
     allowed = {LOCK_FILE, CHECKPOINTS_DIR} | ({METRICS_FILE, TENSORBOARD_DIR} if steps else set())
-    foreign += [n for n in sorted(os.listdir(workdir))
+    foreign += [n for n in sorted(e.name for e in epath.Path(workdir).iterdir())
                 if n not in allowed and not n.startswith(_CUT_WRITES)]
   return foreign
 
@@ -148,22 +158,29 @@ class Workdir:
 
   Use as a context manager. On entry the folder is created (when new) and locked; a second run on
   the same folder stops at once naming the holder; a lock left by a process that is gone is taken
-  over with a warning. A folder holding another run's config is refused. `accept` writes
-  config.json; leaving without accepting removes what entering created.
+  over with a warning (in a bucket: a lease whose heartbeat is older than `lease_stale_s`). A
+  folder holding another run's config is refused. `accept` writes config.json; leaving without
+  accepting removes what entering created.
   """
 
-  def __init__(self, path: str, config: Any, *, is_main: bool = True):
-    self.path = os.path.abspath(os.path.expanduser(path))
+  def __init__(self, path: str, config: Any, *, is_main: bool = True,
+               lease_stale_s: float = 60.0):
+    if files.is_remote(path) and os.fspath(path).split("://")[0] not in CHECKPOINT_SCHEMES:
+      raise InvalidInputError(f"--workdir {path}: orbax-checkpoint writes checkpoints to local "
+                              "folders and gs:// buckets only; give one of those.")
+    self.path = files.resolve(path)
     self.config, self.is_main = config, is_main
     self.saved_config: dict[str, Any] | None = None  # the config.json of the run being resumed
     self._saved: dict[str, Any] | None = None
-    self._created, self._accepted, self._lock_fd = False, False, None
+    self._created, self._accepted, self._lock_fd, self._lease = False, False, None, None
+    self._lease_stale_s = lease_stale_s
 
   def __enter__(self) -> "Workdir":
-    if os.path.exists(self.path) and not os.path.isdir(self.path):
+    folder = epath.Path(self.path)
+    if folder.exists() and not folder.is_dir():
       raise InvalidInputError(f"--workdir {self.path} is a file; give a folder (new, or of this "
                               "same run to resume it).")
-    if os.path.isdir(self.path):
+    if folder.is_dir():
       for name in RUN_ENTRIES:
         files.check_inside(os.path.join(self.path, name), self.path)
       self._saved = read_saved(self.path)
@@ -185,6 +202,12 @@ class Workdir:
     return self
 
   def _create_and_lock(self) -> None:
+    if files.is_remote(self.path):
+      self._created = not epath.Path(self.path).is_dir()
+      self._lease = _Lease(os.path.join(self.path, LOCK_FILE), self.path,
+                           stale_s=self._lease_stale_s)
+      self._lease.acquire()
+      return
     try:
       if not os.path.isdir(self.path):
         os.makedirs(self.path)
@@ -199,22 +222,15 @@ class Workdir:
     except BlockingIOError:
       holder = _read_holder(fd)
       os.close(fd)
-      raise StorageError(
-          f"--workdir {self.path} is in use by another run (pid {holder.get('pid', '?')} on "
-          f"{holder.get('host', '?')}, since {holder.get('since', '?')}); wait for it to finish, "
-          "or choose another --workdir.") from None
+      raise _in_use(self.path, holder) from None
     previous = _read_holder(fd)
     if previous:
-      logging.warning("Taking over the lock of %s: pid %s on %s (since %s) ended without "
-                      "releasing it.", self.path, previous.get("pid"), previous.get("host"),
-                      previous.get("since"))
+      _warn_taking_over(self.path, previous)
     for name in os.listdir(self.path):  # what a write cut short (kill, full disk) left behind
       path = os.path.join(self.path, name)
       if name.startswith(_CUT_WRITES) and os.path.isfile(path) and not os.path.islink(path):
         os.remove(path)
-    holder = {"pid": os.getpid(), "host": socket.gethostname(),
-              "since": datetime.datetime.now().isoformat(timespec="seconds")}
-    os.pwrite(fd, json.dumps(holder).encode().ljust(_HOLDER_BYTES), 0)
+    os.pwrite(fd, json.dumps(_holder()).encode().ljust(_HOLDER_BYTES), 0)
     self._lock_fd = fd
 
   def accept(self, dataset: dict[str, Any] | None = None) -> None:
@@ -229,6 +245,11 @@ class Workdir:
                          root=self.path)
 
   def __exit__(self, *exc) -> None:
+    if self._lease is not None:
+      self._lease.release()
+      self._lease = None
+      if self._created and not self._accepted:
+        _remove_if_empty(self.path)
     if self._lock_fd is not None:
       # Emptied, not removed: a run that opened the file just before would otherwise lock a
       # removed file while a third run locks a new one.
@@ -237,6 +258,90 @@ class Workdir:
       self._lock_fd = None
     if self._created and not self._accepted:
       _remove_empty_tree(self.path, also=LOCK_FILE)
+
+
+def _holder() -> dict[str, Any]:
+  return {"pid": os.getpid(), "host": socket.gethostname(),
+          "since": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
+def _in_use(path: str, holder: dict[str, Any]) -> StorageError:
+  return StorageError(
+      f"--workdir {path} is in use by another run (pid {holder.get('pid', '?')} on "
+      f"{holder.get('host', '?')}, since {holder.get('since', '?')}); wait for it to finish, "
+      "or choose another --workdir.")
+
+
+def _warn_taking_over(path: str, previous: dict[str, Any]) -> None:
+  logging.warning("Taking over the lock of %s: pid %s on %s (since %s) ended without "
+                  "releasing it.", path, previous.get("pid"), previous.get("host"),
+                  previous.get("since"))
+
+
+class _Lease:
+  """A run folder's lock in a bucket: an object naming the holder, with a heartbeat (wall-clock
+  seconds) that a thread renews every `stale_s / 4`. A lease whose heartbeat is older than
+  `stale_s` belongs to a run that ended without releasing it, and is taken over. Two runs taking
+  a stale lease at once both write theirs; after `settle_s` each reads it back, and the one whose
+  write was overwritten stops."""
+
+  def __init__(self, path: str, folder: str, *, stale_s: float, settle_s: float = 1.0):
+    self.path, self.folder, self.stale_s, self.settle_s = epath.Path(path), folder, stale_s, settle_s
+    self.token = uuid.uuid4().hex
+    self._stop = threading.Event()
+    self._thread: threading.Thread | None = None
+    self._holder = {**_holder(), "token": self.token}
+
+  def _read(self) -> dict[str, Any] | None:
+    try:
+      holder = json.loads(self.path.read_text())
+    except FileNotFoundError:
+      return None
+    except (OSError, ValueError, UnicodeDecodeError):
+      return {"pid": "?", "heartbeat": 0.0}
+    return holder if isinstance(holder, dict) else {"pid": "?", "heartbeat": 0.0}
+
+  def _write(self) -> None:
+    files.write_atomic(os.fspath(self.path), json.dumps({**self._holder,
+                                                         "heartbeat": time.time()}))
+
+  def acquire(self) -> None:
+    """Takes the lease, or raises StorageError naming its live holder."""
+    current = self._read()
+    if current is not None:
+      if time.time() - float(current.get("heartbeat", 0.0)) < self.stale_s:
+        raise _in_use(self.folder, current)
+      _warn_taking_over(self.folder, current)
+    self._write()
+    time.sleep(self.settle_s)
+    current = self._read()
+    if (current or {}).get("token") != self.token:
+      raise _in_use(self.folder, current or {})
+    self._thread = threading.Thread(target=self._renew, daemon=True,
+                                    name=f"lease {self.folder}")
+    self._thread.start()
+
+  def _renew(self) -> None:
+    while not self._stop.wait(self.stale_s / 4):
+      try:
+        self._write()
+      except StorageError as e:  # retried at the next beat; stale only after several misses
+        logging.warning("Renewing the lease of %s failed: %s", self.folder, e)
+
+  def release(self) -> None:
+    """Stops renewing and removes the lease (when it is still this run's)."""
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join()
+    if (self._read() or {}).get("token") == self.token:
+      self.path.unlink(missing_ok=True)
+
+
+def _remove_if_empty(folder: str) -> None:
+  """Removes a bucket folder left empty (a refused new run's; its lease is already gone)."""
+  path = epath.Path(folder)
+  if path.is_dir() and not any(path.iterdir()):
+    path.rmtree()
 
 
 def _read_holder(fd: int) -> dict[str, Any]:

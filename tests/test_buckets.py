@@ -1,0 +1,176 @@
+"""Run folders, image folders and models in a bucket (README, Running on a pod): a real local
+GCS server (gcp-storage-emulator) stands in for Cloud Storage; nothing of the project's path layer
+is replaced."""
+
+import io
+import os
+import re
+import signal
+import socket
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from etils import epath
+from PIL import Image
+
+from resnet_jax import errors, files
+from resnet_jax.train import loop, metrics, workdir as workdir_lib
+from resnet_jax.train.preemption import Preempted
+from tests.test_reliability import (assert_same_run, final_state, run_command, stop_at,
+                                    wait_for)
+
+
+@pytest.fixture(scope="module")
+def bucket():
+  """gs://runs on a GCS emulator served from this process; the variables that point gcsfs
+  (epath's file system) and tensorstore (orbax's) at it are inherited by the commands started."""
+  emulator = pytest.importorskip("gcp_storage_emulator.server")
+  from gcp_storage_emulator.handlers import objects
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  # Cloud Storage sends an object's generation with its bytes, and tensorstore's conditional
+  # writes (the checkpoints' OCDBT manifests) depend on it; the emulator leaves the header out.
+  download = objects.download
+
+  def download_with_generation(request, response, storage, *args, **kwargs):
+    download(request, response, storage, *args, **kwargs)
+    if response.status.value in (200, 206):
+      obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+      response["x-goog-generation"] = str(obj["generation"])
+      response["x-goog-metageneration"] = str(obj["metageneration"])
+
+  routes = [handlers for _, handlers in emulator.HANDLERS if download in handlers.values()]
+  objects.download = download_with_generation
+  for handlers in routes:
+    handlers.update({k: download_with_generation for k, v in handlers.items() if v is download})
+  server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="runs")
+  server.start()
+  url = f"http://127.0.0.1:{port}"
+  # The emulator has no storage-control API, which gcsfs would ask for each bucket's layout.
+  env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+  before = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  yield files.resolve("gs://runs")  # as the commands do, before anything reads the bucket
+  for k, v in before.items():
+    os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+  server.stop()
+  objects.download = download
+  for handlers in routes:
+    handlers.update({k: download for k, v in handlers.items() if v is download_with_generation})
+
+
+def write_images(root, classes=("cat", "dog"), count=8, size=8):
+  rng = np.random.RandomState(0)
+  for split in ("train", "test"):
+    for name in classes:
+      for i in range(count):
+        png = io.BytesIO()
+        Image.fromarray(rng.randint(0, 256, (size, size, 3), np.uint8)).save(png, format="PNG")
+        epath.Path(f"{root}/{split}/{name}/{i}.png").write_bytes(png.getvalue())
+
+
+def bucket_config(small_config, images, num_steps):
+  return small_config(num_steps=num_steps, data={"name": f"folder:{images}",
+                                                 "verify_images": "no"},
+                      train={"batch_size": 8, "eval_batch_size": 8, "checkpoint_every_steps": 4})
+
+
+@pytest.fixture(scope="module")
+def images(bucket):
+  write_images(f"{bucket}/images")
+  return f"{bucket}/images"
+
+
+@pytest.fixture(scope="module")
+def straight(bucket, images, small_config):
+  """An uninterrupted 8-step run with its run folder and images in the bucket."""
+  loop.train_and_evaluate(bucket_config(small_config, images, 8), f"{bucket}/straight")
+  return f"{bucket}/straight"
+
+
+def test_a_bucket_run_stopped_and_resumed_equals_the_uninterrupted_run(bucket, images, straight,
+                                                                      small_config, monkeypatch):
+  config, folder = bucket_config(small_config, images, 8), f"{bucket}/stopped"
+  with monkeypatch.context() as patch:
+    stop_at(patch, 6)
+    with pytest.raises(Preempted):
+      loop.train_and_evaluate(config, folder)
+  assert final_state(folder)[1]["step"] == 6
+  loop.train_and_evaluate(config, folder)
+  assert not os.path.exists("gs:")  # no local folder named after the URL
+  assert_same_run(straight, folder)
+  events = list(epath.Path(folder, "tensorboard").iterdir())
+  assert len(events) == 2 and all(e.name.startswith("events.out.tfevents") for e in events)
+  assert not epath.Path(folder, workdir_lib.LOCK_FILE).exists()  # released at the end
+
+
+def test_evaluate_and_predict_read_from_the_bucket(images, straight, capsys):
+  from experiments import evaluate, predict
+  assert evaluate.main([f"--workdir={straight}"]) == 0
+  assert "step 8 on default: top-1" in capsys.readouterr().out
+  files = [f"{images}/test/cat/0.png", f"{images}/test/dog/1.png"]
+  assert predict.main([f"--checkpoint={straight}", "--top=2", *files]) == 0
+  out = capsys.readouterr().out
+  assert all(f"{image}\n" in out for image in files)
+  assert sorted(re.findall(r"^ +[01]\.\d{4}  (cat|dog)$", out, re.M)) == ["cat", "cat", "dog", "dog"]
+
+
+# The commands themselves: a real SIGTERM, and a second trainer started at the same moment.
+@pytest.mark.slow
+def test_bucket_commands_stop_resume_and_refuse_a_second_trainer(bucket, images, small_config,
+                                                                  tfds_dir):
+  flags = [f"--config.data.name=folder:{images}", "--config.data.verify_images=no",
+           "--config.train.batch_size=8", "--config.train.eval_batch_size=8",
+           "--config.train.num_steps=60", "--config.train.log_every_steps=2",
+           "--config.train.checkpoint_every_steps=4", "--config.train.eval_every_epochs=0"]
+  straight, stopped = f"{bucket}/straight60", f"{bucket}/stopped60"
+  loop.train_and_evaluate(bucket_config(small_config, images, 60), straight)
+  both = [run_command(stopped, tfds_dir, *flags) for _ in range(2)]
+  wait_for(lambda: any(p.poll() is not None for p in both), both[0], "one trainer was refused")
+  second = next(p for p in both if p.poll() is not None)
+  first = both[1 - both.index(second)]
+  refused = second.communicate()[0]
+  assert second.returncode == 2, refused[-3000:]
+  assert (f"--workdir {stopped} is in use by another run (pid {first.pid} on "
+          f"{socket.gethostname()}") in refused, refused[-3000:]
+  wait_for(lambda: len(metrics.read_metrics(stopped)) >= 3, first, "the run did not log 3 records")
+  # Listed, not read: the run deletes older checkpoints as it goes.
+  wait_for(lambda: ocp.utils.checkpoint_steps(epath.Path(stopped, "checkpoints")), first,
+           "no checkpoint was committed")
+  first.send_signal(signal.SIGTERM)
+  output = first.communicate(timeout=120)[0]
+  assert first.returncode == 143, output[-3000:]
+  assert final_state(stopped)[1]["step"] < 60
+  resumed = run_command(stopped, tfds_dir, *flags)
+  output = resumed.communicate(timeout=600)[0]
+  assert resumed.returncode == 0 and "Resumed from step" in output, output[-3000:]
+  assert_same_run(straight, stopped)
+
+
+def test_a_stale_lease_is_taken_over_and_a_live_one_refused(bucket, small_config, caplog):
+  folder = f"{bucket}/leased"
+  lease = epath.Path(folder, workdir_lib.LOCK_FILE)
+  lease.write_text('{"pid": 4321, "host": "gone", "since": "then", "heartbeat": 0}')
+  config = small_config()
+  with caplog.at_level("WARNING"), workdir_lib.Workdir(folder, config):
+    assert "Taking over the lock of gs://runs/leased: pid 4321 on gone" in caplog.text
+    with pytest.raises(errors.StorageError, match=r"^--workdir gs://runs/leased is in use by "
+                       rf"another run \(pid {os.getpid()} on "):
+      workdir_lib.Workdir(folder, config).__enter__()
+  assert not lease.exists()
+
+
+def test_paths_of_an_unknown_scheme_or_a_store_orbax_cannot_write_are_refused(small_config):
+  from resnet_jax import data
+  config = small_config()
+  for workdir in ("ftp://x/run", "s3://x/run"):
+    with pytest.raises(errors.InvalidInputError, match=rf"^--workdir {workdir}: orbax-checkpoint "
+                       "writes checkpoints to local folders and gs:// buckets only"):
+      loop.train_and_evaluate(config, workdir)
+  config.data.name = "folder:ftp://x/images"
+  with pytest.raises(errors.InvalidInputError, match=r"^ftp://x/images: resnet_jax reads and "
+                     "writes local paths and gs://, s3:// URLs; give one of those.$"):
+    data.open(config.data)
