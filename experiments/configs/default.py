@@ -97,6 +97,10 @@ def get_config() -> ml_collections.ConfigDict:
       on_nonfinite="auto",        # stop | skip (skip and count) | auto (skip for float16)
       loss_scale_period=2000,
       progress_bar="auto",        # auto (on a terminal) | yes | no
+      # Resuming with another batch_size (and so learning rate, with optim.lr_batch_base) continues
+      # the interrupted epoch from the example it stopped at, the schedule at the same epoch; the
+      # length must be in epochs (num_steps=0). Another device count needs no flag.
+      elastic=False,
   ))
 
   config.init = ml_collections.ConfigDict(dict(

@@ -8,7 +8,7 @@ _EXPORTS = {
     "DatasetInfo": "sources", "Dataset": "sources", "open": "sources",
     "Splits": "sources", "register_source": "sources", "register_tfds": "sources",
     "check_same_classes": "sources", "identity_name": "sources",
-    "Pipeline": "pipeline",
+    "Pipeline": "pipeline", "EpochPosition": "pipeline", "EpochSteps": "pipeline",
     "DeviceBatches": "device",
     "eval_transform": "transforms",
     "normalize": "augment", "register_augmentation": "augment",

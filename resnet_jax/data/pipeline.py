@@ -2,12 +2,15 @@
 
 The order is a pure function of (seed, epoch): step s of the run reads the same examples however
 often the run was interrupted, and each process reads only its own rows of every global batch.
+`EpochSteps` maps a run's steps onto its epochs; a run resumed with another batch size
+(train.elastic) continues the interrupted epoch from the example it stopped at.
 Host augmentation draws from (seed, global example position), so it does not depend on the
 number of worker processes either. `train_feed`/`eval_feed` place what the compiled steps read, and
 `device_batches` gives the device functions that turn it into the steps' batches.
 """
 
 import collections
+import dataclasses
 import itertools
 import logging
 import signal
@@ -37,6 +40,80 @@ MAX_STEP = 2**62  # "endless" for grain's range dataset
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
   """The training order of epoch `epoch`: a permutation of range(n)."""
   return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochPosition:
+  """How far a run has read its training data: the first `examples` of epoch `epoch`'s order."""
+
+  epoch: int = 0
+  examples: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochSteps:
+  """Which examples each step of a run reads, at one global batch size.
+
+  Each epoch reads whole batches of its order and drops the examples that do not fill one. A run
+  that never changed its batch size reads batch s % steps_per_epoch of epoch s // steps_per_epoch
+  at step s. A run resumed with another batch size (`resume`) finishes the interrupted epoch from
+  the example it stopped at, with the remaining full batches of the new size (the last examples
+  that do not fill one are dropped, as every epoch's remainder is), and numbers them so that the
+  epoch ends where an uninterrupted run at the new size ends it: from there on, its schedule step
+  (`step + step_offset`) is that run's step, and every later epoch is that run's epoch.
+
+  Attributes:
+    num_train, global_batch_size: the training split and the batch size.
+    step_offset: schedule step - step (0 unless the batch size changed on a resume).
+    resumed_epoch, shift: epoch `resumed_epoch`'s batch i starts at example
+      i * global_batch_size + shift of its order (shift 0 in the other epochs).
+  """
+
+  num_train: int
+  global_batch_size: int
+  step_offset: int = 0
+  resumed_epoch: int = 0
+  shift: int = 0
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.num_train // self.global_batch_size
+
+  @classmethod
+  def resume(cls, position: EpochPosition, step: int, *, num_train: int,
+             global_batch_size: int) -> "EpochSteps":
+    """The steps of a run that continues at `position`, as step `step`, with this batch size."""
+    steps = cls(num_train, global_batch_size)
+    remaining = (num_train - position.examples) // global_batch_size  # full batches left
+    schedule_step = (position.epoch + 1) * steps.steps_per_epoch - remaining
+    return dataclasses.replace(
+        steps, step_offset=schedule_step - step, resumed_epoch=position.epoch,
+        shift=position.examples - (steps.steps_per_epoch - remaining) * global_batch_size)
+
+  def schedule_step(self, step: int) -> int:
+    """The step of an uninterrupted run at this batch size that stands where step `step` does."""
+    return step + self.step_offset
+
+  def epoch(self, step: int) -> int:
+    return self.schedule_step(step) // self.steps_per_epoch
+
+  def position(self, step: int) -> EpochPosition:
+    """Where the run stands after its steps before `step`."""
+    epoch, batch = divmod(self.schedule_step(step), self.steps_per_epoch)
+    shift = self.shift if epoch == self.resumed_epoch else 0
+    return EpochPosition(epoch, batch * self.global_batch_size + shift)
+
+  def order(self, seed: int, epoch: int) -> np.ndarray:
+    """Epoch `epoch`'s examples laid out by step: step s of the epoch reads
+    [(s % steps_per_epoch) * global_batch_size, ... + global_batch_size), on the host and on the
+    devices alike (`DeviceBatches`), whatever the offset of the run's steps."""
+    batch, steps_per_epoch = self.global_batch_size, self.steps_per_epoch
+    slot = np.arange(steps_per_epoch * batch)
+    # The schedule's batch that the steps at this slot read, then its examples; a slot of a step
+    # before the resumed point reads anything (it is never run), hence the modulo.
+    source = (slot // batch + self.step_offset) % steps_per_epoch * batch + slot % batch
+    shift = self.shift if epoch == self.resumed_epoch else 0
+    return epoch_permutation(seed, epoch, self.num_train)[(source + shift) % self.num_train]
 
 
 class _Reader:
@@ -70,20 +147,18 @@ class _Reader:
 class _TrainIndices:
   """step -> this process's example indices and their positions in the run; picklable."""
 
-  def __init__(self, *, seed: int, num_train: int, global_batch_size: int,
-               process_index: int, process_count: int):
-    self.seed, self.num_train, self.global_batch_size = seed, num_train, global_batch_size
-    self.steps_per_epoch = num_train // global_batch_size
-    local = global_batch_size // process_count
+  def __init__(self, *, seed: int, steps: EpochSteps, process_index: int, process_count: int):
+    self.seed, self.steps = seed, steps
+    local = steps.global_batch_size // process_count
     self.rows = np.arange(process_index * local, (process_index + 1) * local)
     self._cache: tuple[int, np.ndarray] | None = None
 
   def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-    epoch, i = divmod(int(step), self.steps_per_epoch)
+    epoch, batch = self.steps.epoch(int(step)), self.steps.global_batch_size
     if self._cache is None or self._cache[0] != epoch:
-      self._cache = (epoch, epoch_permutation(self.seed, epoch, self.num_train))
-    indices = self._cache[1][i * self.global_batch_size + self.rows]
-    return indices, int(step) * self.global_batch_size + self.rows
+      self._cache = (epoch, self.steps.order(self.seed, epoch))
+    indices = self._cache[1][int(step) % self.steps.steps_per_epoch * batch + self.rows]
+    return indices, int(step) * batch + self.rows
 
 
 class _TrainBatch:
@@ -262,9 +337,6 @@ class Pipeline:
     self.num_train, self.num_eval = info.num_train, info.num_eval
     self.steps_per_epoch = info.num_train // global_batch_size
     self.num_eval_batches = -(-info.num_eval // eval_batch_size)
-    self._train_indices = _TrainIndices(
-        seed=seed, num_train=info.num_train, global_batch_size=global_batch_size,
-        process_index=process_index, process_count=process_count)
 
     train, evaluation = dataset.splits.train, dataset.splits.eval
     h, w, channels = info.image_shape
@@ -302,24 +374,31 @@ class Pipeline:
       self._placed[split] = placement.replicate(self.arrays[split])
     return self._placed[split]
 
-  def train_feed(self, start_step: int, placement: Placement) -> Iterator[tuple[Any, Any]]:
+  def epoch_steps(self) -> EpochSteps:
+    """The steps of a run that never changed its batch size (`EpochSteps.resume` for others)."""
+    return EpochSteps(self.num_train, self.global_batch_size)
+
+  def train_feed(self, start_step: int, placement: Placement,
+                 steps: EpochSteps | None = None) -> Iterator[tuple[Any, Any]]:
     """(inputs, arrays) for the compiled train step at each step from `start_step` (endless).
 
     Host-fed: this process's rows, moved to the devices a few steps ahead (the copies overlap
     the running step). Device-resident: the images stay on the devices, and only each epoch's
-    order is sent, at the epoch's first step.
+    order is sent, at the epoch's first step. `steps`: which examples each step reads (default:
+    `epoch_steps()`).
     """
     if not self.device_resident:
-      for batch in _ahead(self.train_batches(start_step), placement):
+      for batch in _ahead(self.train_batches(start_step, steps), placement):
         yield batch, None
       return
     self.check_steps()
+    steps = steps or self.epoch_steps()
     empty = placement.shard_batch({})
     arrays, epoch = self._resident("train", placement), None
     for step in itertools.count(start_step):
-      if step // self.steps_per_epoch != epoch:
-        epoch = step // self.steps_per_epoch
-        arrays = {**arrays, "order": placement.replicate(self.epoch_order(epoch))}
+      if steps.epoch(step) != epoch:
+        epoch = steps.epoch(step)
+        arrays = {**arrays, "order": placement.replicate(self.epoch_order(epoch, steps))}
       yield empty, arrays
 
   def eval_feed(self, placement: Placement) -> Iterator[tuple[Any, Any]]:
@@ -328,9 +407,10 @@ class Pipeline:
     for batch in _ahead(self.eval_batches(), placement, depth=1):
       yield batch, arrays
 
-  def epoch_order(self, epoch: int) -> np.ndarray:
-    """The whole global training order of `epoch` (int32); resident runs may slice it on device."""
-    return epoch_permutation(self.seed, epoch, self.num_train).astype(np.int32)
+  def epoch_order(self, epoch: int, steps: EpochSteps | None = None) -> np.ndarray:
+    """The global training order of `epoch` (int32) laid out by step (`EpochSteps.order`);
+    resident runs slice it on the devices."""
+    return (steps or self.epoch_steps()).order(self.seed, epoch).astype(np.int32)
 
   def check_steps(self) -> None:
     """Refuses a global batch larger than the training split (an epoch of no steps)."""
@@ -338,11 +418,13 @@ class Pipeline:
       raise InvalidInputError(f"train.batch_size={self.global_batch_size} exceeds the "
                               f"{self.num_train} training examples; lower it.")
 
-  def train_batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  def train_batches(self, start_step: int = 0,
+                    steps: EpochSteps | None = None) -> Iterator[dict[str, np.ndarray]]:
     """This process's batches for steps start_step, start_step + 1, ... (endless).
 
     Args:
       start_step: the first step; the batches equal those of an iterator started at 0.
+      steps: which examples each step reads (default: `epoch_steps()`).
 
     Returns:
       An iterator of {"image": uint8 [B_local, H, W, C], "label": int32 [B_local]}.
@@ -356,7 +438,9 @@ class Pipeline:
       raise ValueError(f"{self.info.name} is device-resident: its training batches are built on "
                        "the devices (train_feed); read them on the host with "
                        "data.device_resident=no.")
-    return _stream(_TrainBatch(self._train_indices, self._train_reader), start_step, MAX_STEP,
+    indices = _TrainIndices(seed=self.seed, steps=steps or self.epoch_steps(),
+                            process_index=self.process_index, process_count=self.process_count)
+    return _stream(_TrainBatch(indices, self._train_reader), start_step, MAX_STEP,
                    self.num_workers)
 
   def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:

@@ -93,7 +93,7 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str, *, identity: dict[str, Any], keep: int = 2,
-               keep_best: bool = True, async_save: bool = True):
+               keep_best: bool = True, async_save: bool = True, elastic: bool = False):
     """Opens (and creates) `directory`.
 
     Args:
@@ -103,9 +103,10 @@ class Checkpointer:
       keep: how many of the latest checkpoints to keep.
       keep_best: also keep the checkpoint with the best recorded evaluation accuracy.
       async_save: write in a background thread while training continues.
+      elastic: a checkpoint of another batch size is restored too (train.elastic).
     """
     self.directory = files.resolve(directory)
-    self.identity = identity
+    self.identity, self.elastic = identity, elastic
     folder = epath.Path(self.directory)
     unfinished = [e.name for e in folder.iterdir() if ".orbax-checkpoint-tmp" in e.name] if \
         folder.is_dir() else []
@@ -236,7 +237,7 @@ class Checkpointer:
     self.manager.reload()
 
   def _check_identity(self, step: int, saved: dict[str, Any]) -> None:
-    diffs = identity_differences(saved, self.identity)
+    diffs = identity_differences(saved, self.identity, elastic=self.elastic)
     if diffs:
       raise CheckpointMismatchError(
           f"Checkpoint {step} in {self.directory} was written by a different run ("

@@ -200,6 +200,7 @@ RANGES: dict[str, Range] = {
     "train.on_nonfinite": _one_of(("auto",) + step.NONFINITE_POLICIES),
     "train.loss_scale_period": _positive(int, " (steps between loss-scale increases)"),
     "train.progress_bar": _one_of(PROGRESS_BARS),
+    "train.elastic": FLAG,
 
     "init.checkpoint": Range(str, "a converted model or a run folder, or '' for none"),
     "init.head": _one_of(HEADS),

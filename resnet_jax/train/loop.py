@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from resnet_jax import pretrained
+from resnet_jax import data, pretrained
 from resnet_jax.errors import InputError, InvalidInputError
 from resnet_jax.saved import CHECKPOINTS_DIR
 from resnet_jax.train import checkpoint, parallel, resume
@@ -64,12 +64,13 @@ def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any
         watcher.start_training()
         device_state = exp.runner.replicate(run.state)
         rng = exp.runner.replicate(run.rng)
-        feed, eval_metrics = exp.pipeline.train_feed(run.start_step, exp.runner), {}
+        feed = exp.pipeline.train_feed(run.start_step, exp.runner, run.epoch_steps)
+        eval_metrics = {}
         record = run.resumed_record  # the last window's, when it goes into the final record
         if run.evaluation_missing():  # stopped between the save at this step and its evaluation
           eval_metrics = run.evaluate(run.start_step, device_state,
-                                      write=run.start_step < exp.total_steps)
-        for step in range(run.start_step, exp.total_steps):
+                                      write=run.start_step < run.last_step)
+        for step in range(run.start_step, run.last_step):
           try:
             inputs, arrays = next(feed)
           except InputError:  # an unreadable image: keep the steps trained so far
@@ -78,7 +79,7 @@ def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any
             raise
           device_state, _ = exp.steps.train(device_state, inputs, rng, arrays)
           done = step + 1
-          is_last = done == exp.total_steps
+          is_last = done == run.last_step
           stop = watcher.should_stop(done) and not is_last  # the last step finishes the run
           if done % config.train.log_every_steps == 0 or is_last:
             record = run.log(done, device_state, write=not is_last)
@@ -111,6 +112,9 @@ class Run:
   state: Any = None  # the host state to start from
   rng: Any = None  # the steps' base key, on the host
   start_step: int = 0
+  # Which examples each step reads; its schedule step (step + step_offset) is the one the
+  # schedule, the evaluations and the run's length count in.
+  epoch_steps: data.EpochSteps | None = None
   finished: dict[str, Any] | None = None  # the final record of a run that had already finished
   records: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # metrics.jsonl's
   resumed_record: dict[str, Any] = dataclasses.field(default_factory=dict)  # see `save`
@@ -126,7 +130,7 @@ class Run:
     checkpointer = checkpoint.Checkpointer(
         os.path.join(run_dir.path, CHECKPOINTS_DIR), identity=run_identity(exp.config),
         keep=train_config.keep_checkpoints, keep_best=train_config.keep_best,
-        async_save=train_config.async_checkpointing)
+        async_save=train_config.async_checkpointing, elastic=train_config.elastic)
     run = cls(exp=exp, workdir=run_dir.path, checkpointer=checkpointer,
               description=exp.model_description())
     try:
@@ -144,10 +148,11 @@ class Run:
     exp = self.exp
     self.records = read_metrics(self.workdir)  # damage is refused before anything is written
     resumed = resume.resume(exp, self.checkpointer, run_dir)
+    self.epoch_steps = data.EpochSteps(exp.info.num_train, exp.config.train.batch_size)
     if resumed is not None:
       self.state, self.rng, self.start_step = resumed.state, resumed.rng, resumed.step
-      self.resumed_record = resumed.record
-      if self.start_step == exp.total_steps:
+      self.resumed_record, self.epoch_steps = resumed.record, resumed.epoch_steps
+      if self.start_step == self.last_step:
         self.finished = self._final_record()
     run_dir.accept(exp.info.identity)
     if self.finished is None:
@@ -155,34 +160,40 @@ class Run:
         self.state, self.rng = exp.parts.state, exp.parts.rng
       is_main = jax.process_index() == 0
       self.writer = MetricsWriter(self.workdir, enabled=is_main, resume_step=self.start_step)
-      self.progress = Progress(exp.total_steps, self.start_step,
+      self.progress = Progress(self.last_step, self.start_step,
                                mode=exp.config.train.progress_bar, enabled=is_main)
       logging.info("%s on %s: %d steps (%d per epoch), batch %d over %d %s device(s), runner "
-                   "%s; workdir %s", exp.parts.name, exp.info.name, exp.total_steps,
+                   "%s; workdir %s", exp.parts.name, exp.info.name, self.last_step,
                    exp.steps_per_epoch, exp.config.train.batch_size, exp.runner.num_replicas,
                    jax.devices()[0].platform, exp.runner.name, self.workdir)
     else:
-      logging.info("The run in %s already finished at step %d.", self.workdir, exp.total_steps)
+      logging.info("The run in %s already finished at step %d.", self.workdir, self.last_step)
     self._window_start = (time.time(), self.start_step)
+
+  @property
+  def last_step(self) -> int:
+    """The step that ends the run: its schedule step is the run's length."""
+    return self.exp.total_steps - self.epoch_steps.step_offset
 
   def evaluates_at(self, step: int) -> bool:
     """Whether a periodic evaluation falls on `step` (the final one always comes)."""
-    return bool(self.exp.eval_every) and step % self.exp.eval_every == 0
+    every = self.exp.eval_every
+    return bool(every) and self.epoch_steps.schedule_step(step) % every == 0
 
   def evaluation_missing(self) -> bool:
     """Whether the run resumed from a checkpoint whose evaluation never finished (it failed, or
     a stop came between the two): that evaluation comes first."""
     step = self.start_step
-    due = step == self.exp.total_steps or self.evaluates_at(step)
+    due = step == self.last_step or self.evaluates_at(step)
     return step > 0 and due and not any(
         r["step"] == step and ("eval_accuracy" in r or r.get("final")) for r in self.records)
 
   def _final_record(self) -> dict[str, Any] | None:
     """A finished run's report: its "final" record at the last step, if there is one."""
-    finals = [r for r in self.records if r.get("final") and r["step"] == self.exp.total_steps]
+    finals = [r for r in self.records if r.get("final") and r["step"] == self.last_step]
     if not finals:
       return None
-    return {"step": self.exp.total_steps, **{k: v for k, v in finals[-1].items() if k != "step"},
+    return {"step": self.last_step, **{k: v for k, v in finals[-1].items() if k != "step"},
             "workdir": self.workdir}
 
   def checkpoint_due(self, step: int) -> bool:
@@ -198,8 +209,9 @@ class Run:
     now, (since, first) = time.time(), self._window_start
     means = window_means(watched.metric_sums)
     record = {**{k: means[k] for k in metric_names(self.exp.parts.step_config)},
-              "learning_rate": float(self.exp.parts.schedule(step - 1)),
-              "epoch": step / self.exp.steps_per_epoch,
+              "learning_rate": float(self.exp.parts.schedule(
+                  self.epoch_steps.schedule_step(step) - 1)),
+              "epoch": self.epoch_steps.schedule_step(step) / self.exp.steps_per_epoch,
               "images_per_sec": (step - first) * self.exp.config.train.batch_size / (now - since)}
     if bad:
       record["nonfinite_steps"] = bad
@@ -231,9 +243,12 @@ class Run:
       return
     host_state = self.exp.runner.unreplicate(device_state)
     _nonfinite_steps(host_state, self.exp.parts.step_config.on_nonfinite)
+    position = self.epoch_steps.position(step)  # what a resume at another batch size continues
     self.checkpointer.save(
         step, host_state,
-        {"rng": np.asarray(self.rng).tolist(), "data_position": step,
+        {"rng": np.asarray(self.rng).tolist(),
+         "data_position": {"epoch": position.epoch, "examples": position.examples},
+         "schedule_step": self.epoch_steps.schedule_step(step),
          "steps_per_epoch": self.exp.steps_per_epoch, "model": self.description,
          "dataset": self.exp.info.identity, "record": record or {}})
 
@@ -241,8 +256,8 @@ class Run:
     """Waits for the last checkpoint and writes the final record."""
     self.checkpointer.wait()
     final = {**record, "final": True}
-    self.writer.write(self.exp.total_steps, final)
-    return {"step": self.exp.total_steps, **final, "workdir": self.workdir}
+    self.writer.write(self.last_step, final)
+    return {"step": self.last_step, **final, "workdir": self.workdir}
 
   def close(self, after_failure: bool = False) -> None:
     """Closes the records and waits for the last checkpoint; after a failure, an error of its

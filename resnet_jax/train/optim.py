@@ -113,6 +113,27 @@ def make_schedule(optim_config: Any, *, steps_per_epoch: int, total_steps: int,
       steps_per_epoch=steps_per_epoch, total_steps=total_steps)
 
 
+def move_schedule(opt_state: Any, steps: int) -> Any:
+  """`opt_state` with its schedule's step count moved by `steps`.
+
+  optax evaluates the schedule at its own count (`ScaleByScheduleState`), not at the train
+  state's step; a run resumed with another batch size moves it to its new schedule step. Other
+  counts (Adam's bias correction) count the updates made, and stay.
+
+  Raises:
+    InvalidInputError: `steps` is not 0 and the state holds no such count (an optimizer that reads
+      its schedule another way).
+  """
+  is_count = lambda node: isinstance(node, optax.ScaleByScheduleState)
+  counts = [node for node in jax.tree.leaves(opt_state, is_leaf=is_count) if is_count(node)]
+  if steps and not counts:
+    raise InvalidInputError("This optimizer keeps no optax schedule count "
+                            "(ScaleByScheduleState) to move to the new batch size's schedule "
+                            "step; resume with the saved train.batch_size.")
+  return jax.tree.map(lambda node: node._replace(count=node.count + steps) if is_count(node)
+                      else node, opt_state, is_leaf=is_count)
+
+
 def decay_mask(params: Any) -> Any:
   """True for convolution and dense kernels; BatchNorm scales/biases and dense biases are exempt."""
   return jax.tree_util.tree_map_with_path(

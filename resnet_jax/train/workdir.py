@@ -54,6 +54,10 @@ def default_workdir(model_name: str, data_name: str) -> str:
       "/", "_"))
 
 
+# Identity values that a run resumed with train.elastic=true may change.
+ELASTIC_KEYS = ("train.batch_size",)
+
+
 def run_identity(config: Any) -> dict[str, Any]:
   """The config values that make a run what it is; a resumed run must share them."""
   return {
@@ -73,11 +77,12 @@ def _jsonable(value: Any) -> Any:
   return value
 
 
-def identity_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+def identity_differences(saved: dict[str, Any], current: dict[str, Any], *,
+                         elastic: bool = False) -> list[str]:
   """"key: saved X, now Y" for every identity value a resumed run does not share. Keys of a
   section that the saved run did not have (settings added by a later version) are not compared;
   a located dataset's saved name (folder:DIR, as earlier versions saved it) counts by its source
-  alone."""
+  alone; the batch size may change with `elastic` (train.elastic), and its difference says so."""
   if "data.name" in saved:
     saved = {**saved, "data.name": identity_name(saved["data.name"])}
 
@@ -85,8 +90,11 @@ def identity_differences(saved: dict[str, Any], current: dict[str, Any]) -> list
     if isinstance(now, dict) and isinstance(then, dict):
       return {k: comparable(v, then.get(k)) for k, v in now.items() if k in then}
     return _jsonable(now)
-  return [f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in current.items()
-          if _jsonable(saved.get(k)) != comparable(v, saved.get(k))]
+  return [f"{k}: saved {saved.get(k)!r}, now {v!r}" + (
+      ", which only train.elastic=true allows" if k in ELASTIC_KEYS else "")
+          for k, v in current.items()
+          if _jsonable(saved.get(k)) != comparable(v, saved.get(k))
+          and not (elastic and k in ELASTIC_KEYS)]
 
 
 def flat_config(config: Any) -> dict[str, Any]:
@@ -191,7 +199,8 @@ class Workdir:
             f"{f' and {len(foreign) - 5} more' if len(foreign) > 5 else ''}, which resnet_jax did "
             "not write; choose a new --workdir (or move them out of this one).")
     if self._saved is not None:
-      diffs = identity_differences(self._saved["identity"], run_identity(self.config))
+      diffs = identity_differences(self._saved["identity"], run_identity(self.config),
+                                   elastic=self.config.train.elastic)
       if diffs:
         raise InvalidInputError(f"--workdir {self.path} holds a run of another config ("
                                 f"{'; '.join(diffs)}); choose a new --workdir, or the same config "
