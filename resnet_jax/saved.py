@@ -41,10 +41,18 @@ def named_leaves(tree: Any) -> dict[str, Any]:
   return {leaf_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def local_copy(tree: Any) -> Any:
+  """Numpy copies of a tree's leaves; of a replicated jax.Array, the copy on this process's first
+  device (no transfer between processes)."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array)
+                      else np.asarray(x), tree)
+
+
 def checksums(tree: Any) -> dict[str, str]:
-  """CRC-32 of every leaf's bytes, by leaf name: stored with a save, compared after a restore."""
+  """CRC-32 of every leaf's bytes, by leaf name: stored with a save, compared after a restore.
+  The leaves are numpy arrays or replicated jax.Arrays (see `local_copy`)."""
   return {name: f"{zlib.crc32(np.ascontiguousarray(leaf).view(np.uint8)):08x}"
-          for name, leaf in named_leaves(tree).items()}
+          for name, leaf in named_leaves(local_copy(tree)).items()}
 
 
 def damaged_leaves(state: Any, meta: dict[str, Any], what: str) -> list[str]:
@@ -55,7 +63,7 @@ def damaged_leaves(state: Any, meta: dict[str, Any], what: str) -> list[str]:
     logging.warning("%s has no checksums (written by an older version); using it unverified.",
                     what)
     return []
-  now = checksums(jax.device_get(state))
+  now = checksums(state)
   return [name for name in sorted(set(saved) | set(now)) if saved.get(name) != now.get(name)]
 
 
@@ -113,7 +121,13 @@ def read_checkpoint(directory: str,
   try:
     # The item handlers directly: a read-only CheckpointManager warns that it is read-only.
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as reader:
-      state = reader.restore(os.path.join(path, STATE))
+      # Onto this process's first device, whatever topology saved it (a training run's arrays
+      # are replicated over all of its devices).
+      one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+                            reader.metadata(os.path.join(path, STATE)).item_metadata.tree)
+      state = local_copy(reader.restore(os.path.join(path, STATE),
+                                        args=ocp.args.StandardRestore(target)))
     with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as reader:
       meta = reader.restore(os.path.join(path, META))
   except READ_ERRORS as e:

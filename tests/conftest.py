@@ -75,3 +75,46 @@ def finished_run(small_config, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("finished") / "run")
   loop.train_and_evaluate(small_config(num_steps=4), workdir)
   return workdir
+
+
+@pytest.fixture(scope="session")
+def bucket():
+  """gs://runs on a GCS emulator served from this process; the variables that point gcsfs
+  (epath's file system) and tensorstore (orbax's) at it are inherited by the commands started."""
+  import socket
+  from resnet_jax import files
+  from gcp_storage_emulator import server as emulator
+  from gcp_storage_emulator.handlers import objects
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  # Cloud Storage sends an object's generation with its bytes, and tensorstore's conditional
+  # writes (the checkpoints' OCDBT manifests) depend on it; the emulator leaves the header out.
+  download = objects.download
+
+  def download_with_generation(request, response, storage, *args, **kwargs):
+    download(request, response, storage, *args, **kwargs)
+    if response.status.value in (200, 206):
+      obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+      response["x-goog-generation"] = str(obj["generation"])
+      response["x-goog-metageneration"] = str(obj["metageneration"])
+
+  routes = [handlers for _, handlers in emulator.HANDLERS if download in handlers.values()]
+  objects.download = download_with_generation
+  for handlers in routes:
+    handlers.update({k: download_with_generation for k, v in handlers.items() if v is download})
+  server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="runs")
+  server.start()
+  url = f"http://127.0.0.1:{port}"
+  # The emulator has no storage-control API, which gcsfs would ask for each bucket's layout.
+  env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+  before = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  yield files.resolve("gs://runs")  # as the commands do, before anything reads the bucket
+  for k, v in before.items():
+    os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+  server.stop()
+  objects.download = download
+  for handlers in routes:
+    handlers.update({k: download for k, v in handlers.items() if v is download_with_generation})

@@ -14,52 +14,11 @@ import pytest
 from etils import epath
 from PIL import Image
 
-from resnet_jax import errors, files
+from resnet_jax import errors
 from resnet_jax.train import loop, metrics, workdir as workdir_lib
 from resnet_jax.train.preemption import Preempted
 from tests.test_reliability import (assert_same_run, final_state, run_command, stop_at,
                                     wait_for)
-
-
-@pytest.fixture(scope="module")
-def bucket():
-  """gs://runs on a GCS emulator served from this process; the variables that point gcsfs
-  (epath's file system) and tensorstore (orbax's) at it are inherited by the commands started."""
-  emulator = pytest.importorskip("gcp_storage_emulator.server")
-  from gcp_storage_emulator.handlers import objects
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  # Cloud Storage sends an object's generation with its bytes, and tensorstore's conditional
-  # writes (the checkpoints' OCDBT manifests) depend on it; the emulator leaves the header out.
-  download = objects.download
-
-  def download_with_generation(request, response, storage, *args, **kwargs):
-    download(request, response, storage, *args, **kwargs)
-    if response.status.value in (200, 206):
-      obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
-      response["x-goog-generation"] = str(obj["generation"])
-      response["x-goog-metageneration"] = str(obj["metageneration"])
-
-  routes = [handlers for _, handlers in emulator.HANDLERS if download in handlers.values()]
-  objects.download = download_with_generation
-  for handlers in routes:
-    handlers.update({k: download_with_generation for k, v in handlers.items() if v is download})
-  server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="runs")
-  server.start()
-  url = f"http://127.0.0.1:{port}"
-  # The emulator has no storage-control API, which gcsfs would ask for each bucket's layout.
-  env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
-         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
-  before = {k: os.environ.get(k) for k in env}
-  os.environ.update(env)
-  yield files.resolve("gs://runs")  # as the commands do, before anything reads the bucket
-  for k, v in before.items():
-    os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-  server.stop()
-  objects.download = download
-  for handlers in routes:
-    handlers.update({k: download for k, v in handlers.items() if v is download_with_generation})
 
 
 def write_images(root, classes=("cat", "dog"), count=8, size=8):
@@ -111,10 +70,10 @@ def test_evaluate_and_predict_read_from_the_bucket(images, straight, capsys):
   from experiments import evaluate, predict
   assert evaluate.main([f"--workdir={straight}"]) == 0
   assert "step 8 on default: top-1" in capsys.readouterr().out
-  files = [f"{images}/test/cat/0.png", f"{images}/test/dog/1.png"]
-  assert predict.main([f"--checkpoint={straight}", "--top=2", *files]) == 0
+  paths = [f"{images}/test/cat/0.png", f"{images}/test/dog/1.png"]
+  assert predict.main([f"--checkpoint={straight}", "--top=2", *paths]) == 0
   out = capsys.readouterr().out
-  assert all(f"{image}\n" in out for image in files)
+  assert all(f"{image}\n" in out for image in paths)
   assert sorted(re.findall(r"^ +[01]\.\d{4}  (cat|dog)$", out, re.M)) == ["cat", "cat", "dog", "dog"]
 
 

@@ -2,6 +2,7 @@
 process, and preemption that every process agrees on."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import time
 
 import chex
 import pytest
+from etils import epath
 
 from resnet_jax import saved
 from resnet_jax.train import metrics
@@ -23,10 +25,12 @@ def free_port():
     return s.getsockname()[1]
 
 
-def launch(workdir, tfds_dir, *flags, processes=2, devices=2, cluster=""):
+def launch(workdir, tfds_dir, *flags, processes=2, devices=2, cluster="", hosts=None):
   """`processes` trainers on 127.0.0.1, told of one another by flags, or by the variables that a
   `cluster` ("kubernetes": an indexed Job's pods; "slurm": srun's tasks on one node; "openmpi":
-  Open MPI 4's mpirun) gives them (README, Running on a pod)."""
+  Open MPI 4's mpirun) gives them (README, Running on a pod). With `hosts` (a folder), each
+  process is a host of its own: its own copy of the data (`tfds_dir`, copied), home and temporary
+  folder under hosts/host<i>; the run folder is then the only storage they share."""
   port = free_port()
   env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
          "JAX_PLATFORMS": "cpu"}
@@ -49,10 +53,19 @@ def launch(workdir, tfds_dir, *flags, processes=2, devices=2, cluster=""):
   elif processes > 1:
     common += [f"--config.distributed.coordinator_address=127.0.0.1:{port}",
                f"--config.distributed.num_processes={processes}"]
+  def private(i):
+    if hosts is None:
+      return {}, []
+    home = os.path.join(hosts, f"host{i}")
+    os.makedirs(os.path.join(home, "tmp"), exist_ok=True)
+    if not os.path.isdir(os.path.join(home, "data")):
+      shutil.copytree(tfds_dir, os.path.join(home, "data"))
+    return ({"HOME": home, "TMPDIR": os.path.join(home, "tmp")},
+            [f"--config.data.data_dir={os.path.join(home, 'data')}"])
   return [subprocess.Popen(
-      [sys.executable, "-m", "experiments.train", *common, *own(i)[1]],
-      cwd=REPO, env={**env, **own(i)[0]}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-      text=True) for i in range(processes)]
+      [sys.executable, "-m", "experiments.train", *common, *own(i)[1], *private(i)[1]],
+      cwd=REPO, env={**env, **own(i)[0], **private(i)[0]}, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(processes)]
 
 
 def finish(procs, timeout=600):
@@ -111,3 +124,40 @@ def test_launched_processes_form_one_run(cluster, tfds_dir, tmp_path):
   assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
   assert all("over 4 cpu device(s)" in o for o in outputs)  # one run of both processes' devices
   assert metrics.read_metrics(str(tmp_path))[-1]["step"] == 1
+
+
+def copy_objects(source, target):
+  """A copy of a run folder in the emulated bucket (each resume below starts from the same one)."""
+  fs = epath.Path(source)._backend.fs(source)  # epath's gcsfs: the bucket's own copy requests
+  fs.copy(source.removeprefix("gs://"), target.removeprefix("gs://"), recursive=True)
+
+
+# A checkpoint saved by 2 processes of 2 devices, each writing its part of every array into the
+# bucket (no shared disk: each process has its own data, home and temporary folders), resumes on
+# 1 process of 4 devices and on 4 processes of 1 device; each ends bitwise equal to the
+# uninterrupted run (on 1 x 4), its replica means exact (train.exact_reduction): an all-reduce's
+# last bits change with the topology.
+@pytest.mark.slow
+def test_a_checkpoint_of_two_hosts_resumes_on_one_host_and_on_four(bucket, tfds_dir, tmp_path):
+  steps = lambda n: [f"--config.train.num_steps={n}", "--config.train.checkpoint_every_steps=2",
+                     "--config.train.eval_every_epochs=0", "--config.train.log_every_steps=1",
+                     "--config.train.exact_reduction=true"]
+  codes, outputs = finish(launch(tmp_path / "straight", tfds_dir, *steps(4), processes=1,
+                                 devices=4))
+  assert codes == [0], outputs[0][-3000:]
+  saved_by_two = f"{bucket}/two_hosts"
+  codes, outputs = finish(launch(saved_by_two, tfds_dir, *steps(2), hosts=tmp_path / "hosts"))
+  assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  parts = {p.name for p in epath.Path(saved_by_two, "checkpoints", "2", "state").iterdir()}
+  assert {"ocdbt.process_0", "ocdbt.process_1"} <= parts  # each process wrote its part
+  straight, _ = saved.read_checkpoint(str(tmp_path / "straight" / "checkpoints"))
+  for processes, devices in ((1, 4), (4, 1)):
+    resumed = f"{bucket}/resumed_on_{processes}x{devices}"
+    copy_objects(saved_by_two, resumed)
+    codes, outputs = finish(launch(resumed, tfds_dir, *steps(4), processes=processes,
+                                   devices=devices, hosts=tmp_path / f"hosts{processes}"))
+    assert codes == [0] * processes, "".join(o[-2000:] for o in outputs)
+    assert "Resumed from step 2" in outputs[0]
+    state, meta = saved.read_checkpoint(f"{resumed}/checkpoints")
+    assert meta["step"] == 4
+    chex.assert_trees_all_equal(state, straight)

@@ -88,6 +88,10 @@ def get_config() -> ml_collections.ConfigDict:
       precision="float32",        # float32 | bfloat16 | float16 (dynamic loss scaling)
       runner="mesh",              # mesh (jit + shard_map) | pmap
       sync_batchnorm=True,        # average BN statistics over replicas in the forward pass
+      # Replica means (gradients, BN statistics) with the same bits on any split of the same
+      # devices over processes (2x2 = 1x4 = 4x1): gathers every replica's gradients, so it costs
+      # their size times the device count in memory. Off: all-reduce, exact to float rounding.
+      exact_reduction=False,
       log_every_steps=20,
       eval_every_epochs=5.0,      # also at the end
       checkpoint_every_steps=0,   # 0: at each evaluation and at the end

@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_jax.layers.replicas import replica_mean
+
 Array = jax.Array
 
 
@@ -32,36 +34,38 @@ def _stats_dtype(dtype: Any) -> Any:
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def _statistics(x: Array, axis_name: str | None) -> tuple[Array, Array]:
+def _statistics(x: Array, axis_name: str | None, exact: bool) -> tuple[Array, Array]:
   xf = x.astype(_stats_dtype(x.dtype))
   axes = _reduce_axes(x)
   moments = jnp.stack([jnp.mean(xf, axes), jnp.mean(jnp.square(xf), axes)])
   if axis_name is not None:
-    moments = jax.lax.pmean(moments, axis_name)
+    moments = replica_mean(moments, axis_name, exact)
   mean, mean2 = moments[0], moments[1]
   return mean, jnp.maximum(0.0, mean2 - jnp.square(mean))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def batch_norm_train(x: Array, scale: Array, bias: Array, epsilon: float,
-                     axis_name: str | None, dtype: Any) -> tuple[Array, Array, Array]:
+                     axis_name: str | None, dtype: Any,
+                     exact: bool = False) -> tuple[Array, Array, Array]:
   """Training-mode BatchNorm over all but the last axis: (y, batch mean, batch variance).
 
   Gradients flow to x, scale and bias through y only; the returned statistics are for the running
-  averages and carry no gradient.
+  averages and carry no gradient. `exact`: average over `axis_name` with `replica_mean`'s exact
+  mean (the same bits on any topology).
   """
-  (y, mean, var), _ = _forward(x, scale, bias, epsilon, axis_name, dtype)
+  (y, mean, var), _ = _forward(x, scale, bias, epsilon, axis_name, dtype, exact)
   return y, mean, var
 
 
-def _forward(x, scale, bias, epsilon, axis_name, dtype):
-  mean, var = _statistics(x, axis_name)
+def _forward(x, scale, bias, epsilon, axis_name, dtype, exact=False):
+  mean, var = _statistics(x, axis_name, exact)
   inv = jax.lax.rsqrt(var + epsilon)
   y = (x - mean) * (inv * scale) + bias  # in the statistics' dtype (mean's), as in flax
   return (y.astype(dtype), mean, var), (x, mean, inv, scale)
 
 
-def _backward(epsilon, axis_name, dtype, residuals, cotangents):
+def _backward(epsilon, axis_name, dtype, exact, residuals, cotangents):
   del epsilon, dtype
   x, mean, inv, scale = residuals
   dy = cotangents[0].astype(_stats_dtype(x.dtype))
@@ -76,7 +80,7 @@ def _backward(epsilon, axis_name, dtype, residuals, cotangents):
   d_mean = -inv * scale * sum_dy - 2.0 * mean * d_var
   d_mean2 = d_var
   if axis_name is not None:
-    d_mean, d_mean2 = jax.lax.pmean(jnp.stack([d_mean, d_mean2]), axis_name)
+    d_mean, d_mean2 = replica_mean(jnp.stack([d_mean, d_mean2]), axis_name, exact)
   dx = dy * (inv * scale) + (d_mean + 2.0 * d_mean2 * xf) / n
   return dx.astype(x.dtype), sum_dy_xc * inv, sum_dy
 
@@ -98,6 +102,7 @@ class BatchNorm(nn.Module):
   dtype: Any = None
   param_dtype: Any = jnp.float32
   axis_name: str | None = None
+  exact_mean: bool = False  # average over axis_name exactly (layers.replicas.replica_mean)
   scale_init: Any = nn.initializers.ones
   bias_init: Any = nn.initializers.zeros
   unbiased_running_var: bool = False
@@ -117,7 +122,7 @@ class BatchNorm(nn.Module):
       inv = jax.lax.rsqrt(ra_var.value + self.epsilon)
       return ((x - ra_mean.value) * (inv * scale) + bias).astype(dtype)
     y, mean, var = batch_norm_train(x, scale.astype(stats), bias.astype(stats), self.epsilon,
-                                    self.axis_name, dtype)
+                                    self.axis_name, dtype, self.exact_mean)
     if self.unbiased_running_var:
       n = x.size // features
       if self.axis_name is not None:

@@ -87,6 +87,7 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5
   bn_unbiased_var: bool = True
   axis_name: str | None = None
+  exact_mean: bool = False  # BatchNorm averages over axis_name exactly (layers.replicas)
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   conv: ModuleDef = Conv
@@ -166,7 +167,8 @@ class ResNet(nn.Module):
       return self.norm(use_running_average=frozen, momentum=self.bn_momentum,
                        epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
                        axis_name=None if frozen else self.axis_name,
-                       unbiased_running_var=self.bn_unbiased_var, **kwargs)
+                       unbiased_running_var=self.bn_unbiased_var,
+                       **({"exact_mean": True} if self.exact_mean else {}), **kwargs)
 
     def end_of_part(part: int, x: jnp.ndarray) -> jnp.ndarray:
       # Nothing before the last frozen part needs a gradient: stop the backward pass there.

@@ -22,8 +22,8 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from resnet_jax import files
 from resnet_jax.errors import InvalidInputError, StorageError
-from resnet_jax.saved import (META, READ_ERRORS, STATE, checksums, damaged_leaves, named_leaves,
-                              short, summarize)
+from resnet_jax.saved import (META, READ_ERRORS, STATE, checksums, damaged_leaves, local_copy,
+                              named_leaves, short, summarize)
 from resnet_jax.train.workdir import CORRUPT_SUFFIX, identity_differences
 
 # Room a save needs beyond the state's own bytes (orbax's metadata, the JSON item).
@@ -128,14 +128,21 @@ class Checkpointer:
     self.accuracy[int(step)] = float(accuracy)
 
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-    """Starts saving `state` (a host tree) at `step`; returns before it is written.
+    """Starts saving `state` at `step`; returns before it is written.
+
+    Args:
+      step: the train step it is the state after.
+      state: the train state as jax.Arrays replicated over every device of every process
+        (`parallel.Runner.global_state`): through orbax's multi-host protocol, each process
+        writes a part of each array, and nothing is gathered to one host; or numpy arrays.
+      meta: the run's metadata (JSON), written by process 0 with each array's checksum, which
+        process 0 computes from its own copy of the state.
 
     Raises:
       CheckpointSaveError: an earlier save failed, or the disk has no room for this one.
     """
     self.check_for_errors()
-    needed = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(state)) + \
-        SAVE_HEADROOM_BYTES
+    needed = sum(leaf.nbytes for leaf in jax.tree.leaves(state)) + SAVE_HEADROOM_BYTES
     # A bucket has no free space to read; a failed upload is reported as any failed save.
     free = float("inf") if files.is_remote(self.directory) else \
         shutil.disk_usage(self.directory).free
@@ -144,7 +151,8 @@ class Checkpointer:
           f"No room to save checkpoint {step} in {self.directory}: it needs about "
           f"{needed / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free. Free some space and run "
           "the same command again; it resumes from the last complete checkpoint.")
-    meta = {**meta, "step": int(step), "identity": self.identity, "checksums": checksums(state)}
+    meta = {**meta, "step": int(step), "identity": self.identity,
+            "checksums": checksums(state) if jax.process_index() == 0 else {}}
     try:
       self.manager.save(step, args=ocp.args.Composite(**{
           STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}),
@@ -171,10 +179,12 @@ class Checkpointer:
 
   def restore_latest(self, abstract_state: Any, check_meta: Callable[[int, dict], None] = (
       lambda step, meta: None)) -> tuple[Any, dict[str, Any]] | None:
-    """The newest readable, intact checkpoint as (state, meta), or None when there is none.
+    """The newest readable, intact checkpoint as (state, meta), or None when there is none; the
+    state as numpy arrays (this process's copy).
 
     Args:
-      abstract_state: the structure of the train state to restore.
+      abstract_state: the structure of the train state to restore, with the sharding each array
+        is restored to (any topology: see `parallel.Runner.placed`).
       check_meta: (step, meta) -> None, raising when the checkpoint is not this run's (called
         before its state is read).
 
@@ -201,8 +211,8 @@ class Checkpointer:
         raise StateStructureError(step, self.directory, differences, meta=meta,
                                   saved_structure=saved_structure)
       try:
-        state = self.manager.restore(step, args=ocp.args.Composite(**{
-            STATE: ocp.args.StandardRestore(abstract_state)}))[STATE]
+        state = local_copy(self.manager.restore(step, args=ocp.args.Composite(**{
+            STATE: ocp.args.StandardRestore(abstract_state)}))[STATE])
       except READ_ERRORS as e:
         self._quarantine(step, short(e))
         continue

@@ -191,6 +191,7 @@ RANGES: dict[str, Range] = {
     "train.precision": _one_of(PRECISIONS, bad="fp8"),
     "train.runner": _one_of(parallel.RUNNERS, "a registered runner"),
     "train.sync_batchnorm": FLAG,
+    "train.exact_reduction": FLAG,
     "train.log_every_steps": _positive(),
     "train.eval_every_epochs": _non_negative(float, " (0: only at the end)"),
     "train.checkpoint_every_steps": _non_negative(int, " (0: at each evaluation)"),

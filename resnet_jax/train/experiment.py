@@ -132,7 +132,8 @@ def make_step_config(config: Any, num_classes: int) -> step.StepConfig:
       num_classes=num_classes, label_smoothing=config.optim.label_smoothing,
       ema_decay=config.optim.ema_decay, on_nonfinite=on_nonfinite,
       sync_batchnorm=train_config.sync_batchnorm,
-      loss_scaling=train_config.precision == "float16")
+      loss_scaling=train_config.precision == "float16",
+      exact_reduction=train_config.get("exact_reduction", False))
 
 
 def _network(config: Any, info: data.DatasetInfo,
@@ -145,6 +146,7 @@ def _network(config: Any, info: data.DatasetInfo,
       name, num_classes=info.num_classes, dtype=PRECISIONS[train_config.precision],
       param_dtype=jnp.float64 if float64 else jnp.float32,
       axis_name=parallel.AXIS if train_config.sync_batchnorm else None,
+      exact_mean=train_config.get("exact_reduction", False),
       zero_init_residual=config.model.zero_init_residual, remat=config.model.remat,
       bn_unbiased_var=config.model.get("bn_unbiased_var", True), **architecture)
   model = model.clone(frozen_stages=frozen_stage_count(config.init.freeze,

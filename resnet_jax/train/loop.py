@@ -241,11 +241,11 @@ class Run:
     written until the final record, so that a rerun that evaluates this state has them."""
     if step in (self.start_step, *self.checkpointer.manager.all_steps()):
       return
-    host_state = self.exp.runner.unreplicate(device_state)
-    _nonfinite_steps(host_state, self.exp.parts.step_config.on_nonfinite)
+    _nonfinite_steps(self.exp.runner.unreplicate(_window_fields(device_state)),
+                     self.exp.parts.step_config.on_nonfinite)
     position = self.epoch_steps.position(step)  # what a resume at another batch size continues
     self.checkpointer.save(
-        step, host_state,
+        step, self.exp.runner.global_state(device_state),
         {"rng": np.asarray(self.rng).tolist(),
          "data_position": {"epoch": position.epoch, "examples": position.examples},
          "schedule_step": self.epoch_steps.schedule_step(step),

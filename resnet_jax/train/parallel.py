@@ -83,10 +83,23 @@ class Runner:
   def __init__(self, devices: list | None = None):
     self.devices = devices or jax.devices()
     self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
+    # The train state as checkpoints hold it: one jax.Array per leaf, replicated over every
+    # device of every process; orbax has each process write a part of it.
+    self.state_sharding = NamedSharding(Mesh(np.array(self.devices), (AXIS,)), P())
 
   @property
   def num_replicas(self) -> int:
     return len(self.devices)
+
+  def global_state(self, tree: Any) -> Any:
+    """A replicated device tree as jax.Arrays with `state_sharding` (no copy to the host)."""
+    raise NotImplementedError
+
+  def placed(self, abstract: Any) -> Any:
+    """Abstract arrays (shapes and dtypes) with `state_sharding`: a checkpoint's restore target,
+    whatever the topology that saved it."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                       sharding=self.state_sharding), abstract)
 
   def check_batch_size(self, global_batch_size: int, what: str = "train.batch_size") -> None:
     """Raises InvalidInputError unless the global batch splits evenly over every device."""
@@ -158,6 +171,14 @@ class PmapRunner(Runner):
   def unreplicate(self, tree):
     return jax.device_get(jax.tree.map(lambda x: x[0], tree))
 
+  def global_state(self, tree):
+    # Each local device holds its copy as a row of a pmapped array: the rows, on their devices,
+    # become the shards of one replicated array (every process's devices together).
+    def whole(x):
+      rows = [shard.data.reshape(x.shape[1:]) for shard in x.addressable_shards]
+      return jax.make_array_from_single_device_arrays(x.shape[1:], self.state_sharding, rows)
+    return jax.tree.map(whole, tree)
+
   def _map(self, fn, *, in_specs, out_specs, train):
     del in_specs, out_specs  # pmap maps every argument's leading axis (replicated ones: copies)
     mapped = jax.pmap(fn, axis_name=AXIS, devices=self.local_devices,
@@ -186,6 +207,9 @@ class MeshRunner(Runner):
 
   def unreplicate(self, tree):
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+  def global_state(self, tree):
+    return tree  # already replicated over the mesh of every device
 
   # check_vma=False gives the per-replica function pmap's semantics: with varying-manual-axes
   # checking on, the gradient of a replicated parameter is already summed over the axis (the

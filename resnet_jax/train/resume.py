@@ -45,7 +45,8 @@ def resume(exp: Experiment, checkpointer: checkpoint.Checkpointer,
                        trained=f"its checkpoint {step}", remedy="use a new --workdir")
 
   try:
-    restored = checkpointer.restore_latest(exp.parts.abstract_state, same_classes)
+    restored = checkpointer.restore_latest(exp.runner.placed(exp.parts.abstract_state),
+                                           same_classes)
   except checkpoint.StateStructureError as e:
     raise structure_change_error(e, run_dir, exp) from None
   if restored is None:

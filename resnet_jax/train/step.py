@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from resnet_jax.layers.replicas import replica_mean
 from resnet_jax.train.parallel import AXIS
 from resnet_jax.train.state import TrainState
 
@@ -27,6 +28,7 @@ class StepConfig:
   on_nonfinite: str = "stop"
   sync_batchnorm: bool = True
   loss_scaling: bool = False  # float16: the state carries a dynamic loss scale
+  exact_reduction: bool = False  # replica means with the same bits on any topology
 
 
 def metric_names(config: StepConfig) -> tuple[str, ...]:
@@ -78,13 +80,14 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
     return (loss * scale if scale is not None else loss), (loss, logits, updates["batch_stats"])
 
   grads, (loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-  grads = jax.lax.pmean(grads, axis)
+  mean = lambda tree: replica_mean(tree, axis, config.exact_reduction)
+  grads = mean(grads)
   if scale is not None:
     grads = jax.tree.map(lambda g: g / scale, grads)
   if not config.sync_batchnorm:
-    batch_stats = jax.lax.pmean(batch_stats, axis)
-  loss = jax.lax.pmean(loss, axis)
-  accuracy = jax.lax.pmean(jnp.mean(jnp.argmax(logits, -1) == labels), axis)
+    batch_stats = mean(batch_stats)
+  loss = mean(loss)
+  accuracy = mean(jnp.mean(jnp.argmax(logits, -1) == labels))
   grad_norm = optax.tree.norm(grads)
 
   finite_loss, finite_grads = jnp.isfinite(loss), jnp.isfinite(grad_norm)
