@@ -25,6 +25,24 @@ STATE, META = "state", "meta"
 READ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError)
 
 
+def read_error(error: Exception) -> BaseException | None:
+  """The READ_ERRORS that made a read fail, in `error` or what caused it (orbax wraps what
+  tensorstore raises in a plain Exception); None when the read failed for another reason.
+
+  Raises:
+    the stop signal (KeyboardInterrupt, Preempted: BaseExceptions) that orbax wrapped, as itself.
+  """
+  chain, seen = [], set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  for cause in chain:
+    if not isinstance(cause, Exception):
+      raise cause
+  return next((cause for cause in chain if isinstance(cause, READ_ERRORS)), None)
+
+
 def leaf_name(path: tuple) -> str:
   """"params/conv1/kernel" for a tree path of dict keys, attribute names or sequence indices."""
   parts = []
@@ -130,8 +148,11 @@ def read_checkpoint(directory: str,
                                         args=ocp.args.StandardRestore(target)))
     with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as reader:
       meta = reader.restore(os.path.join(path, META))
-  except READ_ERRORS as e:
-    raise InvalidInputError(f"Checkpoint {step} in {directory} cannot be read ({short(e)}); use "
-                            "another checkpoint (the newest intact one is what a resumed run "
+  except Exception as e:  # noqa: BLE001 - orbax wraps what tensorstore raises
+    cause = read_error(e)
+    if cause is None:
+      raise
+    raise InvalidInputError(f"Checkpoint {step} in {directory} cannot be read ({short(cause)}); "
+                            "use another checkpoint (the newest intact one is what a resumed run "
                             "takes).") from e
   return verified(state, meta, f"Checkpoint {step} in {directory}"), meta

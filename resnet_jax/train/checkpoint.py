@@ -23,7 +23,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 from resnet_jax import files
 from resnet_jax.errors import InvalidInputError, StorageError
 from resnet_jax.saved import (META, READ_ERRORS, STATE, checksums, damaged_leaves, local_copy,
-                              named_leaves, short, summarize)
+                              named_leaves, read_error, short, summarize)
 from resnet_jax.train.workdir import CORRUPT_SUFFIX, identity_differences
 
 # Room a save needs beyond the state's own bytes (orbax's metadata, the JSON item).
@@ -213,8 +213,11 @@ class Checkpointer:
       try:
         state = local_copy(self.manager.restore(step, args=ocp.args.Composite(**{
             STATE: ocp.args.StandardRestore(abstract_state)}))[STATE])
-      except READ_ERRORS as e:
-        self._quarantine(step, short(e))
+      except Exception as e:  # noqa: BLE001 - orbax wraps what tensorstore raises
+        cause = read_error(e)
+        if cause is None:
+          raise
+        self._quarantine(step, short(cause))
         continue
       damaged = damaged_leaves(state, meta, f"Checkpoint {step} in {self.directory}")
       if damaged:
