@@ -2,6 +2,7 @@
 process, and preemption that every process agrees on."""
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -10,6 +11,7 @@ import sys
 import time
 
 import chex
+import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 
@@ -161,3 +163,35 @@ def test_a_checkpoint_of_two_hosts_resumes_on_one_host_and_on_four(bucket, tfds_
     state, meta = saved.read_checkpoint(f"{resumed}/checkpoints")
     assert meta["step"] == 4
     chex.assert_trees_all_equal(state, straight)
+
+
+# A process killed mid-run (not process 0, which hosts the runtime's coordination service: the
+# runtime itself ends the others at once when it dies) ends the other within half of
+# distributed.heartbeat_timeout_s, in one line naming it; starting both again resumes the run.
+@pytest.mark.slow
+def test_a_killed_process_ends_the_other_in_one_line_and_a_restart_resumes(tfds_dir, tmp_path):
+  flags = ["--config.train.num_steps=40", "--config.train.log_every_steps=2",
+           "--config.train.checkpoint_every_steps=4", "--config.train.eval_every_epochs=0",
+           "--config.distributed.heartbeat_timeout_s=10"]
+  procs = launch(tmp_path, tfds_dir, *flags)
+  deadline = time.time() + 300
+  while not ocp.utils.checkpoint_steps(epath.Path(tmp_path, "checkpoints")):
+    assert all(p.poll() is None for p in procs), [p.stdout.read()[-2000:] for p in procs]
+    assert time.time() < deadline
+    time.sleep(0.2)
+  procs[1].kill()
+  killed_at = time.time()
+  output = procs[0].communicate(timeout=120)[0]
+  assert procs[0].returncode == 75, output[-3000:]
+  assert time.time() - killed_at < 10  # before the runtime's own end, at the heartbeat timeout
+  last = output.strip().splitlines()[-1]
+  assert re.fullmatch(r"error: Process 1 of the 2 processes of this run is lost \(no sign of life "
+                      r"for \d s\): it died, failed or was stopped \(see its log\)\. The last "
+                      r"checkpoint is intact: start every process again with the same command to "
+                      r"resume from it\.", last), last
+  procs[1].communicate()
+  stopped_at = saved.read_checkpoint(str(tmp_path / "checkpoints"))[1]["step"]
+  codes, outputs = finish(launch(tmp_path, tfds_dir, *flags))
+  assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  assert f"Resumed from step {stopped_at}" in outputs[0]
+  assert metrics.read_metrics(str(tmp_path))[-1]["step"] == 40

@@ -118,5 +118,8 @@ def get_config() -> ml_collections.ConfigDict:
       coordinator_address="",     # host:port of process 0; "" = single process or auto-detect
       num_processes=0,
       process_id=-1,
+      # A process silent for half of this ends the others in one line naming it (exit 75); the
+      # runtime ends them all after all of it.
+      heartbeat_timeout_s=100,
   ))
   return config

@@ -214,6 +214,9 @@ RANGES: dict[str, Range] = {
     "distributed.coordinator_address": Range(str, "host:port of process 0, or '' (a single "
                                              "process, or auto-detected)"),
     "distributed.num_processes": _non_negative(int, " (0: a single process, or auto-detected)"),
+    "distributed.heartbeat_timeout_s": Range(int, ">= 2 (seconds without a sign of life after "
+                                             "which a process is lost)", lambda value: value >= 2,
+                                             bad=1),
     "distributed.process_id": Range(int, ">= -1 (-1: auto-detected)", lambda value: value >= -1,
                                     bad=-2),
 }

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from resnet_jax import data, pretrained
+from resnet_jax import data, hosts, pretrained
 from resnet_jax.errors import InputError, InvalidInputError
 from resnet_jax.saved import CHECKPOINTS_DIR
 from resnet_jax.train import checkpoint, parallel, resume
@@ -48,8 +48,24 @@ def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any
   """
   validate_config(config)
   distributed = config.distributed
+  heartbeat_s = distributed.get("heartbeat_timeout_s", 100)
   parallel.initialize_distributed(distributed.coordinator_address, distributed.num_processes,
-                                  distributed.process_id)
+                                  distributed.process_id, heartbeat_s)
+  # A lost process ends the others in one line (see hosts.LifeWatch), before the runtime would.
+  with hosts.LifeWatch(lost_after_s=heartbeat_s / 2) as life:
+    try:
+      result = _train_and_evaluate(config, workdir)
+    except Preempted:  # every process stops at the same step
+      life.done()
+      raise
+    except Exception as e:  # noqa: BLE001 - re-raised, after the watch had its say
+      life.wait_if_lost(e)
+      raise
+    life.done()
+    return result
+
+
+def _train_and_evaluate(config: Any, workdir: str | None) -> dict[str, Any]:
   with PreemptionWatcher() as watcher:
     weights = pretrained.load(config.init.checkpoint) if config.init.checkpoint else None
     # The folder is locked before the data is opened: a second command on it stops at once.

@@ -41,14 +41,15 @@ def register_runner(name: str, runner_cls: type | None = None, *, replace: bool 
 
 
 def initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
-                           process_id: int = -1) -> None:
+                           process_id: int = -1, heartbeat_timeout_s: int = 100) -> None:
   """Joins a multi-process run: explicit arguments; JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
   and JAX_PROCESS_ID from the environment (a Kubernetes indexed Job's manifest sets the first two,
   and Kubernetes gives each pod its JOB_COMPLETION_INDEX, read when JAX_PROCESS_ID is not set);
   or jax's auto-detection (Cloud TPU, SLURM, Open MPI).
 
   Call before any other JAX call. With no arguments it initialises only when a cluster
-  environment is detected, so a single-process run is untouched.
+  environment is detected, so a single-process run is untouched. The runtime ends every process
+  when one was silent for `heartbeat_timeout_s` (see `hosts.LifeWatch`, which acts first).
   """
   environ = os.environ
   if not (coordinator_address or num_processes) and "JAX_NUM_PROCESSES" in environ:
@@ -69,10 +70,11 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
                               "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID; got "
                               f"{coordinator_address!r}, {num_processes}, {process_id}.")
     jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+                               num_processes=num_processes, process_id=process_id,
+                               heartbeat_timeout_seconds=heartbeat_timeout_s)
   elif any(k in os.environ for k in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_ID",
                                      "MEGASCALE_COORDINATOR_ADDRESS")):
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_s)
 
 
 class Runner:
