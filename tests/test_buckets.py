@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 
+import chex
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -66,8 +67,12 @@ def test_a_bucket_run_stopped_and_resumed_equals_the_uninterrupted_run(bucket, i
   assert not epath.Path(folder, workdir_lib.LOCK_FILE).exists()  # released at the end
 
 
-def test_evaluate_and_predict_read_from_the_bucket(images, straight, capsys):
+def test_evaluate_predict_and_export_read_and_write_the_bucket(bucket, images, straight, capsys):
   from experiments import evaluate, predict
+  from resnet_jax import pretrained
+  model = pretrained.load(straight)  # what init.checkpoint and predict --checkpoint read
+  pretrained.export(f"{bucket}/exported", model)  # what convert --out writes
+  chex.assert_trees_all_equal(pretrained.load(f"{bucket}/exported").variables, model.variables)
   assert evaluate.main([f"--workdir={straight}"]) == 0
   assert "step 8 on default: top-1" in capsys.readouterr().out
   paths = [f"{images}/test/cat/0.png", f"{images}/test/dog/1.png"]

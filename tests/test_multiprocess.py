@@ -97,25 +97,6 @@ def test_two_processes_equal_one_process(tfds_dir, tmp_path):
   assert a["eval_accuracy"] == pytest.approx(b["eval_accuracy"], abs=1e-9)
 
 
-def test_sigterm_to_one_process_stops_both_at_the_same_step(tfds_dir, tmp_path):
-  # Launched as srun's two tasks on one node: jax finds the coordinator in SLURM's variables.
-  flags = ["--config.train.num_steps=100000", "--config.train.log_every_steps=5",
-           "--config.train.eval_every_epochs=0"]
-  procs = launch(tmp_path, tfds_dir, *flags, cluster="slurm")
-  deadline = time.time() + 300
-  while len(metrics.read_metrics(str(tmp_path))) < 2:
-    assert all(p.poll() is None for p in procs), [p.stdout.read()[-2000:] for p in procs]
-    assert time.time() < deadline
-    time.sleep(0.2)
-  procs[1].send_signal(signal.SIGTERM)
-  codes, outputs = finish(procs, timeout=300)
-  assert codes == [143, 143], outputs[0][-3000:] + outputs[1][-3000:]
-  assert all("over 4 cpu device(s)" in o for o in outputs)  # one run of both processes' devices
-  steps = [int(o.split("Stopped by SIGTERM after step ")[1].split(";")[0]) for o in outputs]
-  assert steps[0] == steps[1]
-  assert saved.read_checkpoint(str(tmp_path / "checkpoints"))[1]["step"] == steps[0]
-
-
 # In the slow tier for the default tier's time budget only (about 12 s each): the launch recipes
 # that the default tier's two multi-process tests do not use.
 @pytest.mark.slow
@@ -165,19 +146,27 @@ def test_a_checkpoint_of_two_hosts_resumes_on_one_host_and_on_four(bucket, tfds_
     chex.assert_trees_all_equal(state, straight)
 
 
-# A process killed mid-run (not process 0, which hosts the runtime's coordination service: the
-# runtime itself ends the others at once when it dies) ends the other within half of
-# distributed.heartbeat_timeout_s, in one line naming it; starting both again resumes the run.
-def test_a_killed_process_ends_the_other_in_one_line_and_a_restart_resumes(tfds_dir, tmp_path):
-  flags = ["--config.train.num_steps=200", "--config.train.log_every_steps=2",
-           "--config.train.checkpoint_every_steps=4", "--config.train.eval_every_epochs=0",
-           "--config.distributed.heartbeat_timeout_s=10"]
-  procs = launch(tmp_path, tfds_dir, *flags)
+def wait_for_checkpoint(workdir, procs, after=0):
+  """Until the run in `workdir` has committed a checkpoint past step `after`."""
   deadline = time.time() + 300
-  while not ocp.utils.checkpoint_steps(epath.Path(tmp_path, "checkpoints")):
+  while max(ocp.utils.checkpoint_steps(epath.Path(workdir, "checkpoints")), default=0) <= after:
     assert all(p.poll() is None for p in procs), [p.stdout.read()[-2000:] for p in procs]
     assert time.time() < deadline
     time.sleep(0.2)
+
+
+# Launched as srun's two tasks on one node (jax finds the coordinator in SLURM's variables), under
+# the pmap runner (its device rows become the checkpoint's arrays): a process killed mid-run (not
+# process 0, which hosts the runtime's coordination service: the runtime itself ends the others at
+# once when it dies) ends the other within half of distributed.heartbeat_timeout_s, in one line
+# naming it. Both started again resume from the last checkpoint; then SIGTERM to one process stops
+# both at the same step, checkpointed.
+def test_a_killed_process_ends_the_other_and_sigterm_to_one_stops_both(tfds_dir, tmp_path):
+  flags = ["--config.train.num_steps=100000", "--config.train.log_every_steps=2",
+           "--config.train.checkpoint_every_steps=4", "--config.train.eval_every_epochs=0",
+           "--config.train.runner=pmap", "--config.distributed.heartbeat_timeout_s=10"]
+  procs = launch(tmp_path, tfds_dir, *flags, cluster="slurm")
+  wait_for_checkpoint(tmp_path, procs)
   procs[1].kill()
   killed_at = time.time()
   output = procs[0].communicate(timeout=120)[0]
@@ -190,9 +179,13 @@ def test_a_killed_process_ends_the_other_in_one_line_and_a_restart_resumes(tfds_
                       r"resume from it\.", last), last
   procs[1].communicate()
   stopped_at = saved.read_checkpoint(str(tmp_path / "checkpoints"))[1]["step"]
-  # Both again, to 4 steps past that checkpoint.
-  again = [f for f in flags if "num_steps" not in f] + [f"--config.train.num_steps={stopped_at + 4}"]
-  codes, outputs = finish(launch(tmp_path, tfds_dir, *again))
-  assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  procs = launch(tmp_path, tfds_dir, *flags, cluster="slurm")
+  wait_for_checkpoint(tmp_path, procs, after=stopped_at)  # the restarted run's own
+  procs[1].send_signal(signal.SIGTERM)
+  codes, outputs = finish(procs, timeout=300)
+  assert codes == [143, 143], outputs[0][-3000:] + outputs[1][-3000:]
   assert f"Resumed from step {stopped_at}" in outputs[0]
-  assert metrics.read_metrics(str(tmp_path))[-1]["step"] == stopped_at + 4
+  assert all("over 4 cpu device(s)" in o for o in outputs)  # one run of both processes' devices
+  steps = [int(o.split("Stopped by SIGTERM after step ")[1].split(";")[0]) for o in outputs]
+  assert steps[0] == steps[1] > stopped_at
+  assert saved.read_checkpoint(str(tmp_path / "checkpoints"))[1]["step"] == steps[0]
