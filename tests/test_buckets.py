@@ -134,6 +134,10 @@ def test_paths_of_an_unknown_scheme_or_a_store_orbax_cannot_write_are_refused(sm
     with pytest.raises(errors.InvalidInputError, match=rf"^--workdir {workdir}: orbax-checkpoint "
                        "writes checkpoints to local folders and gs:// buckets only"):
       loop.train_and_evaluate(config, workdir)
+  config.data.data_dir = "gs://runs/tfds"
+  with pytest.raises(errors.InvalidInputError, match=r"^data.data_dir=gs://runs/tfds: tfds writes "
+                     "and reads array_record files with a reader that opens local files only"):
+    data.open(config.data)
   config.data.name = "folder:ftp://x/images"
   with pytest.raises(errors.InvalidInputError, match=r"^ftp://x/images: resnet_jax reads and "
                      "writes local paths and gs://, s3:// URLs; give one of those.$"):

@@ -205,7 +205,12 @@ def _prepare(spec: Spec, data_dir: str, timeout_s: int) -> Any:
   """The tfds builder, downloaded and prepared as array_record if it is not yet: by process 0
   alone in a multi-process run, the others waiting for it (at most `timeout_s`) and then reading
   what it wrote, so that no two processes prepare the same folder at once."""
-  data_dir = files.resolve(data_dir) if data_dir else None  # local, or a bucket URL
+  if data_dir and files.is_remote(data_dir):
+    raise InvalidInputError(
+        f"data.data_dir={data_dir}: tfds writes and reads array_record files with a reader that "
+        "opens local files only; give a local folder (a bucket mounted with gcsfuse works), or "
+        "put the images in the bucket as an image folder (data.name=folder:gs://...).")
+  data_dir = files.resolve(data_dir) if data_dir else None
   open_builder = lambda: tfds.builder(spec.tfds_name, data_dir=data_dir,
                                       file_format="array_record")
   builder = open_builder()
