@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,9 @@ def _quiet_libraries(record: logging.LogRecord) -> bool:
   # Orbax and tfds log every save/read at INFO (and orbax warns about read-only opens); keep their
   # errors, drop the chatter. Orbax's errors come from its background threads with tracebacks;
   # the failure itself reaches the command, which reports it in one line, so they keep one line.
+  if record.name == "asyncio" and record.exc_info and any(
+      "/orbax/" in frame.filename for frame in traceback.extract_tb(record.exc_info[2])):
+    return False  # an orbax write task that failed ("never retrieved"): the save reports it
   chatty = any(f"/{lib}/" in record.pathname for lib in ("orbax", "tensorflow_datasets", "etils"))
   if "/orbax/" in record.pathname and record.exc_info:
     record.exc_info, record.exc_text = None, None

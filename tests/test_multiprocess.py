@@ -164,14 +164,14 @@ def wait_for_checkpoint(workdir, procs, after=0):
 def test_a_killed_process_ends_the_other_and_sigterm_to_one_stops_both(tfds_dir, tmp_path):
   flags = ["--config.train.num_steps=100000", "--config.train.log_every_steps=2",
            "--config.train.checkpoint_every_steps=4", "--config.train.eval_every_epochs=0",
-           "--config.train.runner=pmap", "--config.distributed.heartbeat_timeout_s=10"]
+           "--config.train.runner=pmap", "--config.distributed.heartbeat_timeout_s=6"]
   procs = launch(tmp_path, tfds_dir, *flags, cluster="slurm")
   wait_for_checkpoint(tmp_path, procs)
   procs[1].kill()
   killed_at = time.time()
   output = procs[0].communicate(timeout=120)[0]
   assert procs[0].returncode == 75, output[-3000:]
-  assert time.time() - killed_at < 10  # before the runtime's own end, at the heartbeat timeout
+  assert time.time() - killed_at < 6  # before the runtime's own end, at the heartbeat timeout
   last = output.strip().splitlines()[-1]
   assert re.fullmatch(r"error: Process 1 of the 2 processes of this run is lost \(no sign of life "
                       r"for \d s\): it died, failed or was stopped \(see its log\)\. The last "

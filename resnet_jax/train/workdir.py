@@ -45,6 +45,8 @@ _CUT_WRITES = tuple(f"{files.TEMP_PREFIX}{name}." for name in (CONFIG_FILE, METR
 _HOLDER_BYTES = 512
 # Where orbax-checkpoint writes checkpoints: local folders and gs:// (its tensorstore drivers).
 CHECKPOINT_SCHEMES = ("gs",)
+# A bucket run folder's lease, renewed every quarter of this, is stale (its run gone) after it.
+LEASE_STALE_S = 60.0
 
 
 def default_workdir(model_name: str, data_name: str) -> str:
@@ -166,13 +168,12 @@ class Workdir:
 
   Use as a context manager. On entry the folder is created (when new) and locked; a second run on
   the same folder stops at once naming the holder; a lock left by a process that is gone is taken
-  over with a warning (in a bucket: a lease whose heartbeat is older than `lease_stale_s`). A
+  over with a warning (in a bucket: a lease whose heartbeat is older than LEASE_STALE_S). A
   folder holding another run's config is refused. `accept` writes config.json; leaving without
   accepting removes what entering created.
   """
 
-  def __init__(self, path: str, config: Any, *, is_main: bool = True,
-               lease_stale_s: float = 60.0):
+  def __init__(self, path: str, config: Any, *, is_main: bool = True):
     if files.is_remote(path) and os.fspath(path).split("://")[0] not in CHECKPOINT_SCHEMES:
       raise InvalidInputError(f"--workdir {path}: orbax-checkpoint writes checkpoints to local "
                               "folders and gs:// buckets only; give one of those.")
@@ -181,7 +182,6 @@ class Workdir:
     self.saved_config: dict[str, Any] | None = None  # the config.json of the run being resumed
     self._saved: dict[str, Any] | None = None
     self._created, self._accepted, self._lock_fd, self._lease = False, False, None, None
-    self._lease_stale_s = lease_stale_s
 
   def __enter__(self) -> "Workdir":
     folder = epath.Path(self.path)
@@ -213,8 +213,7 @@ class Workdir:
   def _create_and_lock(self) -> None:
     if files.is_remote(self.path):
       self._created = not epath.Path(self.path).is_dir()
-      self._lease = _Lease(os.path.join(self.path, LOCK_FILE), self.path,
-                           stale_s=self._lease_stale_s)
+      self._lease = _Lease(os.path.join(self.path, LOCK_FILE), self.path, stale_s=LEASE_STALE_S)
       self._lease.acquire()
       return
     try:
