@@ -134,11 +134,25 @@ def test_paths_of_an_unknown_scheme_or_a_store_orbax_cannot_write_are_refused(sm
     with pytest.raises(errors.InvalidInputError, match=rf"^--workdir {workdir}: orbax-checkpoint "
                        "writes checkpoints to local folders and gs:// buckets only"):
       loop.train_and_evaluate(config, workdir)
-  config.data.data_dir = "gs://runs/tfds"
-  with pytest.raises(errors.InvalidInputError, match=r"^data.data_dir=gs://runs/tfds: tfds writes "
-                     "and reads array_record files with a reader that opens local files only"):
-    data.open(config.data)
   config.data.name = "folder:ftp://x/images"
   with pytest.raises(errors.InvalidInputError, match=r"^ftp://x/images: resnet_jax reads and "
                      "writes local paths and gs://, s3:// URLs; give one of those.$"):
     data.open(config.data)
+
+
+def test_a_tfds_dataset_in_a_bucket_is_prepared_once_and_copied_to_each_host(bucket, small_config,
+                                                                            tmp_path, caplog):
+  from resnet_jax import data
+  config = small_config().data
+  config.data_dir = f"{bucket}/tfds"
+  infos = []
+  for host in ("host0", "host1"):  # each with its own copy, which tfds reads
+    config.mirror_dir = str(tmp_path / host)
+    with caplog.at_level("INFO"):
+      dataset = data.open(config)
+    infos.append(dataset.info)
+    assert 0 <= int(dataset.splits.train[len(dataset.splits.train) - 1]["label"]) < 10
+  assert caplog.text.count("Preparing digits in") == 1  # by the first; the second copies it
+  assert f"Copying {bucket}/tfds/digits/1.0.0 to {tmp_path / 'host1'}" in caplog.text
+  assert epath.Path(bucket, "tfds", "digits", "1.0.0", "dataset_info.json").exists()
+  assert infos[0].identity == infos[1].identity and infos[0].num_train > 1000

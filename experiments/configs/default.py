@@ -40,7 +40,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict(dict(
       name="digits",              # tfds name (cifar10, mnist, ...), "digits", or "folder:DIR"
-      data_dir="",                # tfds data_dir; "" = tfds's default (~/tensorflow_datasets)
+      data_dir="",                # tfds data_dir; "" = tfds's default (~/tensorflow_datasets);
+                                  # a bucket (gs://...) keeps it prepared for every host
+      mirror_dir="",              # with a bucket data_dir: this host's copy, which tfds reads
+                                  # ("" = ~/.cache/resnet_jax/tfds/<hash of data_dir>)
       eval_split="",              # "" = the dataset's test/validation split
       image_size=16,              # resize to this (0 = native size)
       crop_padding=2,             # on-device pad-and-crop augmentation (0 = off)

@@ -14,9 +14,11 @@ and trains on it with --config.data.name=stripes.
 
 import dataclasses
 import functools
+import hashlib
 import importlib.util
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -201,15 +203,15 @@ def _mocked() -> bool:
       "mock_download_and_prepare"
 
 
-def _prepare(spec: Spec, data_dir: str, timeout_s: int) -> Any:
+def _prepare(spec: Spec, data_dir: str, timeout_s: int, mirror_dir: str = "") -> Any:
   """The tfds builder, downloaded and prepared as array_record if it is not yet: by process 0
   alone in a multi-process run, the others waiting for it (at most `timeout_s`) and then reading
-  what it wrote, so that no two processes prepare the same folder at once."""
+  what it wrote, so that no two processes prepare the same folder at once.
+
+  A `data_dir` in a bucket holds the prepared dataset; array_record's reader opens local files
+  only, so each host reads a copy in `mirror_dir` (see `_mirrored`)."""
   if data_dir and files.is_remote(data_dir):
-    raise InvalidInputError(
-        f"data.data_dir={data_dir}: tfds writes and reads array_record files with a reader that "
-        "opens local files only; give a local folder (a bucket mounted with gcsfuse works), or "
-        "put the images in the bucket as an image folder (data.name=folder:gs://...).")
+    return _mirrored(spec, files.resolve(data_dir), timeout_s, mirror_dir)
   data_dir = files.resolve(data_dir) if data_dir else None
   open_builder = lambda: tfds.builder(spec.tfds_name, data_dir=data_dir,
                                       file_format="array_record")
@@ -232,6 +234,65 @@ def _prepare(spec: Spec, data_dir: str, timeout_s: int) -> Any:
     builder.download_and_prepare(file_format="array_record")
   hosts.wait_for_all(barrier, f"the other processes to reach {spec.tfds_name}", timeout_s)
   return builder
+
+
+# Written last into a prepared dataset's folder (tfds writes it last too): a copy holding it is
+# complete.
+_COMPLETE = "dataset_info.json"
+
+
+def _mirrored(spec: Spec, url: str, timeout_s: int, mirror_dir: str) -> Any:
+  """The builder of a dataset kept prepared in the bucket folder `url`, read from this host's
+  copy in `mirror_dir` (default ~/.cache/resnet_jax/tfds/<hash of url>).
+
+  Process 0 prepares it, when the bucket lacks it, in the local copy and uploads it (its
+  dataset_info.json last); then every host downloads what it lacks (into a temporary folder
+  renamed when complete, so processes sharing a host never read a partial copy).
+  """
+  local = files.resolve(mirror_dir) if mirror_dir else os.path.join(
+      os.path.expanduser("~"), ".cache", "resnet_jax", "tfds",
+      hashlib.sha1(url.encode()).hexdigest()[:16])
+  open_builder = lambda: tfds.builder(spec.tfds_name, data_dir=local, file_format="array_record")
+  builder = open_builder()
+  if _mocked():
+    return builder
+  folder = os.path.relpath(os.fspath(builder.data_dir), local)  # name[/config]/version
+  remote, copy = f"{url}/{folder}", os.path.join(local, folder)
+  barrier = f"prepare {spec.tfds_name}"
+  if jax.process_index() == 0 and not epath.Path(remote, _COMPLETE).exists():
+    if not builder.is_prepared():
+      _check_preparable(spec, local)
+      logging.info("Preparing %s in %s, for %s (once, for every process).", spec.tfds_name,
+                   local, url)
+      builder.download_and_prepare(file_format="array_record")
+    logging.info("Uploading %s to %s.", copy, remote)
+    _copy_tree(copy, remote)
+  hosts.wait_for_all(barrier, f"process 0 to prepare {spec.tfds_name} in {url}", timeout_s)
+  if not os.path.exists(os.path.join(copy, _COMPLETE)):
+    if not epath.Path(remote, _COMPLETE).exists():
+      raise InputNotFoundError(f"{remote} holds no prepared {spec.tfds_name} (no {_COMPLETE}); "
+                               "see process 0's log, or delete that folder to prepare it again.")
+    logging.info("Copying %s to %s.", remote, copy)
+    partial = f"{copy}.tmp-{os.getpid()}"
+    _copy_tree(remote, partial)
+    try:
+      os.rename(partial, copy)
+    except OSError:  # another process of this host completed it first
+      shutil.rmtree(partial, ignore_errors=True)
+  return open_builder()
+
+
+def _copy_tree(source: str, target: str) -> None:
+  """Copies the files under `source` to `target` (local paths or bucket URLs), _COMPLETE last."""
+  # A bucket's walk gives its folders without the scheme: paths are taken relative to `source`'s.
+  base = source.split("://", 1)[-1]
+  names = [os.path.relpath(os.path.join(os.fspath(root).split("://", 1)[-1], name), base)
+           for root, _, names in epath.Path(source).walk() for name in names]
+  for name in sorted(names, key=lambda n: os.path.basename(n) == _COMPLETE):
+    destination = epath.Path(target, name)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with epath.Path(source, name).open("rb") as reader, destination.open("wb") as writer:
+      shutil.copyfileobj(reader, writer, 16 * 2**20)
 
 
 def _check_preparable(spec: Spec, root: str) -> None:
@@ -269,7 +330,8 @@ def _open_tfds(spec: Spec, data_config: Any) -> Splits:
     raise InvalidInputError(f"Unknown dataset {name!r} (data.name): {spec.tfds_name} has no "
                             f"configs. Valid names: {valid_names()}.")
   spec = dataclasses.replace(spec, tfds_name=name)
-  builder = _prepare(spec, data_config.data_dir, data_config.get("prepare_timeout_s", DAY_S))
+  builder = _prepare(spec, data_config.data_dir, data_config.get("prepare_timeout_s", DAY_S),
+                     data_config.get("mirror_dir", ""))
   train = _tfds_source(builder, spec.train_split)
   evaluation = _tfds_source(builder, data_config.get("eval_split", "") or spec.eval_split)
 

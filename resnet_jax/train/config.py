@@ -154,6 +154,8 @@ RANGES: dict[str, Range] = {
     "data.max_device_bytes": _non_negative(int, " (the limit of device_resident=auto)"),
     "data.num_workers": _non_negative(int, " (0: one decoding thread)"),
     "data.verify_images": _one_of(folder.VERIFY_IMAGES),
+    "data.mirror_dir": Range(str, "a local folder, or '' (with a bucket data_dir: this host's "
+                             "copy of the dataset)"),
     "data.prepare_timeout_s": _positive(int, " (seconds the other processes wait for process 0 "
                                         "to prepare a tfds dataset)"),
 
