@@ -38,10 +38,13 @@ def launch(workdir, tfds_dir, *flags, processes=2, devices=2, cluster="", hosts=
   port = free_port()
   env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
          "JAX_PLATFORMS": "cpu"}
+  # A schedule that does not depend on the run's length: the launches of every test share one
+  # compiled step (the compilation cache).
   common = [f"--workdir={workdir}", f"--config.data.data_dir={tfds_dir}",
             "--config.model.name=resnet8", "--config.data.image_size=8",
             "--config.train.batch_size=64", "--config.train.eval_batch_size=64",
-            "--config.train.progress_bar=no", *flags]
+            "--config.train.log_every_steps=2", "--config.optim.schedule=constant",
+            "--config.optim.warmup_epochs=0", "--config.train.progress_bar=no", *flags]
   own = lambda i: ({}, [f"--config.distributed.process_id={i}"] if processes > 1 else [])
   if cluster == "kubernetes":
     env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes))
@@ -80,7 +83,7 @@ def finish(procs, timeout=600):
 def test_two_processes_equal_one_process(tfds_dir, tmp_path, monkeypatch):
   # Launched as a Kubernetes indexed Job's pods, on a data_dir where the digits are not prepared
   # yet: process 0 prepares them once while process 1 waits, then both train.
-  flags = ["--config.train.num_steps=1", "--config.train.log_every_steps=1"]
+  flags = ["--config.train.num_steps=1"]
   codes, outputs = finish(launch(tmp_path / "multi", tmp_path / "fresh_data_dir", *flags,
                                  cluster="kubernetes"))
   assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
@@ -91,8 +94,9 @@ def test_two_processes_equal_one_process(tfds_dir, tmp_path, monkeypatch):
   config = default.get_config()
   config.model.name = "resnet8"
   config.data.update(data_dir=str(tfds_dir), image_size=8)
+  config.optim.update(schedule="constant", warmup_epochs=0.0)
   config.train.update(batch_size=64, eval_batch_size=64, progress_bar="no", num_steps=1,
-                      log_every_steps=1)
+                      log_every_steps=2)
   make_runner = parallel.make_runner
   monkeypatch.setattr(parallel, "make_runner",
                       lambda name, _=None: make_runner(name, jax.devices()[:4]))
@@ -133,7 +137,7 @@ def copy_objects(source, target):
 @pytest.mark.slow
 def test_a_checkpoint_of_two_hosts_resumes_on_one_host_and_on_four(bucket, tfds_dir, tmp_path):
   steps = lambda n: [f"--config.train.num_steps={n}", "--config.train.checkpoint_every_steps=2",
-                     "--config.train.eval_every_epochs=0", "--config.train.log_every_steps=1",
+                     "--config.train.eval_every_epochs=0",
                      "--config.train.exact_reduction=true"]
   codes, outputs = finish(launch(tmp_path / "straight", tfds_dir, *steps(4), processes=1,
                                  devices=4))
@@ -165,16 +169,15 @@ def wait_for_checkpoint(workdir, procs, after=0):
     time.sleep(0.2)
 
 
-# Launched as srun's two tasks on one node (jax finds the coordinator in SLURM's variables), under
-# the pmap runner (its device rows become the checkpoint's arrays): a process killed mid-run (not
+# Launched as srun's two tasks on one node (jax finds the coordinator in SLURM's variables): a
+# process killed mid-run (not
 # process 0, which hosts the runtime's coordination service: the runtime itself ends the others at
 # once when it dies) ends the other within half of distributed.heartbeat_timeout_s, in one line
 # naming it. Both started again resume from the last checkpoint; then SIGTERM to one process stops
 # both at the same step, checkpointed.
 def test_a_killed_process_ends_the_other_and_sigterm_to_one_stops_both(tfds_dir, tmp_path):
-  flags = ["--config.train.num_steps=100000", "--config.train.log_every_steps=2",
-           "--config.train.checkpoint_every_steps=4", "--config.train.eval_every_epochs=0",
-           "--config.train.runner=pmap", "--config.distributed.heartbeat_timeout_s=6"]
+  flags = ["--config.train.num_steps=100000", "--config.train.checkpoint_every_steps=4",
+           "--config.train.eval_every_epochs=0", "--config.distributed.heartbeat_timeout_s=6"]
   procs = launch(tmp_path, tfds_dir, *flags, cluster="slurm")
   wait_for_checkpoint(tmp_path, procs)
   procs[1].kill()

@@ -50,9 +50,12 @@ def stop_at(monkeypatch, step, signum=signal.SIGTERM):
   monkeypatch.setattr(PreemptionWatcher, "should_stop", should_stop)
 
 
-# 1. Exact resume.
-def test_interrupted_and_resumed_run_is_bitwise_identical(small_config, tmp_path, monkeypatch):
-  config = small_config(num_steps=7)
+# 1. Exact resume, under either runner (each turns its device state into the checkpoint's
+# replicated arrays its own way; pmap in the slow tier, for the default tier's time).
+@pytest.mark.parametrize("runner", ["mesh", pytest.param("pmap", marks=pytest.mark.slow)])
+def test_interrupted_and_resumed_run_is_bitwise_identical(small_config, tmp_path, monkeypatch,
+                                                          runner):
+  config = small_config(num_steps=7, train={"runner": runner})
   loop.train_and_evaluate(config, str(tmp_path / "straight"))
   with monkeypatch.context() as patch:
     stop_at(patch, 3)  # between checkpoints and log steps
