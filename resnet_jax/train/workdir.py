@@ -211,8 +211,7 @@ class Workdir:
     return self
 
   def _create_and_lock(self) -> None:
-    if files.is_remote(self.path):
-      self._created = not epath.Path(self.path).is_dir()
+    if files.is_remote(self.path):  # a bucket's folders exist only through their objects
       self._lease = _Lease(os.path.join(self.path, LOCK_FILE), self.path, stale_s=LEASE_STALE_S)
       self._lease.acquire()
       return
@@ -256,8 +255,6 @@ class Workdir:
     if self._lease is not None:
       self._lease.release()
       self._lease = None
-      if self._created and not self._accepted:
-        _remove_if_empty(self.path)
     if self._lock_fd is not None:
       # Emptied, not removed: a run that opened the file just before would otherwise lock a
       # removed file while a third run locks a new one.
@@ -343,13 +340,6 @@ class _Lease:
       self._thread.join()
     if (self._read() or {}).get("token") == self.token:
       self.path.unlink(missing_ok=True)
-
-
-def _remove_if_empty(folder: str) -> None:
-  """Removes a bucket folder left empty (a refused new run's; its lease is already gone)."""
-  path = epath.Path(folder)
-  if path.is_dir() and not any(path.iterdir()):
-    path.rmtree()
 
 
 def _read_holder(fd: int) -> dict[str, Any]:
