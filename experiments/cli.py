@@ -58,7 +58,8 @@ def command():
   absl flags parsed for commands that parse their own (argparse): grain's worker processes read
   its absl flags and refuse unparsed ones.
   """
-  for logger in (logging.getLogger(), logging.getLogger("absl")):  # orbax and tfds log via absl
+  # orbax and tfds log via absl; asyncio reports the write tasks of a failed orbax save
+  for logger in (logging.getLogger(), logging.getLogger("absl"), logging.getLogger("asyncio")):
     if _quiet_libraries not in logger.filters:
       logger.addFilter(_quiet_libraries)
   if not flags.FLAGS.is_parsed():
