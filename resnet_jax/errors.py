@@ -68,3 +68,12 @@ def mismatch_error(subject: str, problems: dict[str, list[str]], hint: str,
                                          else "")
       parts.append(f"{len(keys)} {kind}: {shown}")
   return InvalidInputError(f"{subject}: {'; '.join(parts)}. {hint}")
+
+
+def causes(error: BaseException | None) -> list[BaseException]:
+  """`error` and what caused it, outermost first (`__cause__`, else `__context__`)."""
+  chain: list[BaseException] = []
+  while error is not None and all(error is not seen for seen in chain):
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  return chain

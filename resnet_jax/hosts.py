@@ -10,7 +10,7 @@ import time
 import jax
 from jax._src import distributed  # the coordination service's client (as orbax uses it)
 
-from resnet_jax.errors import MissingSetupError
+from resnet_jax.errors import MissingSetupError, causes
 
 
 def wait_for_all(name: str, what: str, timeout_s: int) -> None:
@@ -126,10 +126,5 @@ def _lost(index: int, how: str, silent_s: float) -> None:
 def peer_failure(error: BaseException) -> BaseException | None:
   """The runtime error, in `error` or what caused it (a failed checkpoint save wraps one), that
   says a peer of this multi-process run is gone; None when there is none."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if any(failure in str(error) for failure in PEER_FAILURES):
-      return error
-    error = error.__cause__ or error.__context__
-  return None
+  return next((cause for cause in causes(error)
+               if any(failure in str(cause) for failure in PEER_FAILURES)), None)

@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from resnet_jax import files
-from resnet_jax.errors import InputNotFoundError, InvalidInputError
+from resnet_jax.errors import InputNotFoundError, InvalidInputError, causes
 
 CHECKPOINTS_DIR = "checkpoints"  # a run folder's checkpoints: WORKDIR/checkpoints/<step>/
 STATE, META = "state", "meta"
@@ -32,11 +32,7 @@ def read_error(error: Exception) -> BaseException | None:
   Raises:
     the stop signal (KeyboardInterrupt, Preempted: BaseExceptions) that orbax wrapped, as itself.
   """
-  chain, seen = [], set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    chain.append(error)
-    error = error.__cause__ or error.__context__
+  chain = causes(error)
   for cause in chain:
     if not isinstance(cause, Exception):
       raise cause
