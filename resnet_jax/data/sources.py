@@ -228,10 +228,7 @@ def _prepare(spec: Spec, data_dir: str, timeout_s: int, mirror_dir: str = "") ->
           f"Process 0 prepared {spec.tfds_name} in {root}, which process {jax.process_index()} "
           "does not see: put data.data_dir on storage that every host reaches.")
     return builder
-  if not builder.is_prepared():
-    _check_preparable(spec, root)
-    logging.info("Preparing %s in %s (once, for every process).", spec.tfds_name, root)
-    builder.download_and_prepare(file_format="array_record")
+  _prepare_here(spec, builder, root)
   hosts.wait_for_all(barrier, f"the other processes to reach {spec.tfds_name}", timeout_s)
   return builder
 
@@ -260,11 +257,7 @@ def _mirrored(spec: Spec, url: str, timeout_s: int, mirror_dir: str) -> Any:
   remote, copy = f"{url}/{folder}", os.path.join(local, folder)
   barrier = f"prepare {spec.tfds_name}"
   if jax.process_index() == 0 and not epath.Path(remote, _COMPLETE).exists():
-    if not builder.is_prepared():
-      _check_preparable(spec, local)
-      logging.info("Preparing %s in %s, for %s (once, for every process).", spec.tfds_name,
-                   local, url)
-      builder.download_and_prepare(file_format="array_record")
+    _prepare_here(spec, builder, local)
     logging.info("Uploading %s to %s.", copy, remote)
     _copy_tree(copy, remote)
   hosts.wait_for_all(barrier, f"process 0 to prepare {spec.tfds_name} in {url}", timeout_s)
@@ -293,6 +286,15 @@ def _copy_tree(source: str, target: str) -> None:
     destination.parent.mkdir(parents=True, exist_ok=True)
     with epath.Path(source, name).open("rb") as reader, destination.open("wb") as writer:
       shutil.copyfileobj(reader, writer, 16 * 2**20)
+
+
+def _prepare_here(spec: Spec, builder: Any, root: str) -> None:
+  """Prepares `builder`'s dataset as array_record in `root` unless it is already there (the work
+  of process 0 alone)."""
+  if not builder.is_prepared():
+    _check_preparable(spec, root)
+    logging.info("Preparing %s in %s (once, for every process).", spec.tfds_name, root)
+    builder.download_and_prepare(file_format="array_record")
 
 
 def _check_preparable(spec: Spec, root: str) -> None:

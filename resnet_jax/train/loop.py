@@ -164,7 +164,7 @@ class Run:
     exp = self.exp
     self.records = read_metrics(self.workdir)  # damage is refused before anything is written
     resumed = resume.resume(exp, self.checkpointer, run_dir)
-    self.epoch_steps = data.EpochSteps(exp.info.num_train, exp.config.train.batch_size)
+    self.epoch_steps = exp.pipeline.epoch_steps()
     if resumed is not None:
       self.state, self.rng, self.start_step = resumed.state, resumed.rng, resumed.step
       self.resumed_record, self.epoch_steps = resumed.record, resumed.epoch_steps
