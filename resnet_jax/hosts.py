@@ -30,10 +30,14 @@ def wait_for_all(name: str, what: str, timeout_s: int) -> None:
   try:
     distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
   except jax.errors.JaxRuntimeError as e:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise MissingSetupError(f"Process {jax.process_index()} waited {timeout_s} s for {what}, in "
-                            f"vain ({first[:200]}); see that process's log, or raise the "
-                            "timeout.") from e
+                            f"vain ({_first_line(e)[:200]}); see that process's log, or raise "
+                            "the timeout.") from e
+
+
+def _first_line(error: BaseException) -> str:
+  """What the runtime says, in one line (its messages run over several)."""
+  return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 # What the runtime raises in a collective or a barrier whose peer is gone.
@@ -101,8 +105,8 @@ class LifeWatch:
         answered = now
       except jax.errors.JaxRuntimeError as e:
         if now - answered > self.lost_after_s:
-          first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-          _lost(0, f"the coordinator on it stopped answering: {first}", now - answered)
+          _lost(0, f"the coordinator on it stopped answering: {_first_line(e)[:160]}",
+                now - answered)
         continue
       for i in others:
         value = values.get(str(i))
