@@ -26,7 +26,7 @@ import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import data, files
+from resnet_jax import compiler, data, files
 from resnet_jax.data import pipeline as pipeline_lib
 from resnet_jax.layers import conv
 from resnet_jax.models import create_model
@@ -143,15 +143,13 @@ def _jaxpr_flops(jaxpr: Any) -> float:
     if eqn.primitive.name == "conv_general_dilated":
       rhs, out = eqn.invars[1].aval, eqn.outvars[0].aval
       out_features = rhs.shape[eqn.params["dimension_numbers"].rhs_spec[0]]
-      # A transposed (input-dilated) convolution's taps mostly land on the inserted zeros.
-      dilated = math.prod(eqn.params["lhs_dilation"])
-      total += 2.0 * out.size * (rhs.size // out_features) / dilated
+      total += 2.0 * out.size * (rhs.size // out_features)
     elif eqn.primitive.name == "dot_general":
       (lhs_contract, _), _ = eqn.params["dimension_numbers"]
       lhs = eqn.invars[0].aval
       total += 2.0 * eqn.outvars[0].aval.size * math.prod(lhs.shape[d] for d in lhs_contract)
     subs = [_jaxpr_flops(sub) for sub in _jaxprs_in_params(eqn.params)]
-    if eqn.primitive.name == "cond":  # one branch runs (e.g. a platform_dependent choice)
+    if eqn.primitive.name == "cond":  # one branch runs
       total += max(subs, default=0.0)
     else:
       total += eqn.params.get("length", 1) * sum(subs) if eqn.primitive.name == "scan" else \
@@ -160,11 +158,10 @@ def _jaxpr_flops(jaxpr: Any) -> float:
 
 
 def train_flops_per_image(model: Any, image_shape: tuple[int, ...]) -> float:
-  """FLOPs of one forward and backward pass per image: the convolutions and matrix products of
-  the differentiated program (its elementwise work, BatchNorm included, is not counted).
-
-  The usual convention: three times the forward pass's multiply-adds, 2 FLOPs each (torchvision's
-  published counts; tested), kernel taps over padding included. Counted on the jaxpr rather than
+  """FLOPs of one forward and backward pass per image, by the usual convention: three times the
+  forward pass's convolutions and matrix products, 2 FLOPs per multiply-add (torchvision's
+  published counts; tested), kernel taps over padding included, elementwise work (BatchNorm
+  included) not counted. Counted on the forward pass's jaxpr rather than
   taken from XLA's cost analysis, which on GPUs does not see the convolutions (they become cuDNN
   calls) and on CPU skips the taps over padding (a few percent for a CIFAR ResNet-8, tested; a
   quarter for a ResNet-18 at 64x64).
@@ -179,14 +176,9 @@ def train_flops_per_image(model: Any, image_shape: tuple[int, ...]) -> float:
   x = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
 
-  def loss(params, batch_stats, x):
-    logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                                  mutable=["batch_stats"])
-    return jnp.mean(logits.astype(jnp.float32) ** 2), updates
-
-  jaxpr = jax.make_jaxpr(jax.grad(loss, has_aux=True))(variables["params"],
-                                                       variables["batch_stats"], x)
-  return _jaxpr_flops(jaxpr.jaxpr) / x.shape[0]
+  jaxpr = jax.make_jaxpr(lambda variables, x: model.apply(variables, x, train=True,
+                                                          mutable=["batch_stats"]))(variables, x)
+  return 3 * _jaxpr_flops(jaxpr.jaxpr) / x.shape[0]
 
 
 ConvShape = collections.namedtuple(
@@ -232,8 +224,8 @@ def profile_convolutions(shapes: list[tuple[ConvShape, int]],
 
 def time_convolution(shape: ConvShape, *, dtype: str, steps: int,
                      warmup: int) -> dict[str, float]:
-  """One convolution alone as the train step computes it (`layers.conv.conv2d`: XLA's forward
-  and input gradient, the per-tap weight gradient on CPU): median milliseconds per phase."""
+  """One convolution alone as the train step computes it (`layers.conv.conv2d` compiled with
+  `compiler.options()`): median milliseconds per phase."""
   dtype = jnp.dtype(dtype)
   keys = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(keys[0], shape.input_shape, dtype)
@@ -241,9 +233,9 @@ def time_convolution(shape: ConvShape, *, dtype: str, steps: int,
   forward = functools.partial(conv.conv2d, strides=shape.strides, padding=shape.padding,
                               groups=shape.groups)
   dy = jax.random.normal(keys[2], jax.eval_shape(forward, x, w).shape, dtype)
-  fns = {"forward": jax.jit(forward),
-         "input_gradient": jax.jit(lambda x, w: jax.vjp(lambda x: forward(x, w), x)[1](dy)),
-         "weight_gradient": jax.jit(lambda x, w: jax.vjp(lambda w: forward(x, w), w)[1](dy))}
+  fns = {"forward": compiler.jit(forward),
+         "input_gradient": compiler.jit(lambda x, w: jax.vjp(lambda x: forward(x, w), x)[1](dy)),
+         "weight_gradient": compiler.jit(lambda x, w: jax.vjp(lambda w: forward(x, w), w)[1](dy))}
   return {phase: 1e3 * statistics.median(
       timed(lambda fn=fn: fn(x, w), jax.block_until_ready, steps=steps, warmup=warmup + 1,
             window=1)) for phase, fn in fns.items()}

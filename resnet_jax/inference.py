@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from resnet_jax import compiler
 from resnet_jax.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ def feature_fn(model: Any) -> Callable[[dict, jax.Array], dict[str, jax.Array]]:
     A function of the variables and a normalised NHWC batch returning {"stem", "stage1", ...,
     "pooled"} (plus "logits" when the network has a head), in inference mode.
   """
-  return jax.jit(functools.partial(model.apply, train=False, return_features=True))
+  return compiler.jit(functools.partial(model.apply, train=False, return_features=True))
 
 
 def imagenet_class_names() -> tuple[str, ...]:
@@ -87,7 +88,7 @@ class Classifier:
     self.variables = jax.device_put(weights.variables)
     from resnet_jax.data.augment import normalize
     prep = weights.preprocessing
-    self._forward = jax.jit(lambda variables, images: jax.nn.softmax(self.model.apply(
+    self._forward = compiler.jit(lambda variables, images: jax.nn.softmax(self.model.apply(
         variables, normalize(images, prep.mean, prep.std), train=False)))
 
   def preprocess(self, image: np.ndarray) -> np.ndarray:

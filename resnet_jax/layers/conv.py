@@ -1,20 +1,15 @@
-"""2-D convolution with a CPU-specific weight gradient; the same function and variables as nn.Conv.
-
-XLA's CPU backend computes a convolution's weight gradient as a convolution over the batch, which
-its Eigen kernels run at a few GFLOP/s, far slower than the forward convolution of the same layer.
-The same gradient is a sum over kernel taps of (shifted input)^T @ (output gradient), one matrix
-product per tap, which runs an order of magnitude faster there (measured: README, Performance).
-`lax.platform_dependent` applies this form only when lowering for CPU; GPUs and TPUs keep XLA's own
-(cuDNN, TPU) convolution gradients.
+"""2-D convolution: the same function and variables as nn.Conv, with a regrouped stem.
 
 A stride-2 convolution over a few input channels (the ImageNet stem's 7x7/2 over RGB) runs as a
 stride-1 convolution over 2x2 space-to-depth blocks: the same sums (the kernel is zero-padded to an
 even size and regrouped), with 4x the input channels. Tensor-core convolutions pad three channels to
 eight and run the stem at a few percent of peak; the regrouped stem's forward and weight gradient
 take less GPU time (measured: README, Performance).
+
+Gradients are XLA's own on every platform. On CPU they are fast only with Eigen's convolutions,
+which `resnet_jax.compiler.options` selects for every compiled step.
 """
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,63 +22,15 @@ from resnet_jax.errors import InvalidInputError
 
 Array = jax.Array
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
-# Below this many input/output channels XLA's own weight gradient is as fast or faster (measured).
-MIN_CHANNELS_FOR_TAPS = 32
 # Stride-2 convolutions with fewer input channels than this run over space-to-depth blocks.
 MAX_CHANNELS_FOR_SPACE_TO_DEPTH = 8
 
 
-def _conv(x, w, strides, padding, groups):
-  return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=DIMENSIONS,
-                                  feature_group_count=groups)
-
-
-def _xla_weight_gradient(x, dy, w_shape, strides, padding, groups):
-  w = jax.ShapeDtypeStruct(w_shape, dy.dtype)
-  return jax.linear_transpose(lambda w: _conv(x, w, strides, padding, groups), w)(dy)[0]
-
-
-def _tap_weight_gradient(x, dy, w_shape, strides, padding):
-  """sum over taps (i, j) of x[n, h*s + i, w*s + j, :]^T @ dy[n, h, w, :], as matrix products."""
-  kh, kw, cin, cout = w_shape
-  (pt, pb), (pl, pr) = padding
-  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-  ho, wo = dy.shape[1], dy.shape[2]
-  sh, sw = strides
-  dy2 = dy.reshape(-1, cout)
-  taps = []
-  for i in range(kh):
-    for j in range(kw):
-      window = xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
-      taps.append(jnp.dot(window.reshape(-1, cin).T, dy2,
-                          preferred_element_type=jnp.promote_types(dy.dtype, jnp.float32)))
-  return jnp.stack(taps).reshape(kh, kw, cin, cout).astype(dy.dtype)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv2d(x: Array, w: Array, strides: tuple[int, int], padding: tuple[tuple[int, int], ...],
            groups: int = 1) -> Array:
-  """NHWC x HWIO convolution with explicit padding; see the module docstring for its gradient."""
-  return _conv(x, w, strides, padding, groups)
-
-
-def _conv_fwd(x, w, strides, padding, groups):
-  return _conv(x, w, strides, padding, groups), (x, w)
-
-
-def _conv_bwd(strides, padding, groups, residuals, dy):
-  x, w = residuals
-  dx = jax.linear_transpose(lambda x: _conv(x, w, strides, padding, groups), x)(dy)[0]
-  xla = functools.partial(_xla_weight_gradient, w_shape=w.shape, strides=strides,
-                          padding=padding, groups=groups)
-  if groups != 1 or min(w.shape[2], w.shape[3]) < MIN_CHANNELS_FOR_TAPS:
-    return dx, xla(x, dy)
-  taps = functools.partial(_tap_weight_gradient, w_shape=w.shape, strides=strides,
-                           padding=padding)
-  return dx, lax.platform_dependent(x, dy, cpu=taps, default=xla).astype(w.dtype)
-
-
-conv2d.defvjp(_conv_fwd, _conv_bwd)
+  """NHWC x HWIO convolution with explicit padding."""
+  return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=DIMENSIONS,
+                                  feature_group_count=groups)
 
 
 def space_to_depth_conv2d(x: Array, w: Array, padding: tuple[tuple[int, int], ...]) -> Array:

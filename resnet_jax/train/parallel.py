@@ -2,7 +2,8 @@
 
 Both run the same per-replica function with the same named-axis collectives, so they compute the
 same numbers; they differ only in how arrays are placed. A runner is the one place where steps are
-transformed and where host data becomes device data.
+transformed and compiled (with the platform's `compiler.options()`) and where host data becomes
+device data.
 """
 
 import os
@@ -15,6 +16,7 @@ from flax import jax_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from resnet_jax import compiler
 from resnet_jax.errors import InvalidInputError, check_divisible
 from resnet_jax.registry import Registry
 
@@ -183,8 +185,8 @@ class PmapRunner(Runner):
 
   def _map(self, fn, *, in_specs, out_specs, train):
     del in_specs, out_specs  # pmap maps every argument's leading axis (replicated ones: copies)
-    mapped = jax.pmap(fn, axis_name=AXIS, devices=self.local_devices,
-                      donate_argnums=(0,) if train else ())
+    mapped = compiler.WithOptions(jax.pmap(fn, axis_name=AXIS, devices=self.local_devices,
+                                           donate_argnums=(0,) if train else ()))
     if train:
       return mapped
     return lambda *args: jax.tree.map(lambda x: x[0], mapped(*args))  # equal on every device
@@ -219,7 +221,7 @@ class MeshRunner(Runner):
   def _map(self, fn, *, in_specs, out_specs, train):
     mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs,
                            check_vma=False)
-    return jax.jit(mapped, donate_argnums=(0,) if train else ())
+    return compiler.jit(mapped, donate_argnums=(0,) if train else ())
 
 
 def make_runner(name: str, devices: list | None = None) -> Runner:
