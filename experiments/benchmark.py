@@ -5,6 +5,7 @@ Synthetic data by default; `--input` also times the input pipeline alone and the
 Prints a table and writes every field as JSON (--json).
 
 Example on CPU:  python -m experiments.benchmark --model=resnet20 --batch-size=64 --image-size=32 --dtype=float32 --steps=5
+The GPU program, on any machine:  python -m experiments.benchmark --lower-only=cuda --num-devices=1
 """
 
 import argparse
@@ -26,6 +27,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--steps", type=int, default=20, help="Timed steps.")
   p.add_argument("--warmup", type=int, default=3, help="Untimed steps after compilation.")
   p.add_argument("--runner", default="mesh", help="A registered runner: mesh or pmap.")
+  p.add_argument("--num-devices", type=int, default=0,
+                 help="Run on the first N devices (default 0: all of them).")
+  p.add_argument("--lower-only", default="", metavar="PLATFORM",
+                 help="Only lower the train step for PLATFORM (cuda, rocm, tpu, cpu; no such "
+                 "device needed) and print its program's census: operations by kind, "
+                 "conditionals, collectives, convolution types, donated arguments.")
   p.add_argument("--compare-torch", action="store_true", help="Also time PyTorch's twin.")
   p.add_argument("--torch-compile", default="auto", choices=["auto", "yes", "no"],
                  help="torch.compile the twin; auto: on CUDA only (inductor's CPU compile is slow).")
@@ -41,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--json", default="", help="Results file (default runs/benchmark/...json).")
   args = p.parse_args(argv)
   for name, least in (("batch_size", 1), ("image_size", 1), ("channels", 1), ("num_classes", 1),
-                      ("steps", 1), ("warmup", 0), ("num_workers", 0)):
+                      ("steps", 1), ("warmup", 0), ("num_workers", 0), ("num_devices", 0)):
     if getattr(args, name) < least:
       p.error(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(args, name)}")
   return args

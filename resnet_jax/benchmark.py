@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import os
+import re
 import resource
 import statistics
 import tempfile
@@ -28,9 +29,11 @@ import numpy as np
 
 from resnet_jax import compiler, data, files
 from resnet_jax.data import pipeline as pipeline_lib
+from resnet_jax.errors import InvalidInputError
 from resnet_jax.layers import conv
 from resnet_jax.models import create_model
 from resnet_jax.timing import PHASES, summary, timed
+from resnet_jax.train import parallel
 from resnet_jax.train.experiment import Experiment, assemble
 
 # Dense peak FLOP/s per device, from the vendors' data sheets (no sparsity).
@@ -74,7 +77,10 @@ def write_jpeg_folder(folder: str, *, num_images: int, num_classes: int = 10, se
 def format_table(results: dict[str, Any]) -> str:
   """A short human-readable summary of `experiments.benchmark`'s results."""
   rows = [f"{results['model']} batch {results['batch_size']} {results['image_size']}px "
-          f"{results['dtype']} on {results['device']} ({results['runner']})"]
+          f"{results['dtype']} on {results['num_devices']} x {results['device']} "
+          f"({results['runner']})"]
+  if "census" in results:
+    return "\n".join(rows + [format_census(results["census"], results["census"]["platform"])])
   for key in ("synthetic", "with_input", "input_only", "torch"):
     r = results.get(key)
     if not r:
@@ -289,6 +295,59 @@ def time_train_step(exp: Experiment, *, steps: int, warmup: int) -> dict[str, An
   return result
 
 
+def lower_train_step(exp: Experiment, platform: str) -> str:
+  """The StableHLO text of an experiment's real train step lowered for `platform` ("cuda",
+  "rocm", "tpu", "cpu"), which needs no device of that kind: state and batch are abstract arrays
+  placed as the runner places them (`train.runner=mesh`)."""
+  runner, info = exp.runner, exp.info
+  if not hasattr(runner, "mesh"):
+    raise InvalidInputError(f"Lowering for {platform} needs --runner=mesh (the step is one "
+                            f"jit over a device mesh); got --runner={runner.name}.")
+  sharded = jax.sharding.NamedSharding(runner.mesh, jax.sharding.PartitionSpec(parallel.AXIS))
+  batch_size = exp.config.train.batch_size
+  inputs = {"image": jax.ShapeDtypeStruct((batch_size,) + tuple(info.image_shape), jnp.uint8,
+                                          sharding=sharded),
+            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharded)}
+  rng = exp.parts.rng
+  rng = jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=runner.state_sharding)
+  traced = exp.steps.train.trace(runner.placed(exp.parts.abstract_state), inputs, rng, None)
+  return traced.lower(lowering_platforms=(platform,)).as_text()
+
+
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "collective_permute",
+               "collective_broadcast")
+
+
+def program_census(text: str) -> dict[str, Any]:
+  """What a lowered program (StableHLO text) computes: operations by kind, the element types of
+  its convolutions, and how many of its arguments are donated and aliased to an output."""
+  ops = collections.Counter(re.findall(r"\bstablehlo\.([a-z_]+)\b", text))
+  conv_types = collections.Counter(
+      "x".join(sorted(set(re.findall(r"x(bf16|f16|f32|f64)>", line))))
+      for line in text.splitlines() if "stablehlo.convolution" in line)
+  main = re.search(r"func\.func public @main\((.*?)\) ->", text, re.S)
+  arguments = main.group(1) if main else ""
+  return {"ops": dict(ops.most_common()), "convolution_types": dict(conv_types),
+          "collectives": sum(ops[name] for name in COLLECTIVES),
+          "conditionals": ops["case"] + ops["if"],
+          "arguments": arguments.count("%arg"),
+          "aliased_arguments": arguments.count("tf.aliasing_output"),
+          "donated_arguments": len(re.findall(r"tf\.aliasing_output|jax\.buffer_donor",
+                                              arguments))}
+
+
+def format_census(census: dict[str, Any], platform: str) -> str:
+  """`program_census` as lines: the totals, then operations by kind, most frequent first."""
+  rows = [f"lowered for {platform}: {sum(census['ops'].values())} operations, "
+          f"{census['conditionals']} conditionals, {census['collectives']} collectives, "
+          f"{census['donated_arguments']} of {census['arguments']} arguments donated "
+          f"({census['aliased_arguments']} aliased to an output)",
+          "  convolutions by element type: " + ", ".join(
+              f"{kind} {count}" for kind, count in census["convolution_types"].items())]
+  rows += [f"  {count:6d} {name}" for name, count in census["ops"].items()]
+  return "\n".join(rows)
+
+
 def time_input(pipeline: Any, *, batch_size: int, steps: int, warmup: int) -> dict[str, Any]:
   """Host input pipeline alone: images/s delivered (decode, augment, batch); nothing for a
   device-resident dataset, whose batches are made on the devices.
@@ -317,6 +376,8 @@ class Options:
   steps: int  # timed steps
   warmup: int  # untimed steps after compilation
   runner: str
+  num_devices: int  # the first N devices; 0: all
+  lower_only: str  # a platform: only lower the train step for it and count its operations
   compare_torch: bool  # also time PyTorch's twin
   torch_compile: bool | None  # None: on CUDA only
   profile_convs: bool  # also time each convolution alone
@@ -363,18 +424,33 @@ def run(options: Options, base_config: Any) -> dict[str, Any]:
              "jax_version": jax.__version__}
   timing = {"steps": options.steps, "warmup": options.warmup}
   channels = options.channels
+  devices = jax.devices()
+  if options.num_devices > len(devices):
+    raise InvalidInputError(f"--num-devices={options.num_devices}, but this machine has "
+                            f"{len(devices)} devices.")
+  runner = parallel.make_runner(options.runner, devices[:options.num_devices or len(devices)])
+  results["num_devices"] = runner.num_replicas
+  if options.lower_only:
+    synthetic = data.Dataset(synthetic_info(options.num_classes, options.image_size, channels,
+                                            num_train=options.batch_size), splits=None)
+    config = benchmark_config(options, base_config, "")
+    text = lower_train_step(assemble(config, dataset=synthetic, runner=runner),
+                            options.lower_only)
+    results["census"] = {"platform": options.lower_only, **program_census(text)}
+    return results
   with tempfile.TemporaryDirectory() as folder:
     config = benchmark_config(options, base_config, folder)
     real = None
     if options.input:
       if not options.data and options.image_size >= 64:
         write_jpeg_folder(folder, num_images=max(64, 2 * options.batch_size))
-      real = assemble(config)
+      real = assemble(config, runner=runner)
       channels = real.info.image_shape[-1]  # time the synthetic step on the same input shape
     synthetic = data.Dataset(synthetic_info(options.num_classes, options.image_size, channels,
                                             num_train=options.batch_size * config.train.num_steps),
                              splits=None)
-    results["synthetic"] = time_train_step(assemble(config, dataset=synthetic), **timing)
+    results["synthetic"] = time_train_step(assemble(config, dataset=synthetic, runner=runner),
+                                           **timing)
     if real is not None:
       results["input_only"] = time_input(real.pipeline, batch_size=options.batch_size, **timing)
       if not real.pipeline.device_resident:
@@ -395,7 +471,7 @@ def run(options: Options, base_config: Any) -> dict[str, Any]:
                                results["torch"]["images_per_sec"])
   if options.profile_convs:
     shapes = convolutions(model, (options.image_size, options.image_size, channels),
-                          options.batch_size // jax.device_count())
+                          options.batch_size // runner.num_replicas)
     timers = {"jax": time_convolution}
     if options.compare_torch:
       from resnet_jax.interop.torch_timing import time_torch_convolution

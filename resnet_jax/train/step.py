@@ -3,13 +3,14 @@ images and labels, with collectives over a named axis. They know nothing of wher
 from (`resnet_jax.data.device` builds them on the device; the runner composes the two)."""
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from resnet_jax.layers.replicas import replica_mean
+from resnet_jax.layers.replicas import replica_mean, replica_sum
 from resnet_jax.train.parallel import AXIS
 from resnet_jax.train.state import TrainState
 
@@ -46,6 +47,14 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
   if label_smoothing:
     targets = optax.smooth_labels(targets, label_smoothing)
   return optax.softmax_cross_entropy(logits.astype(dtype), targets)
+
+
+def global_norm(tree: Any) -> jax.Array:
+  """The L2 norm of every leaf together, as one reduction over their concatenation: one kernel
+  on a GPU, where `optax.tree.norm`'s sum per leaf is one per leaf (161 for a ResNet-50)."""
+  leaves = jax.tree.leaves(tree)
+  flat = jnp.concatenate([jnp.ravel(x) for x in leaves]).astype(jnp.result_type(*leaves))
+  return jnp.sqrt(jnp.sum(jnp.square(flat)))
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Module,
@@ -88,7 +97,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
     batch_stats = mean(batch_stats)
   loss = mean(loss)
   accuracy = mean(jnp.mean(jnp.argmax(logits, -1) == labels))
-  grad_norm = optax.tree.norm(grads)
+  grad_norm = global_norm(grads)
 
   finite_loss, finite_grads = jnp.isfinite(loss), jnp.isfinite(grad_norm)
   finite = finite_loss & finite_grads
@@ -135,4 +144,4 @@ def eval_step(variables: dict, batch: dict, *, model: nn.Module, config: StepCon
       "top5": jnp.sum(jnp.any(top_k == labels[:, None], axis=-1) * mask),
       "count": jnp.sum(mask),
   }
-  return jax.lax.psum(sums, config.axis_name)
+  return replica_sum(sums, config.axis_name)
