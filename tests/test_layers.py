@@ -1,5 +1,7 @@
-"""The default layers (fused-gradient BatchNorm, CPU-gradient and space-to-depth Conv, max-pool)
-compute what flax's compute, gradients included."""
+"""The default layers (fused-gradient BatchNorm, space-to-depth Conv, max-pool) compute what
+flax's compute, gradients included."""
+
+import functools
 
 import chex
 import flax.linen as nn
@@ -8,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax.layers.batchnorm import BatchNorm
+from resnet_jax.layers.batchnorm import BatchNorm, batch_norm_train
 
 
 def modules(**kwargs):
@@ -46,6 +48,30 @@ def test_same_outputs_statistics_and_gradients_as_flax(dtype):
   assert eval_mine.dtype == eval_ref.dtype == dtype
   chex.assert_trees_all_close(eval_mine.astype(jnp.float32), eval_ref.astype(jnp.float32),
                               rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_relu_inside_batchnorm_gives_the_same_bits_as_relu_after_it(dtype):
+  # Integer inputs and a zero bias put many outputs at exactly zero, where ReLU's gradient (0 at
+  # 0) is decided; the two must agree there too.
+  x = jnp.round(jax.random.normal(jax.random.key(0), (4, 5, 5, 6)) * 2).astype(dtype)
+  w = jax.random.normal(jax.random.key(1), x.shape)
+  scale, bias = 1 + jax.random.normal(jax.random.key(2), (6,)) / 4, jnp.zeros(6)
+
+  def loss(relu_inside, x, scale, bias):
+    y, mean, var = batch_norm_train(x, scale, bias, 1e-5, None, dtype, relu=relu_inside)
+    y = y if relu_inside else nn.relu(y)
+    return jnp.sum(jnp.sin(y.astype(jnp.float32)) * w), (y, mean, var)
+
+  results = [jax.value_and_grad(functools.partial(loss, inside), argnums=(0, 1, 2),
+                                has_aux=True)(x, scale, bias) for inside in (True, False)]
+  assert np.sum(np.asarray(results[0][0][1][0], np.float32) == 0) > 100
+  chex.assert_trees_all_equal(*results)  # outputs, statistics, loss and gradients: every bit
+  variables = {"params": {"scale": scale, "bias": bias},
+               "batch_stats": {"mean": jnp.ones(6), "var": jnp.full(6, 2.0)}}
+  chex.assert_trees_all_equal(
+      BatchNorm(relu=True).apply(variables, x, use_running_average=True),
+      nn.relu(BatchNorm().apply(variables, x, use_running_average=True)))
 
 
 def test_synchronised_statistics_and_gradients_across_devices():

@@ -1,16 +1,20 @@
 """Residual blocks (basic, bottleneck, pre-activation), their shortcuts, and the block registry.
 
 Blocks receive `conv` and `norm` already bound with dtype, initialisers and BatchNorm settings by the
-network (`functools.partial`), so no block hard-codes them. Submodule names follow torchvision's
-(`conv1`, `bn1`, ..., `downsample_conv`, `downsample_bn`) because `resnet_jax.interop.convert` maps them.
+network (`functools.partial`), so no block hard-codes them. A norm followed by ReLU is one module
+when the norm takes `relu=True` (our BatchNorm: ReLU inside its gradient, no stored mask).
+Submodule names follow torchvision's (`conv1`, `bn1`, ..., `downsample_conv`, `downsample_bn`)
+because `resnet_jax.interop.convert` maps them.
 """
 
+import functools
 from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from resnet_jax.errors import InvalidInputError
+from resnet_jax.layers.batchnorm import BatchNorm
 from resnet_jax.registry import Registry
 
 ModuleDef = Any
@@ -49,6 +53,15 @@ def zero_pad_shortcut(x: jnp.ndarray, out_channels: int, strides: int) -> jnp.nd
   return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
 
 
+def takes_relu(norm: Any) -> bool:
+  """Whether `norm(..., relu=True)` is the norm followed by ReLU: our BatchNorm (or partials of
+  it), or a norm factory marked `takes_relu` (the ResNet's)."""
+  while isinstance(norm, functools.partial):
+    norm = norm.func
+  return getattr(norm, "takes_relu", False) or (isinstance(norm, type)
+                                                 and issubclass(norm, BatchNorm))
+
+
 class _Block(nn.Module):
   """Fields shared by every block; `num_filters` is the block's base width ("planes")."""
 
@@ -81,6 +94,11 @@ class _Block(nn.Module):
                   name="downsample_conv")(x)
     return self.norm(name="downsample_bn")(x) if with_norm else x
 
+  def _norm_relu(self, name: str, x: jnp.ndarray) -> jnp.ndarray:
+    if takes_relu(self.norm):
+      return self.norm(name=name, relu=True)(x)
+    return nn.relu(self.norm(name=name)(x))
+
   def _last_norm(self, name: str) -> nn.Module:
     init = nn.initializers.zeros if self.zero_init_last else nn.initializers.ones
     return self.norm(scale_init=init, name=name)
@@ -106,7 +124,7 @@ class BasicBlock(_Block):
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     self._check_basic()
     y = self.conv(self.num_filters, (3, 3), strides=self.strides, padding=_pad(3), name="conv1")(x)
-    y = nn.relu(self.norm(name="bn1")(y))
+    y = self._norm_relu("bn1", y)
     y = self.conv(self.num_filters, (3, 3), padding=_pad(3), name="conv2")(y)
     y = self._last_norm("bn2")(y)
     return nn.relu(y + self._shortcut(x, with_norm=True))
@@ -123,10 +141,10 @@ class Bottleneck(_Block):
     width = self._bottleneck_width()
     s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
     y = self.conv(width, (1, 1), strides=s1, padding="VALID", name="conv1")(x)
-    y = nn.relu(self.norm(name="bn1")(y))
+    y = self._norm_relu("bn1", y)
     y = self.conv(width, (3, 3), strides=s3, padding=_pad(3), feature_group_count=self.groups,
                   name="conv2")(y)
-    y = nn.relu(self.norm(name="bn2")(y))
+    y = self._norm_relu("bn2", y)
     y = self.conv(self.out_channels, (1, 1), padding="VALID", name="conv3")(y)
     y = self._last_norm("bn3")(y)
     return nn.relu(y + self._shortcut(x, with_norm=True))
@@ -141,11 +159,11 @@ class PreActBasicBlock(_Block):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     self._check_basic()
-    pre = nn.relu(self.norm(name="bn1")(x))
+    pre = self._norm_relu("bn1", x)
     # When the shape changes, the projection sees the pre-activated input, as in the paper's code.
     shortcut = x if x.shape[-1] == self.out_channels and self.strides == 1 else pre
     y = self.conv(self.num_filters, (3, 3), strides=self.strides, padding=_pad(3), name="conv1")(pre)
-    y = nn.relu(self.norm(name="bn2")(y))
+    y = self._norm_relu("bn2", y)
     y = self.conv(self.num_filters, (3, 3), padding=_pad(3), name="conv2",
                   **self._last_conv_init())(y)
     return y + self._shortcut(shortcut, with_norm=False)
@@ -162,13 +180,13 @@ class PreActBottleneck(_Block):
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     width = self._bottleneck_width()
     s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
-    pre = nn.relu(self.norm(name="bn1")(x))
+    pre = self._norm_relu("bn1", x)
     shortcut = x if x.shape[-1] == self.out_channels and self.strides == 1 else pre
     y = self.conv(width, (1, 1), strides=s1, padding="VALID", name="conv1")(pre)
-    y = nn.relu(self.norm(name="bn2")(y))
+    y = self._norm_relu("bn2", y)
     y = self.conv(width, (3, 3), strides=s3, padding=_pad(3), feature_group_count=self.groups,
                   name="conv2")(y)
-    y = nn.relu(self.norm(name="bn3")(y))
+    y = self._norm_relu("bn3", y)
     y = self.conv(self.out_channels, (1, 1), padding="VALID", name="conv3",
                   **self._last_conv_init())(y)
     return y + self._shortcut(shortcut, with_norm=False)

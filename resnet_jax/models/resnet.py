@@ -162,13 +162,19 @@ class ResNet(nn.Module):
     self.check_input_shape(x.shape)
     conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype,
                              param_dtype=self.param_dtype, kernel_init=conv_kernel_init)
-    def norm(part: int, **kwargs):
+    folds_relu = blocks.takes_relu(self.norm)
+
+    def norm(part: int, relu: bool = False, **kwargs):
+      """The norm of `part`; with `relu`, followed by ReLU (inside our BatchNorm's gradient)."""
       frozen = not train or part < self.frozen_stages
-      return self.norm(use_running_average=frozen, momentum=self.bn_momentum,
-                       epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
-                       axis_name=None if frozen else self.axis_name,
-                       unbiased_running_var=self.bn_unbiased_var,
-                       **({"exact_mean": True} if self.exact_mean else {}), **kwargs)
+      module = self.norm(use_running_average=frozen, momentum=self.bn_momentum,
+                         epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
+                         axis_name=None if frozen else self.axis_name,
+                         unbiased_running_var=self.bn_unbiased_var,
+                         **({"exact_mean": True} if self.exact_mean else {}),
+                         **({"relu": True} if relu and folds_relu else {}), **kwargs)
+      return (lambda x: nn.relu(module(x))) if relu and not folds_relu else module
+    norm.takes_relu = True
 
     def end_of_part(part: int, x: jnp.ndarray) -> jnp.ndarray:
       # Nothing before the last frozen part needs a gradient: stop the backward pass there.
@@ -182,12 +188,12 @@ class ResNet(nn.Module):
     if self.stem == "imagenet":
       x = conv(self.num_filters, (7, 7), strides=2, padding=((3, 3), (3, 3)),
                name=self.input_conv)(x)
-      x = nn.relu(norm(0, name="bn1")(x))
+      x = norm(0, relu=True, name="bn1")(x)
       x = max_pool2d(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
       x = conv(self.num_filters, (3, 3), padding=((1, 1), (1, 1)), name=self.input_conv)(x)
       if not preact:  # pre-activation blocks normalise their own input
-        x = nn.relu(norm(0, name="bn1")(x))
+        x = norm(0, relu=True, name="bn1")(x)
     x = features["stem"] = end_of_part(0, x)
 
     block_cls = nn.remat(self.block_cls) if self.remat else self.block_cls
@@ -206,7 +212,7 @@ class ResNet(nn.Module):
         for j in range(1, num_blocks):
           x = block(name=f"layer{i + 1}_{j}")(x)
       if preact and i + 1 == last:
-        x = nn.relu(norm(last, name="final_bn")(x))
+        x = norm(last, relu=True, name="final_bn")(x)
       x = features[f"stage{i + 1}"] = end_of_part(i + 1, x)
 
     # Pool in float32: a bfloat16 mean over 7x7 or 8x8 positions loses precision in the logits.
