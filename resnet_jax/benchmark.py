@@ -26,14 +26,19 @@ import jax
 import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from resnet_jax import compiler, data, files
 from resnet_jax.data import pipeline as pipeline_lib
 from resnet_jax.errors import InvalidInputError
 from resnet_jax.layers import conv
+from resnet_jax.layers.batchnorm import BatchNorm, batch_norm_train
+from resnet_jax.layers.pooling import max_pool2d
+from resnet_jax.models import blocks
 from resnet_jax.models import create_model
 from resnet_jax.timing import PHASES, summary, timed
 from resnet_jax.train import parallel
+from resnet_jax.train import step as step_lib
 from resnet_jax.train.experiment import Experiment, assemble
 
 # Dense peak FLOP/s per device, from the vendors' data sheets (no sparsity).
@@ -102,6 +107,15 @@ def format_table(results: dict[str, Any]) -> str:
   for name, profile in results.get("convolutions", {}).items():
     rows.append(f"  {name} convolutions alone: " + ", ".join(
         f"{phase.replace('_', ' ')} {profile[phase + '_ms']:.1f} ms" for phase in PHASES))
+  for name, tried in results.get("tuning", {}).items():
+    rows.append(f"  tuning {name}: " + (
+        f"{tried['images_per_sec']:.1f} img/s at batch {tried['batch_size']}, "
+        f"{tried['vs_default']:.3f}x the default" if "error" not in tried else
+        f"refused: {tried['error']}"))
+  if "layers" in results:
+    rows.append("  jax other parts alone: " + ", ".join(
+        f"{key[:-3].replace('_', ' ')} {value:.1f} ms" for key, value in results["layers"].items()
+        if key.endswith("_ms")))
   for key, label in (("input_vs_synthetic", "input-fed / synthetic"),
                      ("jax_vs_torch", "JAX / PyTorch")):
     if key in results:
@@ -247,44 +261,58 @@ def time_convolution(shape: ConvShape, *, dtype: str, steps: int,
             window=1)) for phase, fn in fns.items()}
 
 
+class StepTimer:
+  """An assembled experiment's real train step, compiled (with `compiler.options()` and any
+  `compiler_options` on top) and ready to time.
+
+  With a pipeline, the step is fed as training feeds it; on a dataset without records, by one
+  synthetic batch already on the devices.
+  """
+
+  def __init__(self, exp: Experiment, compiler_options: dict[str, Any] | None = None):
+    runner, info, self.batch_size = exp.runner, exp.info, exp.config.train.batch_size
+    self._state, self._rng = runner.replicate(exp.parts.state), runner.replicate(exp.parts.rng)
+    if exp.pipeline is None:
+      local = self.batch_size // jax.process_count()
+      r = np.random.RandomState(0)
+      host = {"image": r.randint(0, 256, (local,) + tuple(info.image_shape), dtype=np.uint8),
+              "label": r.randint(0, info.num_classes, (local,)).astype(np.int32)}
+      inputs = itertools.repeat((runner.shard_batch(host), None))
+    else:
+      inputs = exp.pipeline.train_feed(0, runner)
+    first = next(inputs)
+    self._inputs = itertools.chain([first], inputs)
+    start = time.perf_counter()
+    lowered = exp.steps.train.lower(self._state, first[0], self._rng, first[1])
+    self._compiled = lowered.compile(compiler_options=compiler_options)
+    self.compile_s = time.perf_counter() - start
+
+  def step(self) -> Any:
+    batch, arrays = next(self._inputs)
+    self._state, metrics = self._compiled(self._state, batch, self._rng, arrays)
+    return metrics
+
+  def time(self, *, steps: int, warmup: int) -> list[float]:
+    """Seconds per step, one value per window (`timing.timed`)."""
+    return timed(self.step, jax.block_until_ready, steps=steps, warmup=warmup)
+
+
 def time_train_step(exp: Experiment, *, steps: int, warmup: int) -> dict[str, Any]:
-  """Compiles and times an assembled experiment's real train step.
+  """Compiles and times an assembled experiment's real train step (see `StepTimer`).
 
   Args:
-    exp: `train.experiment.assemble`'s experiment: with a pipeline, the step is fed as training
-      feeds it; on a dataset without records, by one synthetic batch already on the devices.
+    exp: `train.experiment.assemble`'s experiment.
     steps, warmup: timed steps and untimed warm-up steps.
 
   Returns:
     images/s (median, min, max), step time, compile time, FLOPs per image and peak memory.
   """
-  runner, info, batch_size = exp.runner, exp.info, exp.config.train.batch_size
-  state, rng = runner.replicate(exp.parts.state), runner.replicate(exp.parts.rng)
-  if exp.pipeline is None:
-    local = batch_size // jax.process_count()
-    r = np.random.RandomState(0)
-    host = {"image": r.randint(0, 256, (local,) + tuple(info.image_shape), dtype=np.uint8),
-            "label": r.randint(0, info.num_classes, (local,)).astype(np.int32)}
-    inputs = itertools.repeat((runner.shard_batch(host), None))
-  else:
-    inputs = exp.pipeline.train_feed(0, runner)
-
-  first = next(inputs)
-  inputs = itertools.chain([first], inputs)
-  start = time.perf_counter()
-  compiled = exp.steps.train.lower(state, first[0], rng, first[1]).compile()
-  compile_s = time.perf_counter() - start
-  flops_per_image = train_flops_per_image(exp.parts.model, info.image_shape)
-
-  def step():
-    nonlocal state
-    batch, arrays = next(inputs)
-    state, metrics = compiled(state, batch, rng, arrays)
-    return metrics
-
-  times = timed(step, jax.block_until_ready, steps=steps, warmup=warmup)
+  runner = exp.runner
+  timer = StepTimer(exp)
+  flops_per_image = train_flops_per_image(exp.parts.model, exp.info.image_shape)
+  times = timer.time(steps=steps, warmup=warmup)
   memory, memory_kind = _peak_memory_bytes()
-  result = {**summary(times, batch_size), "compile_time_s": compile_s,
+  result = {**summary(times, timer.batch_size), "compile_time_s": timer.compile_s,
             "flops_per_image": flops_per_image,
             "peak_memory_bytes": memory, "peak_memory_kind": memory_kind,
             "num_devices": runner.num_replicas}
@@ -293,6 +321,157 @@ def time_train_step(exp: Experiment, *, steps: int, warmup: int) -> dict[str, An
   result.update({"achieved_flops_per_sec_per_device": achieved,
                  "peak_flops_per_sec_per_device": peak, "mfu": achieved / peak if peak else None})
   return result
+
+
+# Settings `--tuning` times against the default step, per platform family: name -> (XLA options
+# on top of `compiler.options()`, global batch size as a multiple of --batch-size).
+TUNING: dict[str, dict[str, tuple[dict[str, Any], float]]] = {
+    "gpu": {
+        "conv_fusion": ({"xla_gpu_experimental_enable_conv_fusion": True}, 1),
+        "command_buffers_off": ({"xla_gpu_enable_command_buffer": ""}, 1),
+        "command_buffers_with_cudnn": (
+            {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN"}, 1),
+        "command_buffers_of_any_size": ({"xla_gpu_graph_min_graph_size": 1}, 1),
+        "batch_x1.5": ({}, 1.5),  # 384 per device from --batch-size=256 on one
+        "batch_x2": ({}, 2),  # 512
+    },
+    "cpu": {
+        "ynn_convolutions": ({"xla_cpu_experimental_ynn_fusion_type":
+                              "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
+                              "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}, 1),
+        "batch_x2": ({}, 2),
+    },
+}
+
+
+def tune(make_exp: Callable[[int], Experiment], platform: str, *, steps: int, warmup: int,
+         rounds: int = 3) -> dict[str, Any]:
+  """Each of `TUNING`'s settings for `platform` against the default step, timed alternately
+  (`rounds` windows of `steps` each, in turn) in one process.
+
+  Args:
+    make_exp: global batch size -> the assembled experiment to time.
+    platform: "cuda", "rocm", "cpu", ...
+
+  Returns:
+    setting -> {images_per_sec (median), vs_default (ratio of medians), batch_size, options};
+    a setting this jaxlib refuses is reported with its error instead.
+  """
+  default = make_exp(0)
+  candidates = {"default": ({}, 1.0), **TUNING.get(compiler.family(platform), {})}
+  timers, results = {}, {}
+  for name, (xla, factor) in candidates.items():
+    batch_size = int(default.config.train.batch_size * factor)
+    try:
+      timers[name] = StepTimer(default if factor == 1 else make_exp(batch_size), xla)
+    except jax.errors.JaxRuntimeError as e:  # an option this jaxlib does not have
+      results[name] = {"error": str(e).splitlines()[0], "options": xla}
+  for timer in timers.values():
+    timer.time(steps=1, warmup=warmup)
+  times = {name: [] for name in timers}
+  for _ in range(rounds):
+    for name, timer in timers.items():
+      times[name] += timer.time(steps=steps, warmup=0)
+  base = summary(times["default"], timers["default"].batch_size)["images_per_sec"]
+  for name, timer in timers.items():
+    rate = summary(times[name], timer.batch_size)["images_per_sec"]
+    results[name] = {"images_per_sec": rate, "vs_default": rate / base,
+                     "batch_size": timer.batch_size, "options": candidates[name][0]}
+  return results
+
+
+def layers(model: Any, image_shape: tuple[int, ...], batch_size: int) -> dict[str, Any]:
+  """The work of one forward pass besides its convolutions: every BatchNorm ((input shape,
+  relu inside), count), every residual join ((output shape, count): the add and ReLU that end a
+  post-activation block), the stem's max-pool input shape (None without one) and the head's
+  input shape."""
+  model = model.clone(scan_blocks=False, axis_name=None)
+  block_classes = tuple(cls for _, cls in blocks.BLOCKS.items())
+  norms, joins = collections.Counter(), collections.Counter()
+  pool = None
+
+  def census(next_fun, args, kwargs, context):
+    nonlocal pool
+    out = next_fun(*args, **kwargs)
+    module = context.module
+    if context.method_name == "__call__" and isinstance(module, BatchNorm):
+      norms[(tuple(args[0].shape), module.relu)] += 1
+      if model.stem == "imagenet" and module.name == "bn1" and \
+          isinstance(module.parent, type(model)):
+        pool = tuple(out.shape)  # the stem's normalised output, which the max-pool reads
+    elif context.method_name == "__call__" and isinstance(module, block_classes) and \
+        not module.preactivation:
+      joins[tuple(out.shape)] += 1
+    return out
+
+  x = jax.ShapeDtypeStruct((batch_size,) + tuple(image_shape), jnp.float32)
+  with nn.intercept_methods(census):
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+  features = jax.eval_shape(lambda v, x: model.apply(v, x, return_features=True), variables, x)
+  return {"batchnorm": list(norms.items()), "residual": list(joins.items()), "max_pool": pool,
+          "head": tuple(features[f"stage{len(model.stage_sizes)}"].shape)}
+
+
+def _time_alone(fn: Callable, *args: Any, steps: int, warmup: int) -> float:
+  """Median milliseconds of `compiler.jit(fn)(*args)`, each call synchronised."""
+  compiled = compiler.jit(fn)
+  return 1e3 * statistics.median(timed(lambda: compiled(*args), jax.block_until_ready,
+                                       steps=steps, warmup=warmup + 1, window=1))
+
+
+def profile_layers(exp: Experiment, *, steps: int, warmup: int) -> dict[str, Any]:
+  """Milliseconds per train step of everything besides the convolutions, each part timed alone,
+  forward and backward, as the step computes it, times its count: BatchNorm (ReLU inside where
+  the network has it there), the residual joins, the stem's max-pool, the head (global pool,
+  classifier, loss) and the optimizer update (with the gradient norm)."""
+  model, runner = exp.parts.model, exp.runner
+  dtype = jnp.dtype(model.dtype)
+  census = layers(model, exp.info.image_shape, exp.config.train.batch_size // runner.num_replicas)
+  key = map(functools.partial(jax.random.fold_in, jax.random.key(0)), itertools.count())
+  normal = lambda shape, dtype=dtype: jax.random.normal(next(key), shape, dtype)
+  timing = {"steps": steps, "warmup": warmup}
+
+  def backward(f, *args):  # forward and backward of f, as a gradient of a weighted sum
+    dy = normal(jax.eval_shape(f, *args).shape, jax.eval_shape(f, *args).dtype)
+    return lambda *a: jax.vjp(f, *a)[1](dy)
+
+  rows, totals = [], collections.Counter()
+  for (shape, relu), count in census["batchnorm"]:
+    c = shape[-1]
+    f = lambda x, s, b, relu=relu: batch_norm_train(x, s, b, 1e-5, None, dtype, relu=relu)[0]
+    args = (normal(shape), 1 + normal((c,), jnp.float32), normal((c,), jnp.float32))
+    ms = _time_alone(backward(f, *args), *args, **timing)
+    rows.append({"part": "batchnorm", "shape": shape, "relu": relu, "count": count, "ms": ms})
+  for shape, count in census["residual"]:
+    f = lambda y, s: jax.nn.relu(y + s)
+    args = (normal(shape), normal(shape))
+    rows.append({"part": "residual", "shape": shape, "count": count,
+                 "ms": _time_alone(backward(f, *args), *args, **timing)})
+  if census["max_pool"]:
+    f = lambda x: max_pool2d(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = normal(census["max_pool"])
+    rows.append({"part": "max_pool", "shape": census["max_pool"], "count": 1,
+                 "ms": _time_alone(backward(f, x), x, **timing)})
+  if census["head"]:
+    shape, classes = census["head"], exp.info.num_classes
+    labels = jax.random.randint(next(key), shape[:1], 0, classes)
+    f = lambda x, w: jnp.mean(step_lib.cross_entropy(
+        jnp.mean(x.astype(jnp.float32), axis=(1, 2)) @ w, labels, classes))
+    args = (normal(shape), normal((shape[-1], classes), jnp.float32))
+    rows.append({"part": "head", "shape": shape, "count": 1,
+                 "ms": _time_alone(jax.grad(f, argnums=(0, 1)), *args, **timing)})
+  state = exp.parts.state
+  tx = exp.parts.tx
+
+  def update(params, opt_state, grads):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, step_lib.global_norm(grads)
+  grads = jax.tree.map(lambda p: normal(p.shape, p.dtype), state.params)
+  rows.append({"part": "optimizer", "shape": None, "count": 1,
+               "ms": _time_alone(update, state.params, state.opt_state, grads, **timing)})
+  for row in rows:
+    totals[row["part"]] += row["count"] * row["ms"]
+  return {**{f"{part}_ms": ms for part, ms in totals.items()}, "rows": rows}
 
 
 def lower_train_step(exp: Experiment, platform: str) -> str:
@@ -381,6 +560,8 @@ class Options:
   compare_torch: bool  # also time PyTorch's twin
   torch_compile: bool | None  # None: on CUDA only
   profile_convs: bool  # also time each convolution alone
+  profile_layers: bool  # also time every other part of the step alone (and the convolutions)
+  tuning: bool  # also time `TUNING`'s settings for this platform against the default
   input: bool  # also time the input pipeline alone and the step fed by it
   data: str  # the dataset for `input`; "": digits under 64 pixels, else generated JPEGs
   data_dir: str
@@ -449,8 +630,16 @@ def run(options: Options, base_config: Any) -> dict[str, Any]:
     synthetic = data.Dataset(synthetic_info(options.num_classes, options.image_size, channels,
                                             num_train=options.batch_size * config.train.num_steps),
                              splits=None)
-    results["synthetic"] = time_train_step(assemble(config, dataset=synthetic, runner=runner),
-                                           **timing)
+    synthetic_exp = assemble(config, dataset=synthetic, runner=runner)
+    results["synthetic"] = time_train_step(synthetic_exp, **timing)
+    if options.tuning:
+      def make_exp(batch_size: int) -> Experiment:
+        if not batch_size:
+          return synthetic_exp
+        other = copy.deepcopy(config)
+        other.train.update(batch_size=batch_size, eval_batch_size=batch_size)
+        return assemble(other, dataset=synthetic, runner=runner)
+      results["tuning"] = tune(make_exp, jax.default_backend(), **timing)
     if real is not None:
       results["input_only"] = time_input(real.pipeline, batch_size=options.batch_size, **timing)
       if not real.pipeline.device_resident:
@@ -469,7 +658,7 @@ def run(options: Options, base_config: Any) -> dict[str, Any]:
         compile=options.torch_compile, **timing)
     results["jax_vs_torch"] = (results["synthetic"]["images_per_sec"] /
                                results["torch"]["images_per_sec"])
-  if options.profile_convs:
+  if options.profile_convs or options.profile_layers:
     shapes = convolutions(model, (options.image_size, options.image_size, channels),
                           options.batch_size // runner.num_replicas)
     timers = {"jax": time_convolution}
@@ -479,6 +668,12 @@ def run(options: Options, base_config: Any) -> dict[str, Any]:
     results["convolutions"] = {
         name: profile_convolutions(shapes, functools.partial(timer, dtype=options.dtype, **timing))
         for name, timer in timers.items()}
+  if options.profile_layers:
+    parts = profile_layers(synthetic_exp, **timing)
+    accounted = sum(results["convolutions"]["jax"][f"{phase}_ms"] for phase in PHASES) + sum(
+        v for k, v in parts.items() if k.endswith("_ms"))
+    parts["unaccounted_ms"] = results["synthetic"]["step_time_ms"] - accounted
+    results["layers"] = parts
   return results
 
 

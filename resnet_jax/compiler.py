@@ -28,11 +28,16 @@ OPTIONS: dict[str, dict[str, Any]] = {
 _PLATFORM_FAMILY = {"cuda": "gpu", "rocm": "gpu"}
 
 
+def family(platform: str) -> str:
+  """"gpu" for "cuda" and "rocm"; other platforms are their own family."""
+  return _PLATFORM_FAMILY.get(platform, platform)
+
+
 @functools.cache
 def options(platform: str | None = None) -> dict[str, Any]:
   """The options of `OPTIONS` that this jaxlib accepts for `platform` (default: JAX's backend)."""
   platform = platform or jax.default_backend()
-  wanted = OPTIONS.get(_PLATFORM_FAMILY.get(platform, platform), {})
+  wanted = OPTIONS.get(family(platform), {})
   if platform != jax.default_backend():
     return dict(wanted)  # cannot be tried here; lowering (not compiling) ignores them anyway
   accepted = {}
@@ -74,8 +79,9 @@ class _Lowered:
   def __init__(self, lowered: Any):
     self._lowered = lowered
 
-  def compile(self) -> Any:
-    return self._lowered.compile(compiler_options=options())
+  def compile(self, compiler_options: dict[str, Any] | None = None) -> Any:
+    """Compiled with `options()` and `compiler_options` on top."""
+    return self._lowered.compile(compiler_options={**options(), **(compiler_options or {})})
 
   def as_text(self, *args: Any, **kwargs: Any) -> str:
     return self._lowered.as_text(*args, **kwargs)

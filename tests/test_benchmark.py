@@ -32,10 +32,10 @@ def assert_positive(section, keys):
 def test_benchmark_reports_every_field_with_input_and_torch(tmp_path, capsys):
   # One invocation for every field: the JPEG pipeline (a generated folder at 64 pixels, decoded and
   # cropped on the host) alone and feeding the step, the pmap runner, PyTorch's twin, each
-  # convolution alone in both.
+  # convolution alone in both, every other part of the step alone.
   results = run(tmp_path, "--model=resnet8", "--batch-size=8", "--image-size=64",
                 "--dtype=bfloat16", "--input", "--runner=pmap", "--compare-torch",
-                "--profile-convs")
+                "--profile-layers")
   for key in ("synthetic", "with_input"):
     assert set(STEP) <= set(results[key]), results[key]
     assert_positive(results[key], TIMING + ("compile_time_s", "flops_per_image",
@@ -55,11 +55,19 @@ def test_benchmark_reports_every_field_with_input_and_torch(tmp_path, capsys):
     profile = results["convolutions"][framework]
     assert_positive(profile, ("forward_ms", "input_gradient_ms", "weight_gradient_ms"))
     assert sum(row["count"] for row in profile["shapes"]) == 7
+  # resnet8 (CIFAR stem, no max-pool): 7 BatchNorms, 3 residual joins.
+  parts = results["layers"]
+  assert_positive(parts, ("batchnorm_ms", "residual_ms", "head_ms", "optimizer_ms"))
+  assert {row["part"] for row in parts["rows"]} == {"batchnorm", "residual", "head", "optimizer"}
+  assert sum(row["count"] for row in parts["rows"] if row["part"] == "batchnorm") == 7
+  assert sum(row["count"] for row in parts["rows"] if row["part"] == "residual") == 3
+  assert "unaccounted_ms" in parts
   for key in ("model", "batch_size", "image_size", "device", "platform", "jax_version"):
     assert key in results
   out = capsys.readouterr().out
   for label in ("synthetic", "with_input", "torch", "FLOPs/image", "MFU", "peak memory",
-                "input-fed / synthetic", "JAX / PyTorch", "torch convolutions alone"):
+                "input-fed / synthetic", "JAX / PyTorch", "torch convolutions alone",
+                "jax other parts alone"):
     assert label in out, out
 
 
@@ -120,3 +128,15 @@ def test_the_resnet50_bfloat16_step_lowered_for_cuda_wastes_nothing(tmp_path, ca
   # Over 8 devices the same step averages gradients and BatchNorm statistics: the census sees it.
   census = run(tmp_path, "--lower-only=cuda", "--batch-size=64")["census"]
   assert census["collectives"] > 0 and census["conditionals"] == 0
+
+
+@pytest.mark.slow  # four compilations of the step; a tool for lent GPUs, checked nightly
+def test_tuning_times_each_setting_of_the_platform_against_the_default(tmp_path, capsys):
+  results = run(tmp_path, "--model=resnet8", "--batch-size=8", "--image-size=16", "--tuning",
+                "--num-devices=1")
+  tuning = results["tuning"]
+  assert set(tuning) == {"default", *benchmark.TUNING["cpu"]}
+  assert tuning["default"]["vs_default"] == 1.0 and tuning["batch_x2"]["batch_size"] == 16
+  for name, tried in tuning.items():  # every setting accepted by this jaxlib, and timed
+    assert "error" not in tried and tried["images_per_sec"] > 0 and tried["vs_default"] > 0, (name, tried)
+  assert "tuning ynn_convolutions:" in capsys.readouterr().out
