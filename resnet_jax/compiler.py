@@ -21,7 +21,9 @@ import jax
 import jax.numpy as jnp
 
 OPTIONS: dict[str, dict[str, Any]] = {
-    "cpu": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
+    "cpu": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
+                                                     "LIBRARY_FUSION_TYPE_REDUCE,"
+                                                     "LIBRARY_FUSION_TYPE_ELTWISE"},
     "gpu": {"xla_gpu_enable_latency_hiding_scheduler": True,
             "xla_gpu_all_reduce_combine_threshold_bytes": 64 * 2**20},
 }

@@ -108,6 +108,40 @@ def test_a_semantic_difference_is_detected(control, tfds_dir):
   assert report["worst_teacher_forced"] > 10 * fidelity.TOLERANCE  # a clear margin
 
 
+def test_the_twins_unsynchronised_batchnorm_is_the_step_s_on_four_devices():
+  # Each device normalises its rows by its own statistics; the step averages the replicas'
+  # running averages (train/step.py). The twin's chunks must give the same, in float64.
+  from resnet_jax.interop.torch_reference import ReplicaBatchNorm2d
+  from resnet_jax.layers.batchnorm import BatchNorm
+  from resnet_jax.layers.replicas import replica_mean
+  x = np.random.RandomState(0).randn(8, 5, 5, 3) * 2 + 1
+  module = BatchNorm(momentum=0.9, unbiased_running_var=True, dtype=jnp.float64,
+                     param_dtype=jnp.float64)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("batch",))
+
+  def per_device(x):
+    y, updates = module.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
+    return y, replica_mean(updates["batch_stats"], "batch")
+  with jax.enable_x64(True):
+    variables = jax.tree.map(lambda v: v + 0.5, module.init(jax.random.key(0), x[:2], False))
+    y, stats = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=jax.P("batch"),
+                                     out_specs=(jax.P("batch"), jax.P()), check_vma=False))(x)
+  twin = ReplicaBatchNorm2d(3, momentum=0.1, replicas=4).double()
+  with torch.no_grad():
+    for name, value in (("weight", "scale"), ("bias", "bias")):
+      getattr(twin, name).copy_(torch.from_numpy(np.asarray(variables["params"][value])))
+    twin.running_mean.copy_(torch.from_numpy(np.asarray(variables["batch_stats"]["mean"])))
+    twin.running_var.copy_(torch.from_numpy(np.asarray(variables["batch_stats"]["var"])))
+  out = twin(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).detach().numpy()
+  np.testing.assert_allclose(out, y, rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(twin.running_mean.numpy(), stats["mean"], rtol=1e-12)
+  np.testing.assert_allclose(twin.running_var.numpy(), stats["var"], rtol=1e-12)
+  # Not what one BatchNorm over the whole batch gives.
+  whole = torch.nn.functional.batch_norm(torch.from_numpy(x).permute(0, 3, 1, 2), None, None,
+                                         twin.weight, twin.bias, True, 0.0, twin.eps)
+  assert not np.allclose(whole.permute(0, 2, 3, 1).detach().numpy(), y, atol=1e-3)
+
+
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_pytorch_schedulers_follow_the_same_learning_rates(recipe, tfds_dir):
   config = RECIPES[recipe](tfds_dir)

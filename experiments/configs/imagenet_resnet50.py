@@ -3,6 +3,8 @@
 90 epochs, SGD momentum 0.9, lr 0.1 x batch/256 with 5 linear warm-up epochs and /10 at epochs 30,
 60 and 80, weight decay 1e-4 on conv/dense kernels only, zero-initialised last BN of each block,
 label smoothing 0.1, bfloat16 compute, Inception crop + flip, 224 train / 256->224 eval.
+BatchNorm statistics per device, not synchronised (train.sync_batchnorm=false), as Goyal et al.
+(32 images per GPU) and MLPerf's reference do; running averages are averaged over devices.
 
 Command:  python -m experiments.train --config=experiments/configs/imagenet_resnet50.py --workdir=runs/imagenet_resnet50
           (imagenet2012 needs a manual download: the error message says where to put the files).
@@ -27,5 +29,5 @@ def get_config():
                       boundaries=(30, 60, 80), boundaries_unit="epochs", label_smoothing=0.1)
   config.train.update(batch_size=1024, eval_batch_size=1000, num_epochs=90.0,
                       precision="bfloat16", eval_every_epochs=5.0, checkpoint_every_steps=2000,
-                      log_every_steps=100)
+                      log_every_steps=100, sync_batchnorm=False)
   return config

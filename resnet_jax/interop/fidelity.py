@@ -146,7 +146,10 @@ class TorchSide:
   def __init__(self, shared: Setup, jax_side: JaxSide, dtype: torch.dtype):
     config, parts = shared.config, jax_side.parts
     self.config, self.shared, self.parts, self.dtype = config, shared, parts, dtype
-    self.model = TorchResNet(parts.model, shared.exp.info.image_shape[-1]).to(dtype)
+    # Unsynchronised BatchNorm: each device's statistics, as the twin's chunks of the batch.
+    replicas = 1 if config.train.sync_batchnorm else jax_side.runner.num_replicas
+    self.model = TorchResNet(parts.model, shared.exp.info.image_shape[-1],
+                             replicas=replicas).to(dtype)
     self.keys = torch_keys(parts.abstract_state.variables(), parts.model)
     self.params = dict(self.model.named_parameters())
     self.frozen = range(parts.model.frozen_stages)

@@ -105,10 +105,39 @@ for _cls, _bottleneck in ((flax_blocks.BasicBlock, False), (flax_blocks.Bottlene
   register_twin(_cls)(functools.partial(_Block, bottleneck=_bottleneck))
 
 
-class TorchResNet(nn.Module):
-  """A PyTorch network computing the same function as a `ResNet` with converted weights."""
+class ReplicaBatchNorm2d(nn.BatchNorm2d):
+  """`nn.BatchNorm2d` as `replicas` data-parallel devices compute it without synchronised
+  statistics (`train.sync_batchnorm=false`): each of `replicas` equal, consecutive chunks of the
+  batch is normalised by its own statistics, and the running averages move towards the mean of
+  the chunks' statistics (the project's step averages the replicas' running averages)."""
 
-  def __init__(self, model: ResNet, in_channels: int = 3):
+  def __init__(self, *args, replicas: int = 1, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.replicas = replicas
+
+  def forward(self, x):
+    if not self.training or self.replicas == 1:
+      return super().forward(x)
+    chunks = x.chunk(self.replicas)
+    out = torch.cat([F.batch_norm(c, None, None, self.weight, self.bias, True, 0.0, self.eps)
+                     for c in chunks])
+    with torch.no_grad():
+      for running, stat in ((self.running_mean, lambda c: c.mean((0, 2, 3))),
+                            (self.running_var, lambda c: c.var((0, 2, 3), unbiased=True))):
+        running.mul_(1 - self.momentum).add_(
+            self.momentum * torch.stack([stat(c) for c in chunks]).mean(0))
+      self.num_batches_tracked += 1
+    return out
+
+
+class TorchResNet(nn.Module):
+  """A PyTorch network computing the same function as a `ResNet` with converted weights.
+
+  `replicas` > 1: BatchNorm in training mode as that many devices compute it without
+  synchronising statistics (`ReplicaBatchNorm2d`).
+  """
+
+  def __init__(self, model: ResNet, in_channels: int = 3, replicas: int = 1):
     super().__init__()
     if model.stem not in ("imagenet", "cifar") or model.shortcut not in flax_blocks.SHORTCUTS:
       raise ValueError(f"Unsupported stem/shortcut {model.stem!r}/{model.shortcut!r}.")
@@ -138,6 +167,12 @@ class TorchResNet(nn.Module):
       self.final_bn = nn.BatchNorm2d(channels, eps=model.bn_epsilon,
                                      momentum=1.0 - model.bn_momentum)
     self.fc = nn.Linear(channels, model.num_classes) if model.num_classes else None
+    if replicas > 1:
+      for parent in list(self.modules()):
+        for name, child in parent.named_children():
+          if type(child) is nn.BatchNorm2d:
+            setattr(parent, name, ReplicaBatchNorm2d(
+                child.num_features, eps=child.eps, momentum=child.momentum, replicas=replicas))
 
   def forward(self, x):
     x = self.conv1(x)
