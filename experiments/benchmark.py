@@ -29,7 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--runner", default="mesh", help="A registered runner: mesh or pmap.")
   p.add_argument("--num-devices", type=int, default=0,
                  help="Run on the first N devices (default 0: all of them).")
-  p.add_argument("--lower-only", default="", metavar="PLATFORM",
+  p.add_argument("--lower-only", default="", choices=["", "cuda", "rocm", "tpu", "cpu"],
                  help="Only lower the train step for PLATFORM (cuda, rocm, tpu, cpu; no such "
                  "device needed) and print its program's census: operations by kind, "
                  "conditionals, collectives, convolution types, donated arguments.")

@@ -452,16 +452,14 @@ def profile_layers(exp: Experiment, *, steps: int, warmup: int) -> dict[str, Any
     x = normal(census["max_pool"])
     rows.append({"part": "max_pool", "shape": census["max_pool"], "count": 1,
                  "ms": _time_alone(backward(f, x), x, **timing)})
-  if census["head"]:
-    shape, classes = census["head"], exp.info.num_classes
-    labels = jax.random.randint(next(key), shape[:1], 0, classes)
-    f = lambda x, w: jnp.mean(step_lib.cross_entropy(
-        jnp.mean(x.astype(jnp.float32), axis=(1, 2)) @ w, labels, classes))
-    args = (normal(shape), normal((shape[-1], classes), jnp.float32))
-    rows.append({"part": "head", "shape": shape, "count": 1,
-                 "ms": _time_alone(jax.grad(f, argnums=(0, 1)), *args, **timing)})
-  state = exp.parts.state
-  tx = exp.parts.tx
+  shape, classes = census["head"], exp.info.num_classes
+  labels = jax.random.randint(next(key), shape[:1], 0, classes)
+  f = lambda x, w: jnp.mean(step_lib.cross_entropy(
+      jnp.mean(x.astype(jnp.float32), axis=(1, 2)) @ w, labels, classes))
+  args = (normal(shape), normal((shape[-1], classes), jnp.float32))
+  rows.append({"part": "head", "shape": shape, "count": 1,
+               "ms": _time_alone(jax.grad(f, argnums=(0, 1)), *args, **timing)})
+  state, tx = exp.parts.state, exp.parts.tx
 
   def update(params, opt_state, grads):
     updates, opt_state = tx.update(grads, opt_state, params)

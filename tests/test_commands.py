@@ -181,7 +181,16 @@ def test_convert_takes_weights_of_any_head_without_a_labels_flag(tmp_path, capsy
   assert pretrained.load(str(tmp_path / "out")).class_names is None
 
 
-@pytest.mark.parametrize("flag", ["--steps=0", "--batch-size=0", "--warmup=-1"])
+@pytest.mark.parametrize("flag", ["--steps=0", "--batch-size=0", "--warmup=-1",
+                                  "--num-devices=-1", "--lower-only=gpu"])
 def test_benchmark_refuses_counts_that_measure_nothing(flag, capsys):
   assert exit_code(benchmark.main, ["--model=resnet8", flag]) == 2
   assert flag.split("=")[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--num-devices=9"], "--num-devices=9, but this machine has 8 devices."),
+    (["--lower-only=cuda", "--runner=pmap"], "Lowering for cuda needs --runner=mesh")])
+def test_benchmark_refuses_what_this_machine_cannot_lower_or_run(flags, message, capsys):
+  assert exit_code(benchmark.main, ["--model=resnet8", *flags]) == 2
+  assert message in capsys.readouterr().err
