@@ -129,9 +129,9 @@ def test_the_twins_unsynchronised_batchnorm_is_the_step_s_on_four_devices():
   twin = ReplicaBatchNorm2d(3, momentum=0.1, replicas=4).double()
   with torch.no_grad():
     for name, value in (("weight", "scale"), ("bias", "bias")):
-      getattr(twin, name).copy_(torch.from_numpy(np.asarray(variables["params"][value])))
-    twin.running_mean.copy_(torch.from_numpy(np.asarray(variables["batch_stats"]["mean"])))
-    twin.running_var.copy_(torch.from_numpy(np.asarray(variables["batch_stats"]["var"])))
+      getattr(twin, name).copy_(torch.tensor(np.array(variables["params"][value])))
+    twin.running_mean.copy_(torch.tensor(np.array(variables["batch_stats"]["mean"])))
+    twin.running_var.copy_(torch.tensor(np.array(variables["batch_stats"]["var"])))
   out = twin(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).detach().numpy()
   np.testing.assert_allclose(out, y, rtol=1e-12, atol=1e-12)
   np.testing.assert_allclose(twin.running_mean.numpy(), stats["mean"], rtol=1e-12)
