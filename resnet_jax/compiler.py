@@ -13,6 +13,11 @@ in two), as the JAX GPU performance guide recommends for data parallelism.
 
 An option this jaxlib does not know (names change between releases) is dropped: each is tried
 once per platform on a trivial function.
+
+`exact=True` (train.exact_reduction: the same bits on any split of the devices over processes)
+leaves out the options in `TOPOLOGY_DEPENDENT`: Eigen's threaded CPU convolutions sum in an order
+that depends on how a process's devices share its threads (a step on 2 processes x 2 devices
+differs from one on 1 x 4 in the last bits, tested), jaxlib's default YNNPACK convolutions do not.
 """
 
 import functools
@@ -29,6 +34,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "gpu": {"xla_gpu_enable_latency_hiding_scheduler": True,
             "xla_gpu_all_reduce_combine_threshold_bytes": 64 * 2**20},
 }
+TOPOLOGY_DEPENDENT: dict[str, tuple[str, ...]] = {"cpu": ("xla_cpu_experimental_ynn_fusion_type",)}
 _PLATFORM_FAMILY = {"cuda": "gpu", "rocm": "gpu"}
 
 
@@ -38,10 +44,12 @@ def family(platform: str) -> str:
 
 
 @functools.cache
-def options(platform: str | None = None) -> dict[str, Any]:
-  """The options of `OPTIONS` that this jaxlib accepts for `platform` (default: JAX's backend)."""
+def options(platform: str | None = None, exact: bool = False) -> dict[str, Any]:
+  """The options of `OPTIONS` that this jaxlib accepts for `platform` (default: JAX's backend);
+  `exact`: without those whose numbers depend on the topology."""
   platform = platform or jax.default_backend()
-  wanted = OPTIONS.get(family(platform), {})
+  wanted = {name: value for name, value in OPTIONS.get(family(platform), {}).items()
+            if not (exact and name in TOPOLOGY_DEPENDENT.get(family(platform), ()))}
   if platform != jax.default_backend():
     return dict(wanted)  # cannot be tried here; lowering (not compiling) ignores them anyway
   accepted = {}
@@ -55,20 +63,20 @@ def options(platform: str | None = None) -> dict[str, Any]:
   return accepted
 
 
-def jit(fn: Callable, **kwargs: Any) -> Callable:
-  """`jax.jit(fn, **kwargs)` compiled with `options()`."""
-  return jax.jit(fn, compiler_options=options(), **kwargs)
+def jit(fn: Callable, *, exact: bool = False, **kwargs: Any) -> Callable:
+  """`jax.jit(fn, **kwargs)` compiled with `options(exact=exact)`."""
+  return jax.jit(fn, compiler_options=options(exact=exact), **kwargs)
 
 
 class WithOptions:
   """A transformed function without a `compiler_options` argument (`jax.pmap`), compiled with
   `options()`: once per argument signature on call, or through `.lower(...).compile()`."""
 
-  def __init__(self, fn: Any):
-    self._fn, self._compiled = fn, {}
+  def __init__(self, fn: Any, exact: bool = False):
+    self._fn, self._exact, self._compiled = fn, exact, {}
 
   def lower(self, *args: Any) -> "_Lowered":
-    return _Lowered(self._fn.lower(*args))
+    return _Lowered(self._fn.lower(*args), self._exact)
 
   def __call__(self, *args: Any) -> Any:
     leaves, tree = jax.tree.flatten(args)
@@ -80,9 +88,10 @@ class WithOptions:
 
 
 class _Lowered:
-  def __init__(self, lowered: Any):
-    self._lowered = lowered
+  def __init__(self, lowered: Any, exact: bool):
+    self._lowered, self._exact = lowered, exact
 
   def compile(self, compiler_options: dict[str, Any] | None = None) -> Any:
     """Compiled with `options()` and `compiler_options` on top."""
-    return self._lowered.compile(compiler_options={**options(), **(compiler_options or {})})
+    return self._lowered.compile(compiler_options={**options(exact=self._exact),
+                                                   **(compiler_options or {})})

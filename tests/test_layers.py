@@ -153,3 +153,16 @@ def test_max_pool_has_flax_values_and_autodiff_gradients_ties_included(
   assert got.dtype == dtype
   tol = 1e-6 if dtype == jnp.float32 else 1e-2  # bfloat16: the rounding of sums of 1-4 terms
   chex.assert_trees_all_close(got.astype(jnp.float32), expected, rtol=tol, atol=tol)
+
+
+def test_stochastic_depth_drops_whole_rows_and_scales_the_kept_ones():
+  from resnet_jax.layers.drop_path import drop_path, keep_rows
+  x = jax.random.normal(jax.random.key(0), (6, 3, 3, 4))
+  keep = jnp.array([True, False, True, True, False, True])
+  y = drop_path(x, 0.25, keep)
+  np.testing.assert_array_equal(y[~keep], 0.0)
+  np.testing.assert_allclose(y[keep], x[keep] / 0.75, rtol=1e-6)
+  # The kept fraction over 10,000 draws: within 4 standard deviations of 1 - rate.
+  for rate in (0.1, 0.5):
+    kept = np.asarray(keep_rows(jax.random.key(1), rate, 10_000)).mean()
+    assert abs(kept - (1 - rate)) < 4 * np.sqrt(rate * (1 - rate) / 10_000), (rate, kept)

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 import resnet_jax
+from resnet_jax import create_model
+from resnet_jax.errors import InvalidInputError
 from resnet_jax.models import blocks
 
 ALL_MODELS = resnet_jax.list_models()
@@ -240,3 +242,27 @@ def test_bad_names_and_inputs_are_rejected_clearly():
   with pytest.raises(ValueError, match="groups=1"):
     bad = resnet_jax.create_model("resnet18", groups=32)
     bad.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def test_stochastic_depth_is_linear_over_blocks_random_in_training_and_off_in_evaluation():
+  model = create_model("resnet8", num_classes=10, drop_path_rate=0.4)
+  rates = []
+
+  def record(next_fun, args, kwargs, context):
+    if context.method_name == "__call__" and isinstance(context.module, blocks.BasicBlock):
+      rates.append(context.module.drop_path_rate)
+    return next_fun(*args, **kwargs)
+  x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+  variables = model.init(jax.random.key(1), x)
+  with nn.intercept_methods(record):
+    model.apply(variables, x, train=True, mutable=["batch_stats"],
+                rngs={"dropout": jax.random.key(2)})
+  np.testing.assert_allclose(rates, [0.0, 0.2, 0.4], rtol=1e-6)  # linear from 0: timm's
+  train = lambda key: model.apply(variables, x, train=True, mutable=["batch_stats"],
+                                  rngs={"dropout": jax.random.key(key)})[0]
+  assert not np.allclose(train(2), train(3))  # other rows dropped
+  plain = create_model("resnet8", num_classes=10)
+  chex.assert_trees_all_equal(model.apply(variables, x, train=False),
+                              plain.apply(variables, x, train=False))
+  with pytest.raises(InvalidInputError, match="drop_path_rate needs model.scan_blocks=false"):
+    model.clone(scan_blocks=True).init(jax.random.key(1), x)

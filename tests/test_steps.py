@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import typing
 
 import chex
 import jax
@@ -174,3 +175,25 @@ def test_eval_step_counts_exactly_with_masks():
       batch["image"][:11], INFO.mean, INFO.std))
   assert float(sums["top1"]) == float(np.sum(np.argmax(logits, -1) == batch["label"][:11]))
   assert float(sums["top1"]) <= float(sums["top5"]) <= 11.0
+
+
+def test_the_data_side_and_the_step_draw_from_separate_streams():
+  # Example r's augmentation key must not be replica r's dropout key: the runner gives the data
+  # side and the step two streams folded from the run's key.
+  class Batches:
+    def train(self, inputs, arrays, step, rng):
+      return {"data_key": jax.random.key_data(rng)}
+
+  def step_fn(state, batch, rng):
+    return state, {"data_key": batch["data_key"], "step_key": jax.random.key_data(rng)}
+
+  class State(typing.NamedTuple):
+    step: jax.Array
+
+  runner = parallel.make_runner("mesh", jax.devices()[:1])
+  run_key = jax.random.PRNGKey(7)
+  step = runner.train_step(step_fn, Batches())
+  _, keys = step(State(jnp.int32(3)), {"x": jnp.zeros((1,))}, run_key, None)
+  np.testing.assert_array_equal(keys["data_key"], jax.random.fold_in(run_key, 0))
+  np.testing.assert_array_equal(keys["step_key"],
+                                jax.random.fold_in(jax.random.fold_in(run_key, 1), 3))

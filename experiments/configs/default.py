@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
       # pass runs slower); None: the registry's choice (on for resnet1202, preact_resnet1001).
       scan_blocks=placeholder(bool),
       remat=False,                # rematerialise blocks in the backward pass (saves memory)
+      drop_path_rate=0.0,         # stochastic depth, linear over blocks from 0 (timm's); 0: off
       bn_momentum=0.9,
       bn_epsilon=1e-5,
       bn_unbiased_var=True,       # running variance of the unbiased batch variance (PyTorch's)

@@ -351,6 +351,9 @@ def compare(config: Any, *, steps: int, control: str = "") -> dict[str, Any]:
      "worst_teacher_forced", "passed_teacher_forced", "passed_free_running", "passed"}.
   """
   validate_config(config)
+  if config.model.get("drop_path_rate", 0.0):
+    raise InvalidInputError("The PyTorch twin has no stochastic depth yet: compare with "
+                            "--config.model.drop_path_rate=0.")
   if control not in CONTROLS:
     raise InvalidInputError(f"Unknown --control {control!r}; use one of {sorted(CONTROLS)}.")
   shared = setup(config, steps)

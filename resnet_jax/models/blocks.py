@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from resnet_jax.errors import InvalidInputError
 from resnet_jax.layers.batchnorm import BatchNorm
+from resnet_jax.layers.drop_path import drop_path, keep_rows
 from resnet_jax.registry import Registry
 
 ModuleDef = Any
@@ -74,6 +75,8 @@ class _Block(nn.Module):
   stride_in_1x1: bool = False
   shortcut: str = "projection"
   zero_init_last: bool = False
+  drop_path_rate: float = 0.0  # stochastic depth: how often this block's branch is dropped
+  deterministic: bool = True  # no stochastic depth (evaluation)
 
   expansion: ClassVar[int] = 1
   preactivation: ClassVar[bool] = False
@@ -98,6 +101,13 @@ class _Block(nn.Module):
     if takes_relu(self.norm):
       return self.norm(name=name, relu=True)(x)
     return nn.relu(self.norm(name=name)(x))
+
+  def _drop_path(self, branch: jnp.ndarray) -> jnp.ndarray:
+    """The residual branch under stochastic depth: its rows dropped from the "dropout" stream."""
+    if self.deterministic or not self.drop_path_rate:
+      return branch
+    keep = keep_rows(self.make_rng("dropout"), self.drop_path_rate, branch.shape[0])
+    return drop_path(branch, self.drop_path_rate, keep)
 
   def _last_norm(self, name: str) -> nn.Module:
     init = nn.initializers.zeros if self.zero_init_last else nn.initializers.ones
@@ -127,7 +137,7 @@ class BasicBlock(_Block):
     y = self._norm_relu("bn1", y)
     y = self.conv(self.num_filters, (3, 3), padding=_pad(3), name="conv2")(y)
     y = self._last_norm("bn2")(y)
-    return nn.relu(y + self._shortcut(x, with_norm=True))
+    return nn.relu(self._drop_path(y) + self._shortcut(x, with_norm=True))
 
 
 @register_block("bottleneck")
@@ -147,7 +157,7 @@ class Bottleneck(_Block):
     y = self._norm_relu("bn2", y)
     y = self.conv(self.out_channels, (1, 1), padding="VALID", name="conv3")(y)
     y = self._last_norm("bn3")(y)
-    return nn.relu(y + self._shortcut(x, with_norm=True))
+    return nn.relu(self._drop_path(y) + self._shortcut(x, with_norm=True))
 
 
 @register_block("preact_basic")
@@ -166,7 +176,7 @@ class PreActBasicBlock(_Block):
     y = self._norm_relu("bn2", y)
     y = self.conv(self.num_filters, (3, 3), padding=_pad(3), name="conv2",
                   **self._last_conv_init())(y)
-    return y + self._shortcut(shortcut, with_norm=False)
+    return self._drop_path(y) + self._shortcut(shortcut, with_norm=False)
 
 
 @register_block("preact_bottleneck")
@@ -189,4 +199,4 @@ class PreActBottleneck(_Block):
     y = self._norm_relu("bn3", y)
     y = self.conv(self.out_channels, (1, 1), padding="VALID", name="conv3",
                   **self._last_conv_init())(y)
-    return y + self._shortcut(shortcut, with_norm=False)
+    return self._drop_path(y) + self._shortcut(shortcut, with_norm=False)

@@ -1,6 +1,7 @@
 """The generic ResNet: stem, stages of blocks, head, feature outputs, and its named parts."""
 
 import functools
+import itertools
 import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -64,8 +65,11 @@ class ResNet(nn.Module):
     param_dtype: parameter dtype.
     conv, norm: the convolution and normalisation modules, bound by the network with `partial`.
       The defaults compute what `flax.linen.Conv` and `flax.linen.BatchNorm` compute (same
-      variables) with faster gradients: `resnet_jax.layers.conv.Conv` (CPU weight gradients as matrix
-      products) and `resnet_jax.layers.batchnorm.BatchNorm` (a fused backward pass).
+      variables): `resnet_jax.layers.conv.Conv` (a regrouped stem) and
+      `resnet_jax.layers.batchnorm.BatchNorm` (a fused backward pass, ReLU inside).
+    drop_path_rate: stochastic depth in training: block b of B drops its residual branch for an
+      example with rate drop_path_rate * b / (B - 1) (linear from 0, as timm's ResNet), drawn
+      from the "dropout" stream; 0: off.
     scan_blocks: run each stage's repeated blocks with `nn.scan` (constant compile time in depth).
     remat: rematerialise each block in the backward pass (memory for compute).
     frozen_stages: how many leading parts are frozen for fine-tuning, the stem counting as part 0
@@ -95,6 +99,7 @@ class ResNet(nn.Module):
   scan_blocks: bool = False
   remat: bool = False
   frozen_stages: int = 0
+  drop_path_rate: float = 0.0
 
   # The network's named parts, which conversion and fine-tuning read instead of assuming names.
   stem_modules: ClassVar[tuple[str, ...]] = ("conv1", "bn1")  # part 0
@@ -197,20 +202,34 @@ class ResNet(nn.Module):
     x = features["stem"] = end_of_part(0, x)
 
     block_cls = nn.remat(self.block_cls) if self.remat else self.block_cls
+    if self.drop_path_rate and self.scan_blocks:
+      raise InvalidInputError("model.drop_path_rate needs model.scan_blocks=false: the blocks of "
+                              "a scanned stage share one rate, and stochastic depth gives each "
+                              "its own.")
+    total_blocks = sum(self.stage_sizes)
+    block_index = itertools.count()
+
+    def stochastic_depth(part: int) -> dict:
+      """The next block's drop-path settings (none when off, so forks' blocks need no field)."""
+      if not self.drop_path_rate:
+        return {}
+      rate = self.drop_path_rate * next(block_index) / max(total_blocks - 1, 1)
+      return {"drop_path_rate": rate, "deterministic": not train or part < self.frozen_stages}
+
     for i, num_blocks in enumerate(self.stage_sizes):
       block = functools.partial(
           block_cls, num_filters=self.num_filters * 2**i, conv=conv,
           norm=functools.partial(norm, i + 1), groups=self.groups,
           width_per_group=self.width_per_group, stride_in_1x1=self.stride_in_1x1,
           shortcut=self.shortcut, zero_init_last=self.zero_init_residual)
-      x = block(strides=1 if i == 0 else 2, name=f"layer{i + 1}_0")(x)
+      x = block(strides=1 if i == 0 else 2, name=f"layer{i + 1}_0", **stochastic_depth(i + 1))(x)
       if self.scan_blocks and num_blocks > 1:
         scanned = nn.scan(_ScanAdapter, variable_axes={"params": 0, "batch_stats": 0},
                           split_rngs={"params": True}, length=num_blocks - 1)
         x, _ = scanned(block, name=f"layer{i + 1}_scan")(x, None)
       else:
         for j in range(1, num_blocks):
-          x = block(name=f"layer{i + 1}_{j}")(x)
+          x = block(name=f"layer{i + 1}_{j}", **stochastic_depth(i + 1))(x)
       if preact and i + 1 == last:
         x = norm(last, relu=True, name="final_bn")(x)
       x = features[f"stage{i + 1}"] = end_of_part(i + 1, x)

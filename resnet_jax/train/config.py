@@ -127,6 +127,7 @@ RANGES: dict[str, Range] = {
     "model.width_per_group": _placeholder(_positive()),
     "model.scan_blocks": _placeholder(FLAG),
     "model.remat": FLAG,
+    "model.drop_path_rate": _fraction("[0, 1)"),
     "model.bn_momentum": _fraction("[0, 1]", " (1: the running statistics never change)"),
     "model.bn_epsilon": _positive(float),
     "model.bn_unbiased_var": FLAG,

@@ -148,6 +148,7 @@ def _network(config: Any, info: data.DatasetInfo,
       axis_name=parallel.AXIS if train_config.sync_batchnorm else None,
       exact_mean=train_config.get("exact_reduction", False),
       zero_init_residual=config.model.zero_init_residual, remat=config.model.remat,
+      drop_path_rate=config.model.get("drop_path_rate", 0.0),
       bn_unbiased_var=config.model.get("bn_unbiased_var", True), **architecture)
   model = model.clone(frozen_stages=frozen_stage_count(config.init.freeze,
                                                        len(model.stage_sizes)))
@@ -219,7 +220,8 @@ def compose_steps(parts: StateParts, runner: parallel.Runner,
   """The runner's compiled steps, each fed by the data side's device functions in one program."""
   batches = dataclasses.replace(batches, dtype=parts.input_dtype)
   return CompiledSteps(
-      train=runner.train_step(parts.train_step, batches) if parts.train_step else None,
+      train=runner.train_step(parts.train_step, batches,
+                              exact=parts.step_config.exact_reduction) if parts.train_step else None,
       eval=runner.eval_step(parts.eval_step, batches))
 
 

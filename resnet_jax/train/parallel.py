@@ -119,13 +119,15 @@ class Runner:
     """One host copy (numpy) of a replicated tree."""
     raise NotImplementedError
 
-  def train_step(self, step_fn: Callable, batches: Any) -> Callable:
+  def train_step(self, step_fn: Callable, batches: Any, exact: bool = False) -> Callable:
     """The compiled train step, fed from the data side, in one program.
 
     Args:
       step_fn: (state, batch, rng) -> (state, metrics), per replica.
       batches: the data side's device functions (`resnet_jax.data.DeviceBatches`): its
         `train(inputs, arrays, step, rng)` builds each replica's batch.
+      exact: compile for the same bits on any topology (`compiler.options`; the step's own
+        replica means must be exact too: train.exact_reduction).
 
     Returns:
       (state, inputs, rng, arrays) -> (state, metrics): `inputs` sharded over the devices (this
@@ -133,10 +135,13 @@ class Runner:
       (a device-resident dataset, or None); the state is donated.
     """
     def per_replica(state, inputs, rng, arrays):
-      batch = batches.train(inputs, arrays, state.step, rng)
-      return step_fn(state, batch, jax.random.fold_in(rng, state.step))
+      # Two streams from the run's key: the data side's (augmentations, per example) and the
+      # step's (stochastic layers, per replica), so no example's key equals a replica's.
+      data_rng, step_rng = jax.random.fold_in(rng, 0), jax.random.fold_in(rng, 1)
+      batch = batches.train(inputs, arrays, state.step, data_rng)
+      return step_fn(state, batch, jax.random.fold_in(step_rng, state.step))
     return self._map(per_replica, in_specs=(P(), P(AXIS), P(), P()), out_specs=(P(), P()),
-                     train=True)
+                     train=True, exact=exact)
 
   def eval_step(self, eval_fn: Callable, batches: Any) -> Callable:
     """The compiled eval step: (variables, inputs, arrays) -> metrics summed over the devices.
@@ -147,9 +152,11 @@ class Runner:
     """
     def per_replica(variables, inputs, arrays):
       return eval_fn(variables, batches.eval(inputs, arrays))
-    return self._map(per_replica, in_specs=(P(), P(AXIS), P()), out_specs=P(), train=False)
+    return self._map(per_replica, in_specs=(P(), P(AXIS), P()), out_specs=P(), train=False,
+                     exact=False)
 
-  def _map(self, fn: Callable, *, in_specs: tuple, out_specs: Any, train: bool) -> Callable:
+  def _map(self, fn: Callable, *, in_specs: tuple, out_specs: Any, train: bool,
+           exact: bool) -> Callable:
     """`fn` mapped over the devices and compiled: the one place steps are transformed. A train
     step donates its state (first argument); an eval step returns one copy of its sums."""
     raise NotImplementedError
@@ -183,10 +190,10 @@ class PmapRunner(Runner):
       return jax.make_array_from_single_device_arrays(x.shape[1:], self.state_sharding, rows)
     return jax.tree.map(whole, tree)
 
-  def _map(self, fn, *, in_specs, out_specs, train):
+  def _map(self, fn, *, in_specs, out_specs, train, exact):
     del in_specs, out_specs  # pmap maps every argument's leading axis (replicated ones: copies)
     mapped = compiler.WithOptions(jax.pmap(fn, axis_name=AXIS, devices=self.local_devices,
-                                           donate_argnums=(0,) if train else ()))
+                                           donate_argnums=(0,) if train else ()), exact)
     if train:
       return mapped
     return lambda *args: jax.tree.map(lambda x: x[0], mapped(*args))  # equal on every device
@@ -218,10 +225,10 @@ class MeshRunner(Runner):
   # check_vma=False gives the per-replica function pmap's semantics: with varying-manual-axes
   # checking on, the gradient of a replicated parameter is already summed over the axis (the
   # transpose of its implicit broadcast), and the step's explicit pmean would be redundant.
-  def _map(self, fn, *, in_specs, out_specs, train):
+  def _map(self, fn, *, in_specs, out_specs, train, exact):
     mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs,
                            check_vma=False)
-    return compiler.jit(mapped, donate_argnums=(0,) if train else ())
+    return compiler.jit(mapped, exact=exact, donate_argnums=(0,) if train else ())
 
 
 def make_runner(name: str, devices: list | None = None) -> Runner:
