@@ -1,8 +1,9 @@
 """Stochastic depth (Huang et al. 2016): a residual branch dropped for whole examples.
 
 In training each example keeps the branch with probability 1 - rate, scaled by 1 / (1 - rate)
-when kept, as `torchvision.ops.StochasticDepth(p=rate, mode="row")` and timm's `DropPath` do
-(tested equal to torchvision's for the same kept rows); in evaluation it is the identity.
+when kept, the semantics of `torchvision.ops.StochasticDepth(p=rate, mode="row")` and timm's
+`DropPath` (tested against that definition; torchvision itself cannot be installed on the
+development machines); in evaluation it is the identity.
 """
 
 import jax
