@@ -43,10 +43,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="Also time every other part of the step alone (BatchNorm, residual joins, "
                  "max-pool, head, optimizer), the convolutions too, and report what the parts "
                  "leave unaccounted of the step.")
-  p.add_argument("--tuning", action="store_true",
-                 help="Also time each XLA setting and batch size listed for this platform "
-                 "(resnet_jax.benchmark.TUNING: on GPUs conv fusion, command buffers, batch x1.5 "
-                 "and x2) against the default step, alternately in one process.")
+  p.add_argument("--tuning", "--gpu-tuning", action="store_true",
+                 help="Also time each XLA setting, batch size and step variant listed for this "
+                 "platform (resnet_jax.benchmark.TUNING: on GPUs conv fusion, command buffers, "
+                 "batch x1.5 and x2, the flat optimizer update) against the default step, "
+                 "alternately in one process.")
   p.add_argument("--input", action="store_true",
                  help="Also time the input pipeline alone and the step fed by it.")
   p.add_argument("--data", default="", help="Dataset for --input (a data.name); default: digits "

@@ -324,22 +324,25 @@ def time_train_step(exp: Experiment, *, steps: int, warmup: int) -> dict[str, An
 
 
 # Settings `--tuning` times against the default step, per platform family: name -> (XLA options
-# on top of `compiler.options()`, global batch size as a multiple of --batch-size).
-TUNING: dict[str, dict[str, tuple[dict[str, Any], float]]] = {
+# on top of `compiler.options()`, global batch size as a multiple of --batch-size, config
+# overrides as {"section.key": value}).
+TUNING: dict[str, dict[str, tuple[dict[str, Any], float, dict[str, Any]]]] = {
     "gpu": {
-        "conv_fusion": ({"xla_gpu_experimental_enable_conv_fusion": True}, 1),
-        "command_buffers_off": ({"xla_gpu_enable_command_buffer": ""}, 1),
+        "conv_fusion": ({"xla_gpu_experimental_enable_conv_fusion": True}, 1, {}),
+        "command_buffers_off": ({"xla_gpu_enable_command_buffer": ""}, 1, {}),
         "command_buffers_with_cudnn": (
-            {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN"}, 1),
-        "command_buffers_of_any_size": ({"xla_gpu_graph_min_graph_size": 1}, 1),
-        "batch_x1.5": ({}, 1.5),  # 384 per device from --batch-size=256 on one
-        "batch_x2": ({}, 2),  # 512
+            {"xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN"}, 1, {}),
+        "command_buffers_of_any_size": ({"xla_gpu_graph_min_graph_size": 1}, 1, {}),
+        "batch_x1.5": ({}, 1.5, {}),  # 384 per device from --batch-size=256 on one
+        "batch_x2": ({}, 2, {}),  # 512
+        "flat_optimizer": ({}, 1, {"optim.flat_update": True}),  # a few kernels, not 161+
     },
     "cpu": {
         "ynn_convolutions": ({"xla_cpu_experimental_ynn_fusion_type":
                               "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
-                              "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}, 1),
-        "batch_x2": ({}, 2),
+                              "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}, 1, {}),
+        "batch_x2": ({}, 2, {}),
+        "flat_optimizer": ({}, 1, {"optim.flat_update": True}),
     },
 }
 
@@ -350,20 +353,22 @@ def tune(make_exp: Callable[[int], Experiment], platform: str, *, steps: int, wa
   (`rounds` windows of `steps` each, in turn) in one process.
 
   Args:
-    make_exp: global batch size -> the assembled experiment to time.
+    make_exp: (global batch size, config overrides) -> the assembled experiment to time; (0, {})
+      is the default one.
     platform: "cuda", "rocm", "cpu", ...
 
   Returns:
     setting -> {images_per_sec (median), vs_default (ratio of medians), batch_size, options};
     a setting this jaxlib refuses is reported with its error instead.
   """
-  default = make_exp(0)
-  candidates = {"default": ({}, 1.0), **TUNING.get(compiler.family(platform), {})}
+  default = make_exp(0, {})
+  candidates = {"default": ({}, 1.0, {}), **TUNING.get(compiler.family(platform), {})}
   timers, results = {}, {}
-  for name, (xla, factor) in candidates.items():
+  for name, (xla, factor, overrides) in candidates.items():
     batch_size = int(default.config.train.batch_size * factor)
+    exp = default if factor == 1 and not overrides else make_exp(batch_size, overrides)
     try:
-      timers[name] = StepTimer(default if factor == 1 else make_exp(batch_size), xla)
+      timers[name] = StepTimer(exp, xla)
     except jax.errors.JaxRuntimeError as e:  # an option this jaxlib does not have
       results[name] = {"error": str(e).splitlines()[0], "options": xla}
   for timer in timers.values():
@@ -376,7 +381,8 @@ def tune(make_exp: Callable[[int], Experiment], platform: str, *, steps: int, wa
   for name, timer in timers.items():
     rate = summary(times[name], timer.batch_size)["images_per_sec"]
     results[name] = {"images_per_sec": rate, "vs_default": rate / base,
-                     "batch_size": timer.batch_size, "options": candidates[name][0]}
+                     "batch_size": timer.batch_size, "options": candidates[name][0],
+                     "config": candidates[name][2]}
   return results
 
 
@@ -631,11 +637,14 @@ def run(options: Options, base_config: Any) -> dict[str, Any]:
     synthetic_exp = assemble(config, dataset=synthetic, runner=runner)
     results["synthetic"] = time_train_step(synthetic_exp, **timing)
     if options.tuning:
-      def make_exp(batch_size: int) -> Experiment:
+      def make_exp(batch_size: int, overrides: dict[str, Any]) -> Experiment:
         if not batch_size:
           return synthetic_exp
         other = copy.deepcopy(config)
         other.train.update(batch_size=batch_size, eval_batch_size=batch_size)
+        for key, value in overrides.items():
+          section, name = key.split(".")
+          other[section][name] = value
         return assemble(other, dataset=synthetic, runner=runner)
       results["tuning"] = tune(make_exp, jax.default_backend(), **timing)
     if real is not None:

@@ -107,6 +107,41 @@ def test_every_optimizer_reduces_a_quadratic(name):
   assert float(loss(params)) < 0.5 * 16 * 9
 
 
+@pytest.mark.parametrize("name,clip_norm,decay_all", [("sgd", 0.0, False), ("sgd", 1.0, True),
+                                                     ("adamw", 0.5, False)])
+def test_the_flat_update_is_the_per_leaf_update(name, clip_norm, decay_all):
+  # A ResNet's parameters (kernels decayed, BatchNorm and biases exempt), 5 steps of gradients of
+  # every scale: the packed update gives the per-leaf one's numbers, leaf for leaf; the same bits
+  # where no global norm sums the leaves in another order.
+  from resnet_jax import create_model
+  model = create_model("resnet20", num_classes=10)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
+  config = optim_config(name=name, learning_rate=0.1, weight_decay=5e-4, decay_all=decay_all,
+                        clip_norm=clip_norm, schedule="cosine", warmup_epochs=1)
+  run = {}
+  for flat in (False, True):
+    config.flat_update = flat
+    tx, _ = optim.make_optimizer(config, steps_per_epoch=2, total_steps=5, batch_size=128)
+    p, state = params, tx.init(params)
+    for i in range(5):
+      grads = jax.tree.map(lambda x, i=i: jax.random.normal(jax.random.key(i), x.shape) * 10.0 ** (
+          i - 2), p)
+      updates, state = jax.jit(tx.update)(grads, state, p)
+      p = optax.apply_updates(p, updates)
+    run[flat] = p
+  leaves = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), *run.values()))
+  assert len(leaves) == len(jax.tree.leaves(params))
+  assert max(leaves) < 1e-6 if clip_norm else max(leaves) == 0.0
+  assert max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), params,
+                                          run[True]))) > 1e-3  # the steps did move them
+
+
+def test_the_flat_update_is_refused_for_an_optimizer_with_per_layer_norms():
+  config = optim_config(name="lars", flat_update=True)
+  with pytest.raises(InvalidInputError, match="optim.flat_update=True.*'lars'.*sgd"):
+    optim.make_optimizer(config, steps_per_epoch=1, total_steps=1, batch_size=1)
+
+
 def test_unknown_names_are_rejected():
   with pytest.raises(ValueError, match="Unknown optimizer 'adam'.*sgd"):
     optim.make_optimizer(optim_config(name="adam"), steps_per_epoch=1, total_steps=1, batch_size=1)

@@ -80,6 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
       b1=0.9, b2=0.999, eps=1e-8,  # adamw
       trust_coefficient=0.001,    # lars
       clip_norm=0.0,              # global-norm clipping (0 = off)
+      flat_update=False,          # sgd/adamw over one vector per group of leaves, not per leaf
       label_smoothing=0.0,
       ema_decay=0.0,              # > 0: keep and evaluate an EMA of the weights
   ))

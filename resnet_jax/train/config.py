@@ -184,6 +184,7 @@ RANGES: dict[str, Range] = {
     "optim.eps": _positive(float),
     "optim.trust_coefficient": _positive(float),
     "optim.clip_norm": _non_negative(float, " (0: off)"),
+    "optim.flat_update": FLAG,
     "optim.label_smoothing": _fraction("[0, 1)"),
     "optim.ema_decay": _fraction("[0, 1)", " (0: off)"),
 
