@@ -30,12 +30,10 @@ def assert_positive(section, keys):
 
 
 def test_benchmark_reports_every_field_with_input_and_torch(tmp_path, capsys):
-  # One invocation for every field: the JPEG pipeline (a generated folder at 64 pixels, decoded and
-  # cropped on the host) alone and feeding the step, the pmap runner, PyTorch's twin, each
-  # convolution alone in both, every other part of the step alone.
+  # One invocation for every timing field: the JPEG pipeline (a generated folder at 64 pixels,
+  # decoded and cropped on the host) alone and feeding the step, the pmap runner, PyTorch's twin.
   results = run(tmp_path, "--model=resnet8", "--batch-size=8", "--image-size=64",
-                "--dtype=bfloat16", "--input", "--runner=pmap", "--compare-torch",
-                "--profile-layers")
+                "--dtype=bfloat16", "--input", "--runner=pmap", "--compare-torch")
   for key in ("synthetic", "with_input"):
     assert set(STEP) <= set(results[key]), results[key]
     assert_positive(results[key], TIMING + ("compile_time_s", "flops_per_image",
@@ -51,6 +49,18 @@ def test_benchmark_reports_every_field_with_input_and_torch(tmp_path, capsys):
   assert results["torch"]["torch_compile"] is False  # auto: eager on CPU
   assert results["input_vs_synthetic"] > 0 and results["jax_vs_torch"] > 0
   assert results["runner"] == "pmap" and results["dtype"] == "bfloat16"
+  for key in ("model", "batch_size", "image_size", "device", "platform", "jax_version"):
+    assert key in results
+  out = capsys.readouterr().out
+  for label in ("synthetic", "with_input", "torch", "FLOPs/image", "MFU", "peak memory",
+                "input-fed / synthetic", "JAX / PyTorch"):
+    assert label in out, out
+
+
+@pytest.mark.slow  # every part of the step compiled and timed alone, twice over: a diagnosis tool
+def test_profile_layers_times_every_part_of_the_step_in_both_frameworks(tmp_path, capsys):
+  results = run(tmp_path, "--model=resnet8", "--batch-size=8", "--image-size=16",
+                "--dtype=float32", "--compare-torch", "--profile-layers")
   for framework in ("jax", "torch"):  # resnet8: the stem and two convolutions per block
     profile = results["convolutions"][framework]
     assert_positive(profile, ("forward_ms", "input_gradient_ms", "weight_gradient_ms"))
@@ -62,13 +72,8 @@ def test_benchmark_reports_every_field_with_input_and_torch(tmp_path, capsys):
   assert sum(row["count"] for row in parts["rows"] if row["part"] == "batchnorm") == 7
   assert sum(row["count"] for row in parts["rows"] if row["part"] == "residual") == 3
   assert "unaccounted_ms" in parts
-  for key in ("model", "batch_size", "image_size", "device", "platform", "jax_version"):
-    assert key in results
   out = capsys.readouterr().out
-  for label in ("synthetic", "with_input", "torch", "FLOPs/image", "MFU", "peak memory",
-                "input-fed / synthetic", "JAX / PyTorch", "torch convolutions alone",
-                "jax other parts alone"):
-    assert label in out, out
+  assert "torch convolutions alone" in out and "jax other parts alone" in out, out
 
 
 @pytest.mark.parametrize("name, overrides, count", [

@@ -126,7 +126,7 @@ def schedule_count(workdir):
 
 @pytest.mark.parametrize("old,stop,new,resident,devices", [
     (64, 2, 32, False, 4),  # host-fed; resumed on 4 of the 8 devices
-    (32, 3, 96, True, 8),  # device-resident
+    pytest.param(32, 3, 96, True, 8, marks=pytest.mark.slow),  # device-resident, nightly
 ])
 def test_an_elastic_resume_reads_each_example_of_the_epoch_once_at_the_new_rate(
     tmp_path, monkeypatch, old, stop, new, resident, devices):

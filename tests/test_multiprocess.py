@@ -175,6 +175,7 @@ def wait_for_checkpoint(workdir, procs, after=0):
 # once when it dies) ends the other within half of distributed.heartbeat_timeout_s, in one line
 # naming it. Both started again resume from the last checkpoint; then SIGTERM to one process stops
 # both at the same step, checkpointed.
+@pytest.mark.slow  # two pairs of real processes and a dead one's timeout: 34 s, checked nightly
 def test_a_killed_process_ends_the_other_and_sigterm_to_one_stops_both(tfds_dir, tmp_path):
   flags = ["--config.train.num_steps=100000", "--config.train.checkpoint_every_steps=4",
            "--config.train.eval_every_epochs=0", "--config.distributed.heartbeat_timeout_s=6"]

@@ -114,7 +114,7 @@ def test_the_flat_update_is_the_per_leaf_update(name, clip_norm, decay_all):
   # every scale: the packed update gives the per-leaf one's numbers, leaf for leaf; the same bits
   # where no global norm sums the leaves in another order.
   from resnet_jax import create_model
-  model = create_model("resnet20", num_classes=10)
+  model = create_model("resnet8", num_classes=10)
   params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
   config = optim_config(name=name, learning_rate=0.1, weight_decay=5e-4, decay_all=decay_all,
                         clip_norm=clip_norm, schedule="cosine", warmup_epochs=1)
