@@ -51,6 +51,11 @@ def get_config() -> ml_collections.ConfigDict:
       random_flip=False,          # horizontal flip (not for digits), with the crop on the host
       random_resized_crop=False,  # host Inception-style crop (ImageNet); else eval-style resize
       augmentations=(),           # more registered augmentations, e.g. ("name(key=value)",)
+      # Mixup/CutMix as timm's Mixup, on the device per replica's rows (0: off)
+      mixup_alpha=0.0, cutmix_alpha=0.0,
+      mix_prob=1.0,               # of mixing a batch (mix_mode=batch) or an image (elem)
+      mix_switch_prob=0.5,        # of CutMix rather than Mixup when both are on
+      mix_mode="batch",           # batch | elem
       eval_crop_ratio=1.0,        # <1: resize short side to size/ratio, center-crop (0.875 ImageNet)
       device_resident="auto",     # "auto" | "yes" | "no": keep the dataset on the devices
       max_device_bytes=2 * 1024**3,
@@ -63,7 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
   ))
 
   config.optim = ml_collections.ConfigDict(dict(
-      name="sgd",                 # sgd | adamw | lars | a registered one | optax.<any optax name>
+      name="sgd",                 # sgd | adamw | lars | lamb | a registered one | optax.<name>
       kwargs="",                  # optax.<name>'s arguments: "b1=0.95, eps=1e-6"
       learning_rate=0.1,
       lr_batch_base=0,            # > 0: learning_rate * batch_size / lr_batch_base
@@ -79,6 +84,8 @@ def get_config() -> ml_collections.ConfigDict:
       decay_factor=0.1,           # in (0, 1]: the rate's factor at each boundary
       b1=0.9, b2=0.999, eps=1e-8,  # adamw
       trust_coefficient=0.001,    # lars
+      loss="softmax_cross_entropy",  # | binary_cross_entropy(target_threshold=0.2) | yours
+      accumulate_steps=1,         # micro-batches per update (train.batch_size is the whole)
       clip_norm=0.0,              # global-norm clipping (0 = off)
       flat_update=False,          # sgd/adamw over one vector per group of leaves, not per leaf
       label_smoothing=0.0,

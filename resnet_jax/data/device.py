@@ -7,7 +7,9 @@ the step only ever sees normalised images and labels. Per replica, with collecti
 - training: this replica's rows of the global batch, either sent by the host or, for a
   device-resident dataset, sliced from the epoch's order that lives on the device; then the
   device stage of the augmentations (one key per example from its position in the global batch,
-  so the result does not depend on how many devices share it); then normalisation;
+  so the result does not depend on how many devices share it); then normalisation; then Mixup or
+  CutMix (`data.mixing`), within this replica's rows as timm mixes each GPU's batch, which adds
+  each row's partner label ("mix_label") and own weight ("mix_weight") for the step's targets;
 - evaluation: the padded, masked rows of an evaluation batch (gathered on the device when the
   dataset is resident), normalised.
 """
@@ -19,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax.data.augment import Stage, apply_on_device, normalize, plan, requested
+from resnet_jax.data.mixing import Mixing, mix, sample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +33,7 @@ class DeviceBatches:
     mean, std: per-channel normalisation (0..255 units).
     axis_name: the data-parallel axis of the runner.
     augmentations: the device stage (`augment.plan(...).device`).
+    mixing: Mixup/CutMix, after normalisation.
     resident: the dataset lives on the device (`arrays`); the host sends no rows.
     global_batch_size, steps_per_epoch: for slicing a resident epoch's order.
     dtype: of the normalised images (float32; float64 for a float64 network).
@@ -39,6 +43,7 @@ class DeviceBatches:
   std: tuple[float, ...]
   axis_name: str
   augmentations: Stage = ()
+  mixing: Mixing = Mixing()
   resident: bool = False
   global_batch_size: int = 0
   steps_per_epoch: int = 1
@@ -49,7 +54,8 @@ class DeviceBatches:
     """For batches the host sends already at size, without a pipeline (synthetic data): the
     config's device-stage augmentations, then normalisation."""
     return cls(mean=tuple(info.mean), std=tuple(info.std),
-               augmentations=plan(requested(data_config)).device, axis_name=axis_name)
+               augmentations=plan(requested(data_config)).device,
+               mixing=Mixing.from_config(data_config), axis_name=axis_name)
 
   def _rows(self, arrays: dict, step: jax.Array) -> jax.Array:
     """This replica's example indices at `step`, from the epoch's order on the device."""
@@ -69,8 +75,15 @@ class DeviceBatches:
     positions = jax.lax.axis_index(self.axis_name) * local + jnp.arange(local)
     step_rng = jax.random.fold_in(rng, step)
     keys = jax.vmap(lambda i: jax.random.fold_in(step_rng, i))(positions)
-    images = apply_on_device(images, keys, self.augmentations)
-    return {"image": normalize(images, self.mean, self.std, self.dtype), "label": labels}
+    images = normalize(apply_on_device(images, keys, self.augmentations), self.mean, self.std,
+                       self.dtype)
+    if not self.mixing.enabled:
+      return {"image": images, "label": labels}
+    # The mixing key: the position after the global batch's last row, one per replica.
+    size = jax.lax.axis_size(self.axis_name)
+    key = jax.random.fold_in(step_rng, size * local + jax.lax.axis_index(self.axis_name))
+    images, mix_labels, weights = mix(images, labels, sample(key, self.mixing, *images.shape[:3]))
+    return {"image": images, "label": labels, "mix_label": mix_labels, "mix_weight": weights}
 
   def eval(self, inputs: dict, arrays: dict | None) -> dict:
     """{"image", "label", "mask"}: this replica's rows of an evaluation batch (mask False on

@@ -9,12 +9,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.data import augment, folder, pipeline, sources
+from resnet_jax.data import augment, folder, mixing, pipeline, sources
 from resnet_jax.errors import InvalidInputError, check
 from resnet_jax.models import BLOCKS, MODELS
 from resnet_jax.models.blocks import SHORTCUTS
 from resnet_jax.models.resnet import STEMS
-from resnet_jax.train import optim, parallel, step
+from resnet_jax.train import losses, optim, parallel, step
 
 # float64 (parameters too) needs 64-bit JAX (JAX_ENABLE_X64=1): for checking numerics, not speed.
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
@@ -151,6 +151,12 @@ RANGES: dict[str, Range] = {
                                 "...)\", in an order augment.plan accepts",
                                 checker=lambda data: augment.plan(augment.requested(data)),
                                 bad=("cutout",)),
+    # Mixup/CutMix with timm's meaning (data.mixing), on the device after normalisation.
+    "data.mixup_alpha": _non_negative(float, " (0: off)"),
+    "data.cutmix_alpha": _non_negative(float, " (0: off)"),
+    "data.mix_prob": _fraction("[0, 1]"),
+    "data.mix_switch_prob": _fraction("[0, 1]"),
+    "data.mix_mode": _one_of(mixing.MODES),
     "data.device_resident": _one_of(pipeline.DEVICE_RESIDENT),
     "data.max_device_bytes": _non_negative(int, " (the limit of device_resident=auto)"),
     "data.num_workers": _non_negative(int, " (0: one decoding thread)"),
@@ -165,6 +171,10 @@ RANGES: dict[str, Range] = {
                         checker=optim.check_names, bad="adam"),
     "optim.kwargs": Range(str, "\"name=value, ...\" with Python literals: optax.<name>'s arguments",
                           checker=optim.optax_kwargs, bad="b1"),
+    "optim.loss": Range(str, "a registered loss, \"name\" or \"name(key=value, ...)\"",
+                        checker=lambda section: losses.parse_loss(section.loss), bad="hinge"),
+    "optim.accumulate_steps": _positive(int, " (micro-batches per update; each replica's rows "
+                                        "must divide by it)"),
     "optim.learning_rate": _positive(float),
     "optim.lr_batch_base": _non_negative(int, " (0: off; else the rate is scaled by "
                                          "batch_size / lr_batch_base)"),

@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import optax
 
 from resnet_jax import data
-from resnet_jax.errors import InvalidInputError
+from resnet_jax.errors import InvalidInputError, check_divisible
 from resnet_jax.models import ARCHITECTURE_OPTIONS, create_model, describe_architecture
 from resnet_jax.pretrained import Pretrained, adapt
-from resnet_jax.train import optim, parallel, step
+from resnet_jax.train import losses, optim, parallel, step
 from resnet_jax.train.config import PRECISIONS, run_length
 from resnet_jax.train.metrics import summed_over_windows
 from resnet_jax.train.state import LossScale, TrainState, create_train_state
@@ -133,7 +133,9 @@ def make_step_config(config: Any, num_classes: int) -> step.StepConfig:
       ema_decay=config.optim.ema_decay, on_nonfinite=on_nonfinite,
       sync_batchnorm=train_config.sync_batchnorm,
       loss_scaling=train_config.precision == "float16",
-      exact_reduction=train_config.get("exact_reduction", False))
+      exact_reduction=train_config.get("exact_reduction", False),
+      loss=losses.parse_loss(config.optim.get("loss", "softmax_cross_entropy")),
+      accumulate_steps=config.optim.get("accumulate_steps", 1))
 
 
 def _network(config: Any, info: data.DatasetInfo,
@@ -251,6 +253,9 @@ def assemble(config: Any, *, weights: Pretrained | None = None,
   runner = runner or parallel.make_runner(train_config.runner)
   if for_training:
     runner.check_batch_size(train_config.batch_size)
+    k = config.optim.get("accumulate_steps", 1)
+    check_divisible(train_config.batch_size, runner.num_replicas * k, "train.batch_size",
+                    "device count times optim.accumulate_steps")
   runner.check_batch_size(train_config.eval_batch_size, "train.eval_batch_size")
   pipeline = None
   if dataset.splits is None:

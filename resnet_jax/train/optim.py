@@ -172,6 +172,20 @@ def lars(optim_config, schedule, mask):
                     nesterov=optim_config.nesterov)
 
 
+@register_optimizer("lamb")
+def lamb(optim_config, schedule, mask):
+  """timm's Lamb (You et al. 2019): Adam's bias-corrected step (b1, b2, eps), plus weight decay,
+  scaled per leaf by the trust ratio |w| / |step| (1 where either is 0) on the decayed leaves only,
+  as timm adapts only where weight decay is on. timm's Lamb also clips the global gradient norm
+  at 1 by default: optim.clip_norm=1.0."""
+  wd = float(optim_config.weight_decay)
+  chain = [optax.scale_by_adam(optim_config.b1, optim_config.b2, optim_config.eps)]
+  if wd:
+    trust = optax.scale_by_trust_ratio()
+    chain += [optax.add_decayed_weights(wd, mask), optax.masked(trust, mask) if mask else trust]
+  return chain + [optax.scale_by_learning_rate(schedule)]
+
+
 def optax_kwargs(optim_config: Any) -> dict[str, Any]:
   """optim.kwargs, the argument list of optax.<name>'s call ("b1=0.95, nesterov=True").
 
@@ -231,7 +245,7 @@ def make_optimizer(optim_config: Any, *, steps_per_epoch: int, total_steps: int,
   """Builds the optax transformation and its schedule from the `optim` config section.
 
   Args:
-    optim_config: name (a registered optimizer: sgd, adamw, lars, a fork's; or optax.<name>),
+    optim_config: name (a registered optimizer: sgd, adamw, lars, lamb, a fork's; or optax.<name>),
       learning_rate, lr_batch_base, momentum, nesterov, weight_decay, decay_all (decay BatchNorm
       and biases too), b1, b2, eps, trust_coefficient, kwargs (optax.<name>'s arguments),
       clip_norm (0 = off), flat_update (the update over one vector per group of leaves:

@@ -3,6 +3,7 @@ images and labels, with collectives over a named axis. They know nothing of wher
 from (`resnet_jax.data.device` builds them on the device; the runner composes the two)."""
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from resnet_jax.layers.replicas import replica_mean, replica_sum
+from resnet_jax.train import losses
 from resnet_jax.train.parallel import AXIS
 from resnet_jax.train.state import TrainState
 
@@ -30,6 +32,8 @@ class StepConfig:
   sync_batchnorm: bool = True
   loss_scaling: bool = False  # float16: the state carries a dynamic loss scale
   exact_reduction: bool = False  # replica means with the same bits on any topology
+  loss: tuple = ("softmax_cross_entropy", ())  # `losses.parse_loss`: (name, kwargs pairs)
+  accumulate_steps: int = 1  # micro-batches per update, each with its own BatchNorm statistics
 
 
 def metric_names(config: StepConfig) -> tuple[str, ...]:
@@ -68,7 +72,8 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
 
   Args:
     state: the replicated train state.
-    batch: {"image": normalised images, "label"}, this replica's rows.
+    batch: {"image": normalised images, "label"}, this replica's rows; with Mixup/CutMix also
+      "mix_label" and "mix_weight" (`data.mixing`), which the targets mix in.
     rng: this step's key; a stochastic layer of a fork draws from its "dropout" stream, which
       differs per replica.
     model, tx, config: bound with `functools.partial`.
@@ -77,17 +82,40 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
     (new state, metrics averaged over replicas; see `metric_names`).
   """
   axis = config.axis_name
-  images, labels = batch["image"], batch["label"]
+  labels = batch["label"]
   scale = state.loss_scale.scale if config.loss_scaling else None
-  rngs = {"dropout": jax.random.fold_in(rng, jax.lax.axis_index(axis))}
+  dropout_key = jax.random.fold_in(rng, jax.lax.axis_index(axis))
+  name, kwargs = config.loss
+  loss_of = functools.partial(losses.LOSSES[name], **dict(kwargs))
 
-  def loss_fn(params):
-    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, images,
-                                  train=True, mutable=["batch_stats"], rngs=rngs)
-    loss = jnp.mean(cross_entropy(logits, labels, config.num_classes, config.label_smoothing))
-    return (loss * scale if scale is not None else loss), (loss, logits, updates["batch_stats"])
+  def loss_fn(params, batch_stats, micro, key):
+    logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, micro["image"],
+                                  train=True, mutable=["batch_stats"], rngs={"dropout": key})
+    dtype = jnp.promote_types(logits.dtype, jnp.float32)
+    targets = losses.soft_targets(micro["label"], config.num_classes, config.label_smoothing,
+                                  micro.get("mix_label"), micro.get("mix_weight"), dtype)
+    loss = jnp.mean(loss_of(logits.astype(dtype), targets))
+    hits = jnp.sum(jnp.argmax(logits, -1) == micro["label"])
+    return (loss * scale if scale is not None else loss), (loss, hits, updates["batch_stats"])
 
-  grads, (loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+  k = config.accumulate_steps
+  if k == 1:
+    grads, (loss, hits, batch_stats) = grad_fn(state.params, state.batch_stats, batch, dropout_key)
+  else:  # k micro-batches in turn: gradients summed, BatchNorm statistics updated by each
+    micro = jax.tree.map(lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
+
+    def accumulate(carry, xs):
+      total, stats = carry
+      g, (micro_loss, micro_hits, stats) = grad_fn(state.params, stats, xs[0],
+                                                   jax.random.fold_in(dropout_key, xs[1]))
+      return (jax.tree.map(jnp.add, total, g), stats), (micro_loss, micro_hits)
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grads, batch_stats), (micro_losses, micro_hits) = jax.lax.scan(
+        accumulate, (zeros, state.batch_stats), (micro, jnp.arange(k)))
+    grads = jax.tree.map(lambda g: g / k, grads)
+    loss, hits = jnp.mean(micro_losses), jnp.sum(micro_hits)
   mean = lambda tree: replica_mean(tree, axis, config.exact_reduction)
   grads = mean(grads)
   if scale is not None:
@@ -95,7 +123,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
   if not config.sync_batchnorm:
     batch_stats = mean(batch_stats)
   loss = mean(loss)
-  accuracy = mean(jnp.mean(jnp.argmax(logits, -1) == labels))
+  accuracy = mean(hits / labels.shape[0])
   grad_norm = global_norm(grads)
 
   finite_loss, finite_grads = jnp.isfinite(loss), jnp.isfinite(grad_norm)

@@ -1,0 +1,236 @@
+"""The parts of today's recipes, each equal to its reference (timm, torchvision) given the same
+input and the same sampled parameters, and its own draws following the reference distributions."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy import stats
+
+from experiments.configs import default
+from resnet_jax.data.mixing import MixParams, Mixing, mix, sample
+from resnet_jax.errors import InvalidInputError
+from resnet_jax.layers.drop_path import drop_path
+from resnet_jax.train import loop, losses, optim, parallel, step
+from resnet_jax.train.state import create_train_state
+from tests import references
+
+torch = pytest.importorskip("torch")
+
+NUM_CLASSES, SMOOTHING = 10, 0.1
+
+
+def timm_draws(mixup, mode, batch_size, height, width):
+  """The draws timm's Mixup makes in one call, replayed from numpy's global generator in the same
+  order (`_params_per_batch` or `_params_per_elem`, then `rand_bbox`'s centre per CutMix)."""
+  if mode == "batch":
+    lam, cutmix = mixup._params_per_batch()
+    lam, cutmix = np.full(batch_size, lam), np.full(batch_size, cutmix)
+    centers = [(np.random.randint(0, height), np.random.randint(0, width))
+               if cutmix[0] and lam[0] != 1.0 else (0, 0)] * batch_size
+  else:
+    lam, cutmix = mixup._params_per_elem(batch_size)
+    centers = [(np.random.randint(0, height), np.random.randint(0, width))
+               if cutmix[i] and lam[i] != 1.0 else (0, 0) for i in range(batch_size)]
+  cy, cx = np.array(centers).T
+  return MixParams(weight=jnp.asarray(lam, jnp.float32), cutmix=jnp.asarray(cutmix & (lam != 1.0)),
+                   center_y=jnp.asarray(cy, jnp.int32), center_x=jnp.asarray(cx, jnp.int32))
+
+
+@pytest.mark.parametrize("mode,prob", [("batch", 1.0), ("batch", 0.6), ("elem", 0.8)])
+def test_mixup_and_cutmix_give_timms_images_and_targets(mode, prob):
+  references.timm()
+  from timm.data import Mixup
+  rng = np.random.RandomState(0)
+  b, h, w = 8, 12, 10
+  images = rng.randn(b, h, w, 3).astype(np.float32)
+  labels = rng.randint(0, NUM_CLASSES, b)
+  kinds = set()
+  for seed in range(12):
+    mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, prob=prob, switch_prob=0.5, mode=mode,
+                  label_smoothing=SMOOTHING, num_classes=NUM_CLASSES)
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    np.random.seed(seed)
+    x, target = mixup(x, torch.from_numpy(labels))
+    np.random.seed(seed)
+    params = timm_draws(mixup, mode, b, h, w)
+    out, partner, own = mix(jnp.asarray(images), jnp.asarray(labels), params)
+    targets = losses.soft_targets(jnp.asarray(labels), NUM_CLASSES, SMOOTHING, partner, own)
+    np.testing.assert_allclose(out, x.numpy().transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(targets, target.numpy(), rtol=1e-6, atol=1e-7)
+    kinds |= {("cutmix" if c else "mixup" if wt != 1 else "none")
+              for c, wt in zip(np.asarray(params.cutmix), np.asarray(params.weight))}
+  assert {"cutmix", "mixup"} <= kinds and (prob == 1.0 or "none" in kinds), kinds
+
+
+def test_the_mixing_draws_follow_timms_distributions():
+  # 20,000 independent draws (elem mode draws per image).
+  n, h, w = 20_000, 32, 24
+  binomial = lambda hits, trials, q: stats.binomtest(int(hits), int(trials), q).pvalue
+  mixing = Mixing(mixup_alpha=0.2, cutmix_alpha=1.0, prob=1.0, switch_prob=0.3, mode="elem")
+  p = jax.tree.map(np.asarray, sample(jax.random.key(0), mixing, n, h, w))
+  assert binomial(p.cutmix.sum(), n, 0.3) > 1e-3
+  assert stats.kstest(p.weight[p.cutmix], stats.beta(1.0, 1.0).cdf).pvalue > 1e-3
+  # Beta(0.2, 0.2) puts 2% of its draws within float32's last step below 1.0, where they round to
+  # 1 (an unmixed image, as timm's float64 weight of 1 - 1e-8 nearly is): its tails are checked by
+  # their mass, the rest by its shape.
+  mixup, beta = p.weight[~p.cutmix].astype(np.float64), stats.beta(0.2, 0.2)
+  low, high = mixup < 1e-3, mixup > 1 - 1e-3
+  assert binomial(low.sum(), len(mixup), beta.cdf(1e-3)) > 1e-3
+  assert binomial(high.sum(), len(mixup), beta.sf(1 - 1e-3)) > 1e-3
+  inner = (beta.cdf(1e-3), beta.cdf(1 - 1e-3))
+  assert stats.kstest(mixup[~low & ~high],
+                      lambda v: (beta.cdf(v) - inner[0]) / (inner[1] - inner[0])).pvalue > 1e-3
+  for centers, side in ((p.center_y, h), (p.center_x, w)):
+    assert stats.chisquare(np.bincount(centers, minlength=side)).pvalue > 1e-3
+  # Applied to each image with probability `prob`; not applied: weight 1, no CutMix.
+  p = jax.tree.map(np.asarray, sample(jax.random.key(1), Mixing(cutmix_alpha=1.0, prob=0.8,
+                                                                mode="elem"), n, h, w))
+  applied = p.weight != 1.0
+  assert binomial(applied.sum(), n, 0.8) > 1e-3 and (p.cutmix == applied).all()
+  batch = jax.tree.map(np.asarray, sample(jax.random.key(2), Mixing(0.2, 1.0, mode="batch"),
+                                          16, h, w))
+  assert len(set(batch.weight)) == 1 and len(set(batch.cutmix)) == 1  # one draw per batch
+
+
+def test_a_bad_mix_mode_is_refused_naming_the_choices():
+  config = default.get_config().data
+  config.mix_mode = "pair"
+  with pytest.raises(InvalidInputError, match="data.mix_mode='pair'; choose one of batch, elem"):
+    Mixing.from_config(config)
+
+
+def test_stochastic_depth_equals_torchvisions_with_the_same_mask():
+  tv = references.torchvision()
+  x = torch.randn(64, 4, 5, 5)
+  torch.manual_seed(3)
+  expected = tv.ops.StochasticDepth(0.3, "row").train()(x)
+  keep = (expected.reshape(64, -1) != 0).any(1).numpy()
+  assert 0 < keep.sum() < 64
+  got = drop_path(jnp.asarray(x.numpy().transpose(0, 2, 3, 1)), 0.3, jnp.asarray(keep))
+  np.testing.assert_allclose(got, expected.numpy().transpose(0, 2, 3, 1), rtol=1e-6)
+
+
+def test_lamb_equals_timms_lamb_for_ten_steps():
+  references.timm()
+  from timm.optim import Lamb
+  rng = np.random.RandomState(0)
+  params = {"conv": {"kernel": rng.randn(3, 3, 4, 8).astype(np.float32)},
+            "bn": {"scale": rng.rand(8).astype(np.float32) + 0.5,
+                   "bias": rng.randn(8).astype(np.float32)}}
+  grads = [jax.tree.map(lambda p, i=i: (rng.randn(*p.shape) * 3.0 ** (i % 3)).astype(np.float32),
+                        params) for i in range(10)]
+  config = default.get_config().optim
+  config.update(name="lamb", learning_rate=0.01, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.02,
+                clip_norm=1.0, schedule="constant", warmup_epochs=0)
+  tx, _ = optim.make_optimizer(config, steps_per_epoch=1, total_steps=10, batch_size=1)
+  ours, state = jax.tree.map(jnp.asarray, params), None
+  state = tx.init(ours)
+  for g in grads:
+    updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, ours)
+    ours = optax.apply_updates(ours, updates)
+  # timm's parameter groups: weight decay on the kernels, none on BatchNorm.
+  theirs = jax.tree.map(lambda p: torch.nn.Parameter(torch.from_numpy(p.copy())), params)
+  lamb = Lamb([{"params": [theirs["conv"]["kernel"]], "weight_decay": 0.02},
+               {"params": [theirs["bn"]["scale"], theirs["bn"]["bias"]], "weight_decay": 0.0}],
+              lr=0.01, betas=(0.9, 0.999), eps=1e-6, max_grad_norm=1.0)
+  for g in grads:
+    for p, gp in zip(jax.tree.leaves(theirs), jax.tree.leaves(g)):
+      p.grad = torch.from_numpy(gp)
+    lamb.step()
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    np.testing.assert_allclose(a, b.detach().numpy(), rtol=2e-5, atol=1e-6)
+  assert not np.allclose(ours["conv"]["kernel"], params["conv"]["kernel"], atol=1e-3)
+
+
+@pytest.mark.parametrize("threshold", [None, 0.2])
+def test_binary_cross_entropy_equals_timms(threshold):
+  references.timm()
+  from timm.loss import BinaryCrossEntropy
+  rng = np.random.RandomState(1)
+  logits = rng.randn(16, NUM_CLASSES).astype(np.float32) * 3
+  labels = rng.randint(0, NUM_CLASSES, 16)
+  bce = losses.LOSSES["binary_cross_entropy"]
+  reference = BinaryCrossEntropy(smoothing=SMOOTHING, target_threshold=threshold)
+  # Class indices (timm smooths them itself), then mixed probability targets (as after Mixup).
+  expected = reference(torch.from_numpy(logits), torch.from_numpy(labels)).item()
+  targets = losses.soft_targets(jnp.asarray(labels), NUM_CLASSES, SMOOTHING)
+  assert float(jnp.mean(bce(logits, targets, target_threshold=threshold))) == \
+      pytest.approx(expected, rel=1e-6)
+  mixed = losses.soft_targets(jnp.asarray(labels), NUM_CLASSES, SMOOTHING,
+                              jnp.asarray(labels[::-1]), jnp.full(16, 0.7))
+  expected = reference(torch.from_numpy(logits), torch.from_numpy(np.asarray(mixed))).item()
+  assert float(jnp.mean(bce(logits, mixed, target_threshold=threshold))) == \
+      pytest.approx(expected, rel=1e-6)
+
+
+def test_an_unknown_loss_is_refused_listing_the_registered_ones():
+  with pytest.raises(InvalidInputError, match="Unknown optim.loss 'hinge'.*binary_cross_entropy"):
+    losses.parse_loss("hinge")
+  assert losses.parse_loss("binary_cross_entropy(target_threshold=0.2)") == (
+      "binary_cross_entropy", (("target_threshold", 0.2),))
+
+
+class Mlp(nn.Module):
+  """A network without BatchNorm, for which micro-batches and one batch are the same sum."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.relu(nn.Dense(32)(x.reshape((x.shape[0], -1))))
+    return nn.Dense(NUM_CLASSES)(x)
+
+
+@pytest.mark.parametrize("accumulate_steps", [2, 4])
+def test_accumulated_micro_batches_give_the_update_of_one_batch(accumulate_steps):
+  rng = np.random.RandomState(2)
+  batch = {"image": jnp.asarray(rng.randn(1, 32, 4, 4, 3).astype(np.float32)),
+           "label": jnp.asarray(rng.randint(0, NUM_CLASSES, (1, 32)))}
+  tx = optax.sgd(0.5, momentum=0.9)
+  model = Mlp()
+  state = create_train_state(model, tx, jax.random.key(0), (1, 4, 4, 3),
+                             metrics=step.metric_names(step.StepConfig(NUM_CLASSES)))
+  state = jax.tree.map(lambda x: x[None], state)  # one replica
+
+  def run(k):
+    config = step.StepConfig(NUM_CLASSES, label_smoothing=0.1, accumulate_steps=k)
+    fn = jax.vmap(functools.partial(step.train_step, model=model, tx=tx, config=config),
+                  in_axes=(0, 0, None), axis_name=parallel.AXIS)
+    return jax.jit(fn)(state, batch, jax.random.key(1))
+
+  (one, one_metrics), (many, many_metrics) = run(1), run(accumulate_steps)
+  for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(many.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  for name in ("train_loss", "train_accuracy", "grad_norm"):
+    np.testing.assert_allclose(one_metrics[name], many_metrics[name], rtol=1e-6)
+  assert not np.allclose(one.params["Dense_0"]["kernel"], state.params["Dense_0"]["kernel"])
+
+
+def every_part(small_config, num_steps):
+  """Mixup and CutMix per image, binary cross-entropy, LAMB, two micro-batches, stochastic depth."""
+  return small_config(
+      num_steps=num_steps, model={"drop_path_rate": 0.1},
+      data={"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "mix_mode": "elem"},
+      optim={"name": "lamb", "loss": "binary_cross_entropy(target_threshold=0.2)",
+             "accumulate_steps": 2, "learning_rate": 0.01, "weight_decay": 0.02, "eps": 1e-6,
+             "clip_norm": 1.0})
+
+
+def test_a_run_with_every_part_runs_and_a_batch_that_does_not_split_is_refused(small_config,
+                                                                              tmp_path):
+  config = every_part(small_config, num_steps=2)
+  records = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert records["step"] == 2 and np.isfinite(records["train_loss"]), records
+  config.train.batch_size = 8 * 3  # 3 rows per device: not two micro-batches
+  with pytest.raises(InvalidInputError, match="train.batch_size=24 must be a positive multiple "
+                     "of the device count times optim.accumulate_steps \\(16\\)"):
+    loop.train_and_evaluate(config, str(tmp_path / "other"))
+
+
+@pytest.mark.slow  # 60 steps of the digits with every part: 40 s
+def test_a_run_with_every_part_learns(small_config, tmp_path):
+  final = loop.train_and_evaluate(every_part(small_config, num_steps=60), str(tmp_path / "run"))
+  assert final["eval_accuracy"] > 0.7, final  # chance: 0.1
