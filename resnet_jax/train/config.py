@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.data import augment, folder, mixing, pipeline, sources
+from resnet_jax.data import augment, erasing, folder, mixing, pipeline, sources
 from resnet_jax.errors import InvalidInputError, check
 from resnet_jax.models import BLOCKS, MODELS
 from resnet_jax.models.blocks import SHORTCUTS
@@ -157,6 +157,14 @@ RANGES: dict[str, Range] = {
     "data.mix_prob": _fraction("[0, 1]"),
     "data.mix_switch_prob": _fraction("[0, 1]"),
     "data.mix_mode": _one_of(mixing.MODES),
+    # Random erasing with torchvision's meaning (data.erasing), on the device after normalisation.
+    "data.erasing_prob": _fraction("[0, 1]", " (0: off)"),
+    "data.erasing_scale": Range(tuple, "(low, high), 0 < low <= high <= 1: the erased share of "
+                                "the area", checker=erasing.Erasing.from_config, bad=(0.5, 0.1)),
+    "data.erasing_ratio": Range(tuple, "(low, high), 0 < low <= high: the aspect ratio",
+                                checker=erasing.Erasing.from_config, bad=(0.0, 1.0)),
+    "data.erasing_value": Range(str, "\"0\" or \"random\" (normal noise)",
+                                checker=erasing.Erasing.from_config, bad="1"),
     "data.device_resident": _one_of(pipeline.DEVICE_RESIDENT),
     "data.max_device_bytes": _non_negative(int, " (the limit of device_resident=auto)"),
     "data.num_workers": _non_negative(int, " (0: one decoding thread)"),
@@ -197,6 +205,9 @@ RANGES: dict[str, Range] = {
     "optim.flat_update": FLAG,
     "optim.label_smoothing": _fraction("[0, 1)"),
     "optim.ema_decay": _fraction("[0, 1)", " (0: off)"),
+    "optim.ema_every_steps": _positive(int, " (the EMA is updated at every N-th step of an "
+                                       "epoch)"),
+    "optim.ema_adjust": FLAG,
 
     "train.batch_size": _positive(int, " (global; a multiple of the device and process count)"),
     "train.eval_batch_size": _positive(int, " (a multiple of the device and process count)"),

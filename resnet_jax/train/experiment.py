@@ -164,6 +164,26 @@ def _network(config: Any, info: data.DatasetInfo,
   return parts, lambda: model.init(parts.init_key(), jnp.zeros(input_shape), train=False)
 
 
+def ema_schedule(config: Any, *, steps_per_epoch: int, total_steps: int) -> dict[str, Any]:
+  """The StepConfig fields of the EMA's schedule: every `optim.ema_every_steps` steps of an epoch;
+  with `optim.ema_adjust`, torchvision's recipe: the decay adjusted to the batch size, the update
+  interval and the run's epochs (1 - min(1, (1 - decay) x batch x every / epochs)), and each update
+  until the first after the learning-rate warm-up copying the weights."""
+  optim_config = config.optim
+  every = int(optim_config.get("ema_every_steps", 1))
+  fields = {"ema_every": every, "steps_per_epoch": steps_per_epoch}
+  if not (optim_config.ema_decay and optim_config.get("ema_adjust", False)):
+    return fields
+  epochs = config.train.num_epochs if not config.train.num_steps else \
+      total_steps / steps_per_epoch
+  adjust = config.train.batch_size * every / epochs
+  copy_until = optim.schedule_steps(optim_config, steps_per_epoch)[0]  # the warm-up's end
+  while (copy_until % steps_per_epoch) % every:  # the first update at or after it
+    copy_until += 1
+  return {**fields, "ema_decay": 1.0 - min(1.0, (1.0 - optim_config.ema_decay) * adjust),
+          "ema_copy_until": copy_until}
+
+
 def build_state(config: Any, info: data.DatasetInfo, *, steps_per_epoch: int, total_steps: int,
                 weights: Pretrained | None = None) -> StateParts:
   """Builds the model, its optimizer and schedule, the train state's structure and the steps.
@@ -182,6 +202,9 @@ def build_state(config: Any, info: data.DatasetInfo, *, steps_per_epoch: int, to
   """
   train_config, optim_config, init = config.train, config.optim, config.init
   parts, init_variables = _network(config, info, weights)
+  parts = dataclasses.replace(parts, step_config=dataclasses.replace(
+      parts.step_config, **ema_schedule(config, steps_per_epoch=steps_per_epoch,
+                                        total_steps=total_steps)))
   model = parts.model
   start = None
   if weights is not None:

@@ -32,6 +32,9 @@ class StepConfig:
   sync_batchnorm: bool = True
   loss_scaling: bool = False  # float16: the state carries a dynamic loss scale
   exact_reduction: bool = False  # replica means with the same bits on any topology
+  ema_every: int = 1  # the EMA is updated at every N-th step of an epoch (counted from 0)
+  ema_copy_until: int = -1  # EMA updates at steps up to this one copy the weights
+  steps_per_epoch: int = 0  # for ema_every's count within an epoch (0: from the run's start)
   loss: tuple = ("softmax_cross_entropy", ())  # `losses.parse_loss`: (name, kwargs pairs)
   accumulate_steps: int = 1  # micro-batches per update, each with its own BatchNorm statistics
 
@@ -58,6 +61,21 @@ def global_norm(tree: Any) -> jax.Array:
   on a GPU, where `optax.tree.norm`'s sum per leaf is one per leaf (161 for a ResNet-50)."""
   flat = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
   return jnp.sqrt(jnp.sum(jnp.square(flat)))
+
+
+def ema_update(config: StepConfig, step: jax.Array, ema: Any, current: Any) -> Any:
+  """The moving average after `step`'s update: decay x ema + (1 - decay) x current, at the steps
+  `config.ema_every` picks; up to `ema_copy_until` an update copies `current` (torchvision's
+  reset of the average during the warm-up, and its first update)."""
+  decay = config.ema_decay
+  if config.ema_copy_until >= 0:
+    decay = jnp.where(step <= config.ema_copy_until, 0.0, decay)
+  updated = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, current)
+  if config.ema_every == 1:
+    return updated
+  in_epoch = step % config.steps_per_epoch if config.steps_per_epoch else step
+  due = in_epoch % config.ema_every == 0
+  return jax.tree.map(lambda u, e: jnp.where(due, u, e), updated, ema)
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Module,
@@ -133,10 +151,10 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
   params = optax.apply_updates(state.params, updates)
   new = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
   if config.ema_decay:
-    decay = config.ema_decay
-    ema = lambda old, cur: jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, old, cur)
-    new = new.replace(ema_params=ema(state.ema_params, params),
-                      ema_batch_stats=ema(state.ema_batch_stats, batch_stats))
+    new = new.replace(**ema_update(config, state.step,
+                                   {"ema_params": state.ema_params,
+                                    "ema_batch_stats": state.ema_batch_stats},
+                                   {"ema_params": params, "ema_batch_stats": batch_stats}))
   new = jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, state)
 
   first_bad = (state.first_nonfinite_step < 0) & ~finite
