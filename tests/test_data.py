@@ -434,8 +434,8 @@ def test_augmentations_run_where_the_plan_puts_them():
   with pytest.raises(ValueError, match="random_resized_crop decides the image size, so it must "
                                        "come first"):
     augment.plan([("flip", {}), ("random_resized_crop", {})])
-  with pytest.raises(ValueError, match=r"Unknown data.augmentations 'cutout'; valid names: flip, "
-                                       r".*pad_crop, random_resized_crop"):
+  with pytest.raises(ValueError, match=r"Unknown data.augmentations 'cutout'; valid names: "
+                                       r"auto_augment, flip, .*pad_crop, .*random_resized_crop"):
     augment.plan([("cutout", {})])
   config = make_config(random_flip=True, crop_padding=4, augmentations=("flip(p=1)",))
   assert augment.requested(config) == [("pad_crop", {"padding": 4}), ("flip", {}),

@@ -1,7 +1,9 @@
 """The parts of today's recipes, each equal to its reference (timm, torchvision) given the same
 input and the same sampled parameters, and its own draws following the reference distributions."""
 
+import collections
 import functools
+import itertools
 
 import flax.linen as nn
 import jax
@@ -322,3 +324,158 @@ def test_the_ema_every_n_steps_with_the_adjusted_decay_follows_torchvisions_reci
                                  atol=1e-6)
       np.testing.assert_allclose(ema["b"], averaged.module.bias.detach().numpy(), rtol=1e-5,
                                  atol=1e-6)
+
+
+def replay(transform, name, image_hw):
+  """The operations and magnitudes torchvision's policy `name` draws in one call, replayed from
+  torch's generator in the order its forward draws them."""
+  from resnet_jax.data import policies
+  h, w = image_hw
+  drawn = []
+
+  def one(space, bins, index=None):
+    keys = list(space)
+    op = keys[int(torch.randint(len(keys), ()))] if index is None else index
+    table, signed = space[op]
+    return op, table, signed
+
+  if name == "trivial_augment_wide":
+    op, table, signed = one(transform._AUGMENTATION_SPACE, 31)
+    magnitudes = table(31, h, w)
+    magnitude = 0.0
+    if magnitudes is not None:
+      magnitude = float(magnitudes[int(torch.randint(31, ()))])
+      if signed and torch.rand(()) <= 0.5:
+        magnitude *= -1
+    drawn.append((op, magnitude))
+  elif name == "rand_augment":
+    for _ in range(transform.num_ops):
+      op, table, signed = one(transform._AUGMENTATION_SPACE, 31)
+      magnitudes = table(transform.num_magnitude_bins, h, w)
+      magnitude = 0.0
+      if magnitudes is not None:
+        magnitude = float(magnitudes[transform.magnitude])
+        if signed and torch.rand(()) <= 0.5:
+          magnitude *= -1
+      drawn.append((op, magnitude))
+  else:
+    policy = transform._policies[int(torch.randint(len(transform._policies), ()))]
+    for op, probability, index in policy:
+      if not torch.rand(()) <= probability:
+        continue
+      table, signed = transform._AUGMENTATION_SPACE[op]
+      magnitudes = table(10, h, w)
+      magnitude = 0.0
+      if magnitudes is not None:
+        magnitude = float(magnitudes[index])
+        if signed and torch.rand(()) <= 0.5:
+          magnitude *= -1
+      drawn.append((op, magnitude))
+  # The tables are the same numbers as torchvision's.
+  for op, magnitude in drawn:
+    ours = (policies.TRIVIAL_AUGMENT_WIDE if name == "trivial_augment_wide"
+            else policies.AUTO_AUGMENT if name == "auto_augment" else policies.RAND_AUGMENT)
+    assert op in ours
+  return drawn
+
+
+@pytest.mark.parametrize("name", ["trivial_augment_wide", "rand_augment", "auto_augment"])
+@pytest.mark.parametrize("channels", [3, 1])
+def test_the_policies_give_torchvisions_pixels_for_the_same_draws(name, channels):
+  from PIL import Image
+  from resnet_jax.data import policies
+  v2 = references.transforms_v2()
+  transform = {"trivial_augment_wide": v2.TrivialAugmentWide(),
+               "rand_augment": v2.RandAugment(num_ops=2, magnitude=9),
+               "auto_augment": v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)}[name]
+  rng = np.random.RandomState(4)
+  # A smooth image with texture, so that every operation changes pixels.
+  yy, xx = np.mgrid[0:37, 0:45]
+  image = (np.stack([yy * 5, xx * 4, (yy + xx) * 3], -1) + rng.randint(0, 40, (37, 45, 3)))
+  image = np.clip(image, 0, 255).astype(np.uint8)[..., :channels]
+  pil = Image.fromarray(image[..., 0] if channels == 1 else image)
+  ops = set()
+  for seed in range(60):
+    torch.manual_seed(seed)
+    expected = np.asarray(transform(pil)).reshape(image.shape)
+    torch.manual_seed(seed)
+    got = image
+    for op, magnitude in replay(transform, name, image.shape[:2]):
+      got = policies.apply_op(got, op, magnitude)
+      ops.add(op)
+    np.testing.assert_array_equal(got, expected, err_msg=f"seed {seed}")
+  assert len(ops) >= 10, ops
+
+
+def test_the_magnitude_tables_are_torchvisions():
+  from resnet_jax.data import policies
+  v2 = references.transforms_v2()
+  for ours, theirs, bins in ((policies.TRIVIAL_AUGMENT_WIDE, v2.TrivialAugmentWide, 31),
+                             (policies.RAND_AUGMENT, v2.RandAugment, 31),
+                             (policies.AUTO_AUGMENT, v2.AutoAugment, 10)):
+    assert list(ours) == list(theirs._AUGMENTATION_SPACE)
+    for (op, (table, signed)), (h, w) in itertools.product(ours.items(), ((224, 160), (37, 45))):
+      reference, reference_signed = theirs._AUGMENTATION_SPACE[op]
+      expected = reference(bins, h, w)
+      assert signed == reference_signed
+      if expected is None:
+        assert table(bins, h, w) is None
+      else:
+        np.testing.assert_array_equal(table(bins, h, w), expected.numpy(), err_msg=op)
+  assert [tuple(p) for p in policies.IMAGENET_POLICY] == v2.AutoAugment()._policies
+
+
+def test_the_policies_draws_follow_torchvisions_distributions():
+  # 10,000 draws each: TrivialAugmentWide's operation uniform over its 14, its bin over 31, its
+  # sign fair; RandAugment's operations uniform; AutoAugment's pairs uniform, each operation with
+  # its probability.
+  from resnet_jax.data import policies
+  rng, n, shape = np.random.default_rng(0), 10_000, (32, 32, 3)
+  uniform = lambda values, k: stats.chisquare(np.bincount(values, minlength=k)).pvalue > 1e-3
+  draws = [policies.draw_trivial_augment_wide(rng, shape)[0] for _ in range(n)]
+  names = list(policies.TRIVIAL_AUGMENT_WIDE)
+  assert uniform([names.index(op) for op, _, _ in draws], 14)
+  scaled = [(index, magnitude) for op, index, magnitude in draws
+            if policies.TRIVIAL_AUGMENT_WIDE[op][0](2, 2, 2) is not None]
+  assert uniform([index for index, _ in scaled], 31)
+  signed = [m < 0 for (op, index, m) in draws if policies.TRIVIAL_AUGMENT_WIDE[op][1] and index]
+  assert stats.binomtest(sum(signed), len(signed), 0.5).pvalue > 1e-3
+  ops = [op for _ in range(n // 2) for op, _, _ in policies.draw_rand_augment(rng, shape)]
+  assert len(ops) == n and uniform([list(policies.RAND_AUGMENT).index(op) for op in ops], 14)
+  # AutoAugment: how often each operation runs, against the policy's probabilities.
+  counts = collections.Counter(op for _ in range(n)
+                               for op, _, _ in policies.draw_auto_augment(rng, shape))
+  expected = collections.Counter()
+  for pair in policies.IMAGENET_POLICY:
+    for op, probability, _ in pair:
+      expected[op] += n * probability / len(policies.IMAGENET_POLICY)
+  names = sorted(expected)
+  observed = np.array([counts[op] for op in names])
+  predicted = np.array([expected[op] for op in names])
+  assert stats.chisquare(observed, predicted * observed.sum() / predicted.sum()).pvalue > 1e-3
+
+
+def test_training_and_evaluation_sizes_differ_as_torchvisions_recipe_sets_them(small_config):
+  # Train at 8 pixels; evaluate a 12-pixel centre crop of the image resized to 14 (torchvision's
+  # 176 / 232 / 224 at small scale): the evaluation batches, the resident arrays and the saved
+  # preprocessing all use the crop.
+  from resnet_jax import data
+  from resnet_jax.data.sources import eval_geometry
+  config = small_config(data={"eval_crop": 12, "eval_resize": 14})
+  assert eval_geometry(config.data) == (12, 12 / 14)
+  dataset = data.open(config.data)
+  for resident in ("yes", "no"):
+    config.data.device_resident = resident
+    pipeline = data.Pipeline(config.data, dataset, global_batch_size=64, eval_batch_size=128,
+                             seed=0)
+    batch = next(iter(pipeline.eval_batches()))
+    images = pipeline.arrays["eval"]["image"] if resident == "yes" else batch["image"]
+    assert images.shape[1:3] == (12, 12), images.shape
+    if resident == "yes":
+      assert pipeline.arrays["train"]["image"].shape[1:3] == (8, 8)
+  final = loop.train_and_evaluate(config, None)
+  assert final["eval_accuracy"] > 0.1
+  config.data.eval_resize = 10
+  with pytest.raises(InvalidInputError, match="data.eval_resize=10 is smaller than the evaluation "
+                     "crop \\(12\\)"):
+    eval_geometry(config.data)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_jax.data import policies
 from resnet_jax.data.transforms import random_resized_crop
 from resnet_jax.errors import InvalidInputError
 from resnet_jax.registry import Registry, parse_call
@@ -94,6 +95,10 @@ def _pad_crop(image, key, *, padding):
 register_augmentation("random_resized_crop", host=_random_resized_crop, resizes=True)
 register_augmentation("pad_crop", device=_pad_crop)
 register_augmentation("flip", host=_flip_host, device=_flip_device)
+# torchvision.transforms.v2's policies, through Pillow (`data/policies.py`).
+register_augmentation("trivial_augment_wide", host=policies.trivial_augment_wide)
+register_augmentation("rand_augment", host=policies.rand_augment)
+register_augmentation("auto_augment", host=policies.auto_augment)
 
 # (augmentation, its keyword arguments as sorted (name, value) pairs): hashable, so that a stage
 # can be a static part of a compiled function.

@@ -24,7 +24,7 @@ from resnet_jax.data import augment
 from resnet_jax.data.device import DeviceBatches
 from resnet_jax.data.erasing import Erasing
 from resnet_jax.data.mixing import Mixing
-from resnet_jax.data.sources import Dataset
+from resnet_jax.data.sources import Dataset, eval_geometry
 from resnet_jax.data.transforms import eval_transform
 from resnet_jax.errors import InvalidInputError, MissingSetupError, check_divisible
 
@@ -344,11 +344,12 @@ class Pipeline:
 
     train, evaluation = dataset.splits.train, dataset.splits.eval
     h, w, channels = info.image_shape
-    common = dict(image_size=data_config.image_size, channels=channels,
-                  crop_ratio=data_config.eval_crop_ratio)
     self._train_reader = _Reader(train, size=(h, w), host_stage=self.augmentations.host,
-                                 seed=seed, **common)
-    self._eval_reader = _Reader(evaluation, size=(h, w), **common)
+                                 seed=seed, image_size=data_config.image_size, channels=channels,
+                                 crop_ratio=data_config.eval_crop_ratio)
+    eval_size, eval_ratio = eval_geometry(data_config)
+    self._eval_reader = _Reader(evaluation, size=(eval_size, eval_size) if eval_size else (h, w),
+                                image_size=eval_size, channels=channels, crop_ratio=eval_ratio)
 
     nbytes = (info.num_train + info.num_eval) * h * w * channels
     self.device_resident = mode == "yes" or (

@@ -78,10 +78,12 @@ class DatasetInfo:
   # split sizes, and what the source adds (a tfds version).
   identity: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-  def preprocessing(self, crop_ratio: float) -> Preprocessing:
-    """How this dataset's images are prepared for evaluation (and so for predict)."""
-    return Preprocessing(image_size=self.image_shape[0], channels=self.image_shape[2],
-                         crop_ratio=crop_ratio, mean=self.mean, std=self.std)
+  def preprocessing(self, crop_ratio: float, image_size: int = 0) -> Preprocessing:
+    """How this dataset's images are prepared for evaluation (and so for predict), at
+    `image_size` (0: the training size)."""
+    return Preprocessing(image_size=image_size or self.image_shape[0],
+                         channels=self.image_shape[2], crop_ratio=crop_ratio, mean=self.mean,
+                         std=self.std)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -405,6 +407,26 @@ def _check_config(data_config: Any) -> None:
     raise InvalidInputError(f"data.eval_crop_ratio={data_config.eval_crop_ratio} must be in "
                             "(0, 1] (1: resize the whole image; 0.875: ImageNet's 256 -> 224 "
                             "central crop).")
+
+
+def eval_geometry(data_config: Any) -> tuple[int, float]:
+  """(evaluation crop side, crop ratio): `data.eval_crop` (0: `data.image_size`) out of a shorter
+  side resized to `data.eval_resize` (0: crop / `data.eval_crop_ratio`); torchvision's recipes
+  train at 176 and evaluate a 224 crop of 232 (`eval_crop=224, eval_resize=232`).
+
+  Raises:
+    InvalidInputError: a crop larger than the resize, or a negative size.
+  """
+  crop = int(data_config.get("eval_crop", 0)) or data_config.image_size
+  resize = int(data_config.get("eval_resize", 0))
+  if min(crop, resize) < 0 or (resize and not crop):
+    raise InvalidInputError(f"data.eval_crop={data_config.get('eval_crop', 0)} and "
+                            f"data.eval_resize={resize} must be >= 0, with a crop (or "
+                            "data.image_size) when eval_resize is set.")
+  if resize and resize < crop:
+    raise InvalidInputError(f"data.eval_resize={resize} is smaller than the evaluation crop "
+                            f"({crop}); resize to at least the crop.")
+  return crop, crop / resize if resize else data_config.eval_crop_ratio
 
 
 def sample_indices(n: int, limit: int = STATS_SAMPLE) -> np.ndarray:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from resnet_jax import data
+from resnet_jax.data.sources import eval_geometry
 from resnet_jax.errors import InvalidInputError, check_divisible
 from resnet_jax.models import ARCHITECTURE_OPTIONS, create_model, describe_architecture
 from resnet_jax.pretrained import Pretrained, adapt
@@ -96,7 +97,7 @@ class Experiment:
     return Pretrained(
         variables={}, model=self.parts.name, num_classes=self.info.num_classes,
         options=describe_architecture(self.parts.model),
-        preprocessing=self.info.preprocessing(self.config.data.eval_crop_ratio),
+        preprocessing=self.info.preprocessing(*eval_geometry(self.config.data)[::-1]),
         class_names=self.info.class_names).describe()
 
 
