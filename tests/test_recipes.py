@@ -256,10 +256,12 @@ def test_accumulated_micro_batches_give_the_update_of_one_batch(accumulate_steps
 
 
 def every_part(small_config, num_steps):
-  """Mixup and CutMix per image, binary cross-entropy, LAMB, two micro-batches, stochastic depth."""
+  """Mixup and CutMix per image, random erasing, repeated augmentation, binary cross-entropy,
+  LAMB, two micro-batches, stochastic depth."""
   return small_config(
       num_steps=num_steps, model={"drop_path_rate": 0.1},
-      data={"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "mix_mode": "elem"},
+      data={"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "mix_mode": "elem", "erasing_prob": 0.25,
+            "repeated_augmentations": 2},
       optim={"name": "lamb", "loss": "binary_cross_entropy(target_threshold=0.2)",
              "accumulate_steps": 2, "learning_rate": 0.01, "weight_decay": 0.02, "eps": 1e-6,
              "clip_norm": 1.0})
@@ -479,3 +481,29 @@ def test_training_and_evaluation_sizes_differ_as_torchvisions_recipe_sets_them(s
   with pytest.raises(InvalidInputError, match="data.eval_resize=10 is smaller than the evaluation "
                      "crop \\(12\\)"):
     eval_geometry(config.data)
+
+
+@pytest.mark.parametrize("n,repeats,replicas,batch", [(100, 3, 4, 8), (257, 2, 8, 32),
+                                                        (64, 4, 2, 16)])
+def test_repeated_augmentation_gives_each_replica_timms_repeat_aug_sampler_rows(n, repeats,
+                                                                                replicas, batch):
+  references.timm()
+  from timm.data.distributed_sampler import RepeatAugSampler
+  from resnet_jax.data.pipeline import EpochSteps, repeated_sequence
+  sequence = repeated_sequence(np.arange(n), repeats, replicas, batch)
+  rows, steps = batch // replicas, n // batch
+  for rank in range(replicas):
+    theirs = list(RepeatAugSampler(range(n), num_replicas=replicas, rank=rank, shuffle=False,
+                                   num_repeats=repeats, selected_round=0))
+    ours = [int(i) for b in range(steps)
+            for i in sequence[b * batch + rank * rows:b * batch + (rank + 1) * rows]]
+    assert ours == theirs[:len(ours)], rank
+  # Through a run's epoch order (shuffled): the copies of an example sit on different replicas
+  # (on every replica when there are more copies than replicas).
+  order = EpochSteps(n, batch, repeats=repeats, replicas=replicas).order(seed=3, epoch=1)
+  replica_of = np.arange(len(order)) % batch // rows
+  for example in np.unique(order):
+    places = replica_of[order == example]
+    assert len(places) <= repeats, (example, places)
+    assert len(set(places)) == min(len(places), replicas), (example, places)
+  assert len(np.unique(order)) < len(order)  # fewer distinct examples per epoch

@@ -62,6 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
       eval_crop_ratio=1.0,        # <1: resize short side to size/ratio, center-crop (0.875 ImageNet)
       eval_crop=0,                # evaluation crop side (0: image_size), e.g. 224 after training at 176
       eval_resize=0,              # shorter side before that crop (0: eval_crop / eval_crop_ratio)
+      repeated_augmentations=1,   # k > 1: each example k times an epoch, on different devices
       device_resident="auto",     # "auto" | "yes" | "no": keep the dataset on the devices
       max_device_bytes=2 * 1024**3,
       normalization="dataset",    # "dataset" mean/std, or "imagenet" (pretrained backbones)

@@ -44,6 +44,25 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+def repeated_sequence(permutation: np.ndarray, repeats: int, replicas: int,
+                      global_batch_size: int) -> np.ndarray:
+  """Repeated augmentation (timm's RepeatAugSampler, torchvision's RASampler): each example of
+  `permutation` `repeats` times in a row, padded from its start to a multiple of `replicas`, dealt
+  to the replicas in turn (replica r reads items r, r + replicas, ...), so that an example's copies
+  land on different replicas; laid out by global batch (replica r's rows of batch b are its items
+  b x rows ... (b + 1) x rows). Of the same length as `permutation`: an epoch keeps its length and
+  reads about 1 / repeats of the examples."""
+  n = len(permutation)
+  items = np.repeat(permutation, repeats)
+  total = -(-n * repeats // replicas) * replicas
+  items = np.concatenate([items, items[:total - len(items)]])
+  rows = global_batch_size // replicas
+  position = np.arange(n)
+  batch, rest = np.divmod(position, global_batch_size)
+  replica, row = np.divmod(rest, rows)
+  return items[((batch * rows + row) * replicas + replica) % len(items)]
+
+
 @dataclasses.dataclass(frozen=True)
 class EpochPosition:
   """How far a run has read its training data: the first `examples` of epoch `epoch`'s order."""
@@ -69,6 +88,8 @@ class EpochSteps:
     step_offset: schedule step - step (0 unless the batch size changed on a resume).
     resumed_epoch, shift: epoch `resumed_epoch`'s batch i starts at example
       i * global_batch_size + shift of its order (shift 0 in the other epochs).
+    repeats, replicas: each epoch's order repeats its examples across the replicas
+      (`data.repeated_augmentations`), laid out for this batch size.
   """
 
   num_train: int
@@ -76,6 +97,8 @@ class EpochSteps:
   step_offset: int = 0
   resumed_epoch: int = 0
   shift: int = 0
+  repeats: int = 1  # repeated augmentation (`repeated_sequence`) over `replicas`
+  replicas: int = 1
 
   @property
   def steps_per_epoch(self) -> int:
@@ -83,9 +106,9 @@ class EpochSteps:
 
   @classmethod
   def resume(cls, position: EpochPosition, step: int, *, num_train: int,
-             global_batch_size: int) -> "EpochSteps":
+             global_batch_size: int, repeats: int = 1, replicas: int = 1) -> "EpochSteps":
     """The steps of a run that continues at `position`, as step `step`, with this batch size."""
-    steps = cls(num_train, global_batch_size)
+    steps = cls(num_train, global_batch_size, repeats=repeats, replicas=replicas)
     remaining = (num_train - position.examples) // global_batch_size  # full batches left
     schedule_step = (position.epoch + 1) * steps.steps_per_epoch - remaining
     return dataclasses.replace(
@@ -115,7 +138,10 @@ class EpochSteps:
     # before the resumed point reads anything (it is never run), hence the modulo.
     source = (slot // batch + self.step_offset) % steps_per_epoch * batch + slot % batch
     shift = self.shift if epoch == self.resumed_epoch else 0
-    return epoch_permutation(seed, epoch, self.num_train)[(source + shift) % self.num_train]
+    sequence = epoch_permutation(seed, epoch, self.num_train)
+    if self.repeats > 1:
+      sequence = repeated_sequence(sequence, self.repeats, self.replicas, self.global_batch_size)
+    return sequence[(source + shift) % self.num_train]
 
 
 class _Reader:
@@ -305,7 +331,8 @@ class Pipeline:
   """
 
   def __init__(self, data_config: Any, dataset: Dataset, *, global_batch_size: int,
-               eval_batch_size: int, seed: int, process_index: int = 0, process_count: int = 1):
+               eval_batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
+               replicas: int = 1):
     """Reads `dataset`'s splits for one process.
 
     Args:
@@ -316,6 +343,8 @@ class Pipeline:
       eval_batch_size: evaluation examples per batch over all processes.
       seed: decides the epoch orders and the host augmentation.
       process_index, process_count: this process and how many share each batch.
+      replicas: the devices that share each batch, over all processes (for repeated
+        augmentation's layout).
     """
     # Each process reads an equal share of every batch.
     check_divisible(global_batch_size, process_count, "train.batch_size", "process count")
@@ -338,6 +367,9 @@ class Pipeline:
     self.global_batch_size, self.eval_batch_size = global_batch_size, eval_batch_size
     self.process_index, self.process_count = process_index, process_count
     self.num_workers = data_config.num_workers
+    self.repeats, self.replicas = int(data_config.get("repeated_augmentations", 1)), replicas
+    if self.repeats > 1:
+      check_divisible(global_batch_size, replicas, "train.batch_size", "device count")
     self.num_train, self.num_eval = info.num_train, info.num_eval
     self.steps_per_epoch = info.num_train // global_batch_size
     self.num_eval_batches = -(-info.num_eval // eval_batch_size)
@@ -382,7 +414,8 @@ class Pipeline:
 
   def epoch_steps(self) -> EpochSteps:
     """The steps of a run that never changed its batch size (`EpochSteps.resume` for others)."""
-    return EpochSteps(self.num_train, self.global_batch_size)
+    return EpochSteps(self.num_train, self.global_batch_size, repeats=self.repeats,
+                      replicas=self.replicas)
 
   def train_feed(self, start_step: int, placement: Placement,
                  steps: EpochSteps | None = None) -> Iterator[tuple[Any, Any]]:

@@ -169,6 +169,8 @@ RANGES: dict[str, Range] = {
                                 checker=erasing.Erasing.from_config, bad=(0.0, 1.0)),
     "data.erasing_value": Range(str, "\"0\" or \"random\" (normal noise)",
                                 checker=erasing.Erasing.from_config, bad="1"),
+    "data.repeated_augmentations": _positive(int, " (1: off; k: each example k times per epoch "
+                                            "on different devices)"),
     "data.device_resident": _one_of(pipeline.DEVICE_RESIDENT),
     "data.max_device_bytes": _non_negative(int, " (the limit of device_resident=auto)"),
     "data.num_workers": _non_negative(int, " (0: one decoding thread)"),

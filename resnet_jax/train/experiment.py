@@ -289,7 +289,8 @@ def assemble(config: Any, *, weights: Pretrained | None = None,
     pipeline = data.Pipeline(
         config.data, dataset, global_batch_size=train_config.batch_size,
         eval_batch_size=train_config.eval_batch_size, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        replicas=runner.num_replicas)
     if for_training:
       pipeline.check_steps()
     batches = pipeline.device_batches(parallel.AXIS)

@@ -59,7 +59,8 @@ def resume(exp: Experiment, checkpointer: checkpoint.Checkpointer,
   if saved_batch_size != batch_size:
     check_elastic(exp.config, run_dir, saved_batch_size, exp.info.num_train)
   epoch_steps = data.EpochSteps.resume(position, step, num_train=exp.info.num_train,
-                                       global_batch_size=batch_size)
+                                       global_batch_size=batch_size,
+                                       repeats=exp.pipeline.repeats, replicas=exp.pipeline.replicas)
   schedule_step = epoch_steps.schedule_step(step)
   remedy = f"train.num_steps >= {step}" if saved_batch_size == batch_size else \
       f"train.num_epochs >= {schedule_step / epoch_steps.steps_per_epoch:g}"
@@ -107,6 +108,9 @@ def check_elastic(config: Any, run_dir: Workdir, saved_batch_size: int, num_trai
              optim_config.boundaries_unit == "steps"),
         f"{what} optim.boundaries are in steps; give them in epochs "
         "(optim.boundaries_unit=epochs).")
+  check(config.data.get("repeated_augmentations", 1) == 1,
+        f"{what} data.repeated_augmentations lays each epoch out for the saved batch size; "
+        "resume with it.")
 
 
 def saved_dataset(meta: dict[str, Any]) -> dict[str, Any] | None:
