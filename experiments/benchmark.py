@@ -9,6 +9,7 @@ The GPU program, on any machine:  python -m experiments.benchmark --lower-only=c
 """
 
 import argparse
+import ast
 import datetime
 import os
 import sys
@@ -54,8 +55,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                  "for images under 64 pixels, else a generated folder of ImageNet-like JPEGs.")
   p.add_argument("--data-dir", default="", help="tfds data_dir for --data (default: tfds's).")
   p.add_argument("--num-workers", type=int, default=0, help="Decoding processes for --input.")
+  p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                 help="Override a key of the timed run's config (repeatable), e.g. "
+                 "--set data.mixup_alpha=0.2 --set optim.accumulate_steps=2.")
   p.add_argument("--json", default="", help="Results file (default runs/benchmark/...json).")
   args = p.parse_args(argv)
+  settings = []
+  for item in args.set:
+    key, equals, text = item.partition("=")
+    if not equals or "." not in key:
+      p.error(f"--set {item!r} is not SECTION.KEY=VALUE, e.g. --set data.mixup_alpha=0.2")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text  # a bare word: a string
+    settings.append((key.strip(), value))
+  args.set = tuple(settings)
   for name, least in (("batch_size", 1), ("image_size", 1), ("channels", 1), ("num_classes", 1),
                       ("steps", 1), ("warmup", 0), ("num_workers", 0), ("num_devices", 0)):
     if getattr(args, name) < least:
@@ -70,6 +85,7 @@ def main(argv=None) -> int:
     from resnet_jax import benchmark
     options = {**vars(args), "torch_compile": {"auto": None, "yes": True, "no": False}[
         args.torch_compile]}
+    options["settings"] = options.pop("set")
     path = options.pop("json") or os.path.join(
         "runs", "benchmark",
         f"{args.model}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json")

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.extend.core
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -39,6 +40,7 @@ from resnet_jax.models import create_model
 from resnet_jax.timing import PHASES, summary, timed
 from resnet_jax.train import parallel
 from resnet_jax.train import step as step_lib
+from resnet_jax.train.config import validate_config
 from resnet_jax.train.experiment import Experiment, assemble
 
 # Dense peak FLOP/s per device, from the vendors' data sheets (no sparsity).
@@ -570,6 +572,7 @@ class Options:
   data: str  # the dataset for `input`; "": digits under 64 pixels, else generated JPEGs
   data_dir: str
   num_workers: int
+  settings: tuple[tuple[str, Any], ...] = ()  # ("section.key", value): config overrides
 
 
 def benchmark_config(options: Options, base: Any, jpeg_folder: str) -> Any:
@@ -592,6 +595,15 @@ def benchmark_config(options: Options, base: Any, jpeg_folder: str) -> Any:
       # the host, as ImageNet training crops them, which leaves nothing on the device.
       random_resized_crop=options.input and imagenet_like, device_resident="auto",
       eval_crop_ratio=0.875 if imagenet_like else 1.0)
+  for key, value in options.settings:
+    section, _, name = key.partition(".")
+    if section not in config or not isinstance(config[section], ml_collections.ConfigDict) or \
+        name not in config[section]:
+      raise InvalidInputError(f"--set {key}=...: no such config key; give section.key as in "
+                              "experiments/configs/default.py, e.g. --set data.mixup_alpha=0.2.")
+    config[section][name] = value
+  if options.settings:
+    validate_config(config)
   return config
 
 
@@ -606,7 +618,7 @@ def run(options: Options, base_config: Any) -> dict[str, Any]:
   results = {"model": options.model, "batch_size": options.batch_size,
              "image_size": options.image_size, "dtype": options.dtype, "runner": options.runner,
              "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
-             "jax_version": jax.__version__}
+             "jax_version": jax.__version__, "settings": dict(options.settings)}
   timing = {"steps": options.steps, "warmup": options.warmup}
   channels = options.channels
   devices = jax.devices()

@@ -33,7 +33,8 @@ def test_benchmark_reports_every_field_with_input_and_torch(tmp_path, capsys):
   # One invocation for every timing field: the JPEG pipeline (a generated folder at 64 pixels,
   # decoded and cropped on the host) alone and feeding the step, the pmap runner, PyTorch's twin.
   results = run(tmp_path, "--model=resnet8", "--batch-size=8", "--image-size=64",
-                "--dtype=bfloat16", "--input", "--runner=pmap", "--compare-torch")
+                "--dtype=bfloat16", "--input", "--runner=pmap", "--compare-torch",
+                "--set", "data.erasing_prob=0.5", "--set", "data.erasing_value=random")
   for key in ("synthetic", "with_input"):
     assert set(STEP) <= set(results[key]), results[key]
     assert_positive(results[key], TIMING + ("compile_time_s", "flops_per_image",
@@ -49,6 +50,7 @@ def test_benchmark_reports_every_field_with_input_and_torch(tmp_path, capsys):
   assert results["torch"]["torch_compile"] is False  # auto: eager on CPU
   assert results["input_vs_synthetic"] > 0 and results["jax_vs_torch"] > 0
   assert results["runner"] == "pmap" and results["dtype"] == "bfloat16"
+  assert results["settings"] == {"data.erasing_prob": 0.5, "data.erasing_value": "random"}
   for key in ("model", "batch_size", "image_size", "device", "platform", "jax_version"):
     assert key in results
   out = capsys.readouterr().out

@@ -190,7 +190,10 @@ def test_benchmark_refuses_counts_that_measure_nothing(flag, capsys):
 
 @pytest.mark.parametrize("flags, message", [
     (["--num-devices=9"], "--num-devices=9, but this machine has 8 devices."),
-    (["--lower-only=cuda", "--runner=pmap"], "Lowering for cuda needs --runner=mesh")])
+    (["--lower-only=cuda", "--runner=pmap"], "Lowering for cuda needs --runner=mesh"),
+    (["--set", "data.nonesuch=1"], "--set data.nonesuch=...: no such config key"),
+    (["--set", "data.mix_mode=pair"], "Unknown data.mix_mode 'pair'; valid names: batch, elem."),
+    (["--set", "data.mixup_alpha"], "--set 'data.mixup_alpha' is not SECTION.KEY=VALUE")])
 def test_benchmark_refuses_what_this_machine_cannot_lower_or_run(flags, message, capsys):
   assert exit_code(benchmark.main, ["--model=resnet8", *flags]) == 2
   assert message in capsys.readouterr().err
