@@ -198,8 +198,9 @@ def train_flops_per_image(model: Any, image_shape: tuple[int, ...]) -> float:
   x = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
 
-  jaxpr = jax.make_jaxpr(lambda variables, x: model.apply(variables, x, train=True,
-                                                          mutable=["batch_stats"]))(variables, x)
+  jaxpr = jax.make_jaxpr(lambda variables, x: model.apply(
+      variables, x, train=True, mutable=["batch_stats"],
+      rngs={"dropout": jax.random.key(0)}))(variables, x)  # stochastic depth draws from it
   return 3 * _jaxpr_flops(jaxpr.jaxpr) / x.shape[0]
 
 

@@ -100,6 +100,9 @@ def test_flops_per_image_are_three_forward_passes_of_torchvisions_published_coun
   # A configured convolution (a partial of ours) is counted the same, without space-to-depth taps.
   model = create_model(name).clone(conv=functools.partial(conv.Conv, space_to_depth=True))
   assert benchmark.train_flops_per_image(model, (224, 224, 3)) == counted
+  # Stochastic depth draws its rows from the step's key and adds no multiply-add.
+  model = create_model(name, drop_path_rate=0.1)
+  assert round(benchmark.train_flops_per_image(model, (224, 224, 3)) / 6e9, 2) == gmacs
 
 
 def test_flops_per_image_count_what_xla_counts_except_padding_taps():
