@@ -121,19 +121,17 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
   if k == 1:
     grads, (loss, hits, batch_stats) = grad_fn(state.params, state.batch_stats, batch, dropout_key)
   else:  # k micro-batches in turn: gradients summed, BatchNorm statistics updated by each
-    micro = jax.tree.map(lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
-
-    def accumulate(carry, xs):
-      total, stats = carry
-      g, (micro_loss, micro_hits, stats) = grad_fn(state.params, stats, xs[0],
-                                                   jax.random.fold_in(dropout_key, xs[1]))
-      return (jax.tree.map(jnp.add, total, g), stats), (micro_loss, micro_hits)
-
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    (grads, batch_stats), (micro_losses, micro_hits) = jax.lax.scan(
-        accumulate, (zeros, state.batch_stats), (micro, jnp.arange(k)))
+    # Unrolled, not a loop: XLA's CPU backend ran a lax.scan of this body 26x slower.
+    rows = labels.shape[0] // k
+    grads, batch_stats, loss, hits = None, state.batch_stats, 0.0, 0
+    for i in range(k):
+      micro = jax.tree.map(lambda x, i=i: x[i * rows:(i + 1) * rows], batch)
+      g, (micro_loss, micro_hits, batch_stats) = grad_fn(
+          state.params, batch_stats, micro, jax.random.fold_in(dropout_key, i))
+      grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+      loss, hits = loss + micro_loss, hits + micro_hits
     grads = jax.tree.map(lambda g: g / k, grads)
-    loss, hits = jnp.mean(micro_losses), jnp.sum(micro_hits)
+    loss = loss / k
   mean = lambda tree: replica_mean(tree, axis, config.exact_reduction)
   grads = mean(grads)
   if scale is not None:
