@@ -60,6 +60,12 @@ RECIPES = {
                              weight_decay=0.05, warmup_epochs=warmup(3)),
     # An EMA of the weights (and BatchNorm statistics).
     "ema": lambda d: small(default.get_config(), d, ema_decay=0.9, warmup_epochs=warmup(3)),
+    # Today's step: two micro-batches per update, label smoothing, and torchvision's EMA (every
+    # second step, its decay adjusted, copying the weights until the first update after the
+    # warm-up).
+    "modern": lambda d: small(default.get_config(), d, accumulate_steps=2, label_smoothing=0.1,
+                              ema_decay=0.999, ema_every_steps=2, ema_adjust=True,
+                              warmup_epochs=warmup(3)),
 }
 
 
@@ -186,3 +192,15 @@ def test_initialisation_has_torchvisions_distributions():
     leaf = np.asarray(leaf)
     assert leaf.min() >= -bound and leaf.max() <= bound
     assert abs(leaf.std() / (bound / np.sqrt(3)) - 1) < 0.1
+
+
+@pytest.mark.parametrize("setting,value,what", [
+    ("model.drop_path_rate", 0.1, "stochastic depth"), ("data.mixup_alpha", 0.2, "Mixup"),
+    ("optim.loss", "binary_cross_entropy", "other loss")])
+def test_what_the_twin_does_not_follow_is_refused_in_one_line(setting, value, what, tfds_dir):
+  config = RECIPES["default"](tfds_dir)
+  section, key = setting.split(".")
+  config[section][key] = value
+  with pytest.raises(ValueError, match=f"^The PyTorch twin has no {what} yet: compare with "
+                                       f"--config.{setting}="):
+    fidelity.compare(config, steps=2)

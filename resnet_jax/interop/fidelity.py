@@ -1,5 +1,6 @@
 """Training dynamics against PyTorch's: the same initial weights, the same batches, the same recipe
-written with torch.optim, torch's schedulers and nn.CrossEntropyLoss, BatchNorm in train mode.
+written with torch.optim, torch's schedulers and nn.CrossEntropyLoss, BatchNorm in train mode,
+gradient accumulation over micro-batches and torchvision's EMA loop.
 
 Two checks that float32 chaos cannot fool:
 
@@ -154,6 +155,7 @@ class TorchSide:
     self.params = dict(self.model.named_parameters())
     self.frozen = range(parts.model.frozen_stages)
     self.loss = nn.CrossEntropyLoss(label_smoothing=float(config.optim.label_smoothing))
+    self.num_replicas = jax_side.runner.num_replicas
     self.load(jax_side.initial, step=0)
 
   def _groups(self) -> list[dict]:
@@ -215,9 +217,10 @@ class TorchSide:
       warnings.simplefilter("ignore", UserWarning)
       for _ in range(step):
         self.scheduler.step()
-    self.ema = None
+    self.ema, self.step_count = None, step
     if self.config.optim.ema_decay:
-      ema_fn = torch.optim.swa_utils.get_ema_multi_avg_fn(float(self.config.optim.ema_decay))
+      # The step's decay: the config's, or torchvision's adjustment of it (train.experiment).
+      ema_fn = torch.optim.swa_utils.get_ema_multi_avg_fn(float(self.parts.step_config.ema_decay))
       self.ema = torch.optim.swa_utils.AveragedModel(self.model, multi_avg_fn=ema_fn,
                                                      use_buffers=True)
       with torch.no_grad():
@@ -240,16 +243,33 @@ class TorchSide:
         hasattr(self.model, "final_bn"):
       self.model.final_bn.eval()
     self.optimizer.zero_grad(set_to_none=True)
-    loss = self.loss(self.model(x), y)
-    loss.backward()
+    # Accumulation as torch users write it: micro-batch i is every replica's i-th slice of its
+    # rows (as the step splits them), each loss divided by k before its backward pass.
+    k = int(self.config.optim.get("accumulate_steps", 1))
+    rows = len(y) // self.num_replicas
+    loss = 0.0
+    for i in range(k):
+      pick = np.concatenate([np.arange(r * rows + i * rows // k, r * rows + (i + 1) * rows // k)
+                             for r in range(self.num_replicas)])
+      pick = torch.from_numpy(pick)
+      micro_loss = self.loss(self.model(x[pick]), y[pick])
+      (micro_loss / k).backward()
+      loss += micro_loss.item() / k
     if self.config.optim.clip_norm > 0:
       nn.utils.clip_grad_norm_([p for p in self.params.values() if p.grad is not None],
                                float(self.config.optim.clip_norm))
     self.optimizer.step()
     self.scheduler.step()
-    if self.ema is not None:
-      self.ema.update_parameters(self.model)
-    return loss.item()
+    if self.ema is not None:  # torchvision's loop: every N-th batch of an epoch, copying early
+      settings = self.parts.step_config
+      in_epoch = self.step_count % settings.steps_per_epoch if settings.steps_per_epoch else \
+          self.step_count
+      if in_epoch % settings.ema_every == 0:
+        if self.step_count <= settings.ema_copy_until:
+          self.ema.n_averaged.fill_(0)
+        self.ema.update_parameters(self.model)
+    self.step_count += 1
+    return loss
 
   def arrays(self) -> dict[str, dict[str, np.ndarray]]:
     """The network's variables, the optimizer's buffers and the EMA, by torch name."""
@@ -339,8 +359,7 @@ def within(curve: list[float], reference: list[float], tolerance: float) -> int:
 # Settings the PyTorch twin does not follow yet: (setting, its off value, what it is).
 UNSUPPORTED = (("model.drop_path_rate", 0.0, "stochastic depth"),
                ("data.mixup_alpha", 0.0, "Mixup"), ("data.cutmix_alpha", 0.0, "CutMix"),
-               ("optim.loss", "softmax_cross_entropy", "other loss"),
-               ("optim.accumulate_steps", 1, "gradient accumulation"))
+               ("optim.loss", "softmax_cross_entropy", "other loss"))
 
 
 def compare(config: Any, *, steps: int, control: str = "") -> dict[str, Any]:
