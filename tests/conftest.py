@@ -118,3 +118,16 @@ def bucket():
   objects.download = download
   for handlers in routes:
     handlers.update({k: download for k, v in handlers.items() if v is download_with_generation})
+
+
+# One registered network per family (block, stem, shortcut, groups, width, scanned stages): the
+# default tier's sample of checks that the nightly tier runs on every registry entry.
+ONE_PER_FAMILY = ("resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "resnet20",
+                  "resnet18_cifar", "resnet50_cifar", "preact_resnet18", "preact_resnet164",
+                  "resnet1202", "preact_resnet1001")
+
+
+def every_model_nightly(names):
+  """`names` as parameters: those of ONE_PER_FAMILY in every tier, the others in the slow one."""
+  return [name if name in ONE_PER_FAMILY else pytest.param(name, marks=pytest.mark.slow)
+          for name in names]

@@ -17,6 +17,7 @@ import pytest
 import resnet_jax
 from resnet_jax.errors import InputNotFoundError, InvalidInputError
 from resnet_jax.interop import convert
+from tests.conftest import every_model_nightly
 
 torch = pytest.importorskip("torch")
 from resnet_jax.interop.torch_reference import TorchResNet  # noqa: E402
@@ -73,7 +74,7 @@ def test_flax_logits_equal_pytorch(name, overrides):
     np.testing.assert_array_equal(back[key], value.numpy(), err_msg=key)
 
 
-@pytest.mark.parametrize("name", resnet_jax.list_models())
+@pytest.mark.parametrize("name", every_model_nightly(resnet_jax.list_models()))
 def test_every_registry_entry_maps_every_key_and_shape(name):
   """Each registered network (as the registry builds it, scanned stages included) and its torch
   twin have the same tensors under the converter's names, both ways; shapes only, nothing runs."""

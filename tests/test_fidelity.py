@@ -69,9 +69,10 @@ RECIPES = {
 }
 
 
-# The default tier compares the default recipe and the CIFAR paper's (schedule boundaries, decay on
-# every weight) and detects one control; the nightly slow tier adds every other recipe and control.
-FAST_RECIPES = ("cifar10_resnet20", "default")
+# The default tier compares the default recipe and detects one control; the nightly slow tier adds
+# every other recipe (the CIFAR paper's schedule boundaries and decay on every weight among them)
+# and control.
+FAST_RECIPES = ("default",)
 
 
 @pytest.mark.parametrize("recipe", [

@@ -13,8 +13,10 @@ import resnet_jax
 from resnet_jax import create_model
 from resnet_jax.errors import InvalidInputError
 from resnet_jax.models import blocks
+from tests.conftest import ONE_PER_FAMILY, every_model_nightly
 
 ALL_MODELS = resnet_jax.list_models()
+assert set(ONE_PER_FAMILY) <= set(ALL_MODELS)
 
 # torchvision's published counts at 1000 classes.
 TORCHVISION_PARAMS = {
@@ -39,7 +41,7 @@ def num_params(model, channels=3):
   return sum(x.size for x in jax.tree.leaves(variables["params"]))
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", every_model_nightly(ALL_MODELS))
 def test_every_model_shapes_and_dtypes(name):
   model = resnet_jax.create_model(name, num_classes=7, dtype=jnp.bfloat16)
   x = jnp.zeros((2, 2 * model.total_stride, 2 * model.total_stride, 3))

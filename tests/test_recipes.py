@@ -255,30 +255,32 @@ def test_accumulated_micro_batches_give_the_update_of_one_batch(accumulate_steps
   assert not np.allclose(one.params["Dense_0"]["kernel"], state.params["Dense_0"]["kernel"])
 
 
-def every_part(small_config, num_steps):
+def every_part(small_config, num_steps, accumulate_steps=2):
   """Mixup and CutMix per image, random erasing, repeated augmentation, binary cross-entropy,
-  LAMB, two micro-batches, stochastic depth."""
+  LAMB, micro-batches, stochastic depth."""
   return small_config(
       num_steps=num_steps, model={"drop_path_rate": 0.1},
       data={"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "mix_mode": "elem", "erasing_prob": 0.25,
             "repeated_augmentations": 2},
       optim={"name": "lamb", "loss": "binary_cross_entropy(target_threshold=0.2)",
-             "accumulate_steps": 2, "learning_rate": 0.01, "weight_decay": 0.02, "eps": 1e-6,
-             "clip_norm": 1.0})
+             "accumulate_steps": accumulate_steps, "learning_rate": 0.01, "weight_decay": 0.02,
+             "eps": 1e-6, "clip_norm": 1.0})
 
 
 def test_a_run_with_every_part_runs_and_a_batch_that_does_not_split_is_refused(small_config,
                                                                               tmp_path):
-  config = every_part(small_config, num_steps=2)
+  # One micro-batch here (the micro-batches' own test is above; two double the compile time).
+  config = every_part(small_config, num_steps=2, accumulate_steps=1)
   records = loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert records["step"] == 2 and np.isfinite(records["train_loss"]), records
+  config = every_part(small_config, num_steps=2)
   config.train.batch_size = 8 * 3  # 3 rows per device: not two micro-batches
   with pytest.raises(InvalidInputError, match="train.batch_size=24 must be a positive multiple "
                      "of the device count times optim.accumulate_steps \\(16\\)"):
     loop.train_and_evaluate(config, str(tmp_path / "other"))
 
 
-@pytest.mark.slow  # 60 steps of the digits with every part: 40 s
+@pytest.mark.slow  # 60 steps of the digits with every part, two micro-batches: 40 s
 def test_a_run_with_every_part_learns(small_config, tmp_path):
   final = loop.train_and_evaluate(every_part(small_config, num_steps=60), str(tmp_path / "run"))
   assert final["eval_accuracy"] > 0.7, final  # chance: 0.1

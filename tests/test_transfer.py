@@ -86,6 +86,9 @@ def finetune_config(tfds_dir, checkpoint_dir, folder, **init):
   return config
 
 
+@pytest.mark.slow  # 50 s: a ResNet-18 fine-tuned, then predict and evaluate compile their own
+# programs; the default tier checks the fine-tuning step against PyTorch (frozen stages too,
+# test_fidelity.py) and a fork's frozen stem (test_extension.py)
 def test_finetune_freezes_stages_bitwise_and_the_head_learns(converted, image_folder, tfds_dir,
                                                               tmp_path, monkeypatch, capsys):
   config = finetune_config(tfds_dir, converted, image_folder, freeze="stage2",
