@@ -333,54 +333,30 @@ def test_the_ema_every_n_steps_with_the_adjusted_decay_follows_torchvisions_reci
 def replay(transform, name, image_hw):
   """The operations and magnitudes torchvision's policy `name` draws in one call, replayed from
   torch's generator in the order its forward draws them."""
-  from resnet_jax.data import policies
   h, w = image_hw
-  drawn = []
+  space = transform._AUGMENTATION_SPACE
 
-  def one(space, bins, index=None):
-    keys = list(space)
-    op = keys[int(torch.randint(len(keys), ()))] if index is None else index
+  def signed_magnitude(op, bins, index):
     table, signed = space[op]
-    return op, table, signed
+    magnitudes = table(bins, h, w)
+    if magnitudes is None:
+      return 0.0
+    magnitude = float(magnitudes[index() if callable(index) else index])
+    return -magnitude if signed and torch.rand(()) <= 0.5 else magnitude
 
+  uniform_op = lambda: list(space)[int(torch.randint(len(space), ()))]
   if name == "trivial_augment_wide":
-    op, table, signed = one(transform._AUGMENTATION_SPACE, 31)
-    magnitudes = table(31, h, w)
-    magnitude = 0.0
-    if magnitudes is not None:
-      magnitude = float(magnitudes[int(torch.randint(31, ()))])
-      if signed and torch.rand(()) <= 0.5:
-        magnitude *= -1
-    drawn.append((op, magnitude))
-  elif name == "rand_augment":
+    op = uniform_op()
+    return [(op, signed_magnitude(op, 31, lambda: int(torch.randint(31, ()))))]
+  if name == "rand_augment":
+    ops = []
     for _ in range(transform.num_ops):
-      op, table, signed = one(transform._AUGMENTATION_SPACE, 31)
-      magnitudes = table(transform.num_magnitude_bins, h, w)
-      magnitude = 0.0
-      if magnitudes is not None:
-        magnitude = float(magnitudes[transform.magnitude])
-        if signed and torch.rand(()) <= 0.5:
-          magnitude *= -1
-      drawn.append((op, magnitude))
-  else:
-    policy = transform._policies[int(torch.randint(len(transform._policies), ()))]
-    for op, probability, index in policy:
-      if not torch.rand(()) <= probability:
-        continue
-      table, signed = transform._AUGMENTATION_SPACE[op]
-      magnitudes = table(10, h, w)
-      magnitude = 0.0
-      if magnitudes is not None:
-        magnitude = float(magnitudes[index])
-        if signed and torch.rand(()) <= 0.5:
-          magnitude *= -1
-      drawn.append((op, magnitude))
-  # The tables are the same numbers as torchvision's.
-  for op, magnitude in drawn:
-    ours = (policies.TRIVIAL_AUGMENT_WIDE if name == "trivial_augment_wide"
-            else policies.AUTO_AUGMENT if name == "auto_augment" else policies.RAND_AUGMENT)
-    assert op in ours
-  return drawn
+      op = uniform_op()
+      ops.append((op, signed_magnitude(op, transform.num_magnitude_bins, transform.magnitude)))
+    return ops
+  pair = transform._policies[int(torch.randint(len(transform._policies), ()))]
+  return [(op, signed_magnitude(op, 10, index)) for op, probability, index in pair
+          if torch.rand(()) <= probability]
 
 
 @pytest.mark.parametrize("name", ["trivial_augment_wide", "rand_augment", "auto_augment"])
