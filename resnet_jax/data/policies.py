@@ -40,39 +40,35 @@ def _posterize_bits(top: int) -> Table:
 
 
 _NONE: Table = lambda bins, h, w: None
-# name -> (magnitudes, signed): torchvision's _AUGMENTATION_SPACE tables, in its order.
-RAND_AUGMENT: dict[str, tuple[Table, bool]] = {
-    "Identity": (_NONE, False),
-    "ShearX": (lambda bins, h, w: linspace(0.0, 0.3, bins), True),
-    "ShearY": (lambda bins, h, w: linspace(0.0, 0.3, bins), True),
-    "TranslateX": (lambda bins, h, w: linspace(0.0, 150.0 / 331.0 * w, bins), True),
-    "TranslateY": (lambda bins, h, w: linspace(0.0, 150.0 / 331.0 * h, bins), True),
-    "Rotate": (lambda bins, h, w: linspace(0.0, 30.0, bins), True),
-    "Brightness": (lambda bins, h, w: linspace(0.0, 0.9, bins), True),
-    "Color": (lambda bins, h, w: linspace(0.0, 0.9, bins), True),
-    "Contrast": (lambda bins, h, w: linspace(0.0, 0.9, bins), True),
-    "Sharpness": (lambda bins, h, w: linspace(0.0, 0.9, bins), True),
-    "Posterize": (_posterize_bits(4), False),
-    "Solarize": (lambda bins, h, w: linspace(1.0, 0.0, bins), False),
-    "AutoContrast": (_NONE, False),
-    "Equalize": (_NONE, False),
-}
-TRIVIAL_AUGMENT_WIDE: dict[str, tuple[Table, bool]] = {
-    "Identity": (_NONE, False),
-    "ShearX": (lambda bins, h, w: linspace(0.0, 0.99, bins), True),
-    "ShearY": (lambda bins, h, w: linspace(0.0, 0.99, bins), True),
-    "TranslateX": (lambda bins, h, w: linspace(0.0, 32.0, bins), True),
-    "TranslateY": (lambda bins, h, w: linspace(0.0, 32.0, bins), True),
-    "Rotate": (lambda bins, h, w: linspace(0.0, 135.0, bins), True),
-    "Brightness": (lambda bins, h, w: linspace(0.0, 0.99, bins), True),
-    "Color": (lambda bins, h, w: linspace(0.0, 0.99, bins), True),
-    "Contrast": (lambda bins, h, w: linspace(0.0, 0.99, bins), True),
-    "Sharpness": (lambda bins, h, w: linspace(0.0, 0.99, bins), True),
-    "Posterize": (_posterize_bits(6), False),
-    "Solarize": (lambda bins, h, w: linspace(1.0, 0.0, bins), False),
-    "AutoContrast": (_NONE, False),
-    "Equalize": (_NONE, False),
-}
+
+
+def _space(*, shear: float, translate: Callable[[int, int], tuple[float, float]], rotate: float,
+           enhance: float, posterize_top: int) -> dict[str, tuple[Table, bool]]:
+  """name -> (magnitudes, signed): a torchvision _AUGMENTATION_SPACE, in its order, from the top
+  magnitudes of its operations (`translate`: (height, width) -> the top shifts along x and y)."""
+  up_to = lambda top: (lambda bins, h, w: linspace(0.0, top, bins))
+  return {
+      "Identity": (_NONE, False),
+      "ShearX": (up_to(shear), True),
+      "ShearY": (up_to(shear), True),
+      "TranslateX": (lambda bins, h, w: linspace(0.0, translate(h, w)[0], bins), True),
+      "TranslateY": (lambda bins, h, w: linspace(0.0, translate(h, w)[1], bins), True),
+      "Rotate": (up_to(rotate), True),
+      "Brightness": (up_to(enhance), True),
+      "Color": (up_to(enhance), True),
+      "Contrast": (up_to(enhance), True),
+      "Sharpness": (up_to(enhance), True),
+      "Posterize": (_posterize_bits(posterize_top), False),
+      "Solarize": (lambda bins, h, w: linspace(1.0, 0.0, bins), False),
+      "AutoContrast": (_NONE, False),
+      "Equalize": (_NONE, False),
+  }
+
+
+RAND_AUGMENT = _space(shear=0.3, translate=lambda h, w: (150.0 / 331.0 * w, 150.0 / 331.0 * h),
+                      rotate=30.0, enhance=0.9, posterize_top=4)
+TRIVIAL_AUGMENT_WIDE = _space(shear=0.99, translate=lambda h, w: (32.0, 32.0), rotate=135.0,
+                              enhance=0.99, posterize_top=6)
 AUTO_AUGMENT: dict[str, tuple[Table, bool]] = {
     **{k: v for k, v in RAND_AUGMENT.items() if k != "Identity"},
     "Invert": (_NONE, False),
