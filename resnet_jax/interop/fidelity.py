@@ -1,6 +1,7 @@
 """Training dynamics against PyTorch's: the same initial weights, the same batches, the same recipe
-written with torch.optim, torch's schedulers and nn.CrossEntropyLoss, BatchNorm in train mode,
-gradient accumulation over micro-batches and torchvision's EMA loop.
+written with torch.optim (LAMB written in torch as timm's), torch's schedulers and
+nn.CrossEntropyLoss (or timm's binary cross-entropy), BatchNorm in train mode, gradient
+accumulation over micro-batches and torchvision's EMA loop.
 
 Two checks that float32 chaos cannot fool:
 
@@ -32,7 +33,7 @@ from resnet_jax.errors import InvalidInputError
 from resnet_jax.interop.convert import torch_keys, torch_layout
 from resnet_jax.interop.torch_reference import TorchResNet
 from resnet_jax.saved import named_leaves
-from resnet_jax.train import optim
+from resnet_jax.train import losses, optim
 from resnet_jax.train.config import validate_config
 from resnet_jax.train.experiment import Experiment, assemble
 
@@ -140,6 +141,60 @@ def torch_scheduler(optim_config: Any, optimizer: torch.optim.Optimizer, *, step
                           "here; compare constant, piecewise or cosine schedules.")
 
 
+class TorchLamb(torch.optim.Optimizer):
+  """LAMB as timm's Lamb computes it, written in torch: Adam's bias-corrected step, plus weight
+  decay, scaled by |w| / |step| (1 where either is 0) in the groups with weight decay."""
+
+  def __init__(self, groups: list[dict], *, betas: tuple[float, float], eps: float):
+    super().__init__(groups, {"lr": 0.0, "betas": betas, "eps": eps, "weight_decay": 0.0})
+
+  @torch.no_grad()
+  def step(self, closure: Any = None) -> None:
+    del closure
+    for group in self.param_groups:
+      b1, b2 = group["betas"]
+      for p in group["params"]:
+        if p.grad is None:
+          continue
+        state = self.state[p]
+        if not state:
+          state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p),
+                       exp_avg_sq=torch.zeros_like(p))
+        state["step"] += 1
+        t = float(state["step"])
+        state["exp_avg"].mul_(b1).add_(p.grad, alpha=1 - b1)
+        state["exp_avg_sq"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+        update = (state["exp_avg"] / (1 - b1 ** t)) / (
+            (state["exp_avg_sq"] / (1 - b2 ** t)).sqrt() + group["eps"])
+        if group["weight_decay"]:
+          update.add_(p, alpha=group["weight_decay"])
+          w, u = p.norm(), update.norm()
+          update.mul_(w / u if w > 0 and u > 0 else 1.0)
+        p.add_(update, alpha=-group["lr"])
+
+
+def torch_loss(optim_config: Any) -> Any:
+  """The config's loss written in torch: nn.CrossEntropyLoss(label_smoothing=...), or timm's
+  binary cross-entropy (smoothed one-hot targets, thresholded, BCE with logits averaged over
+  every element)."""
+  smoothing = float(optim_config.label_smoothing)
+  name, kwargs = losses.parse_loss(optim_config.get("loss", "softmax_cross_entropy"))
+  if name == "softmax_cross_entropy":
+    return nn.CrossEntropyLoss(label_smoothing=smoothing)
+  if name == "binary_cross_entropy":
+    threshold = dict(kwargs).get("target_threshold")
+
+    def bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+      k = logits.shape[1]
+      targets = nn.functional.one_hot(labels, k).to(logits.dtype) * (1 - smoothing) + smoothing / k
+      if threshold is not None:
+        targets = (targets > threshold).to(logits.dtype)
+      return nn.functional.binary_cross_entropy_with_logits(logits, targets)
+    return bce
+  raise InvalidInputError(f"The PyTorch twin has no loss {name!r} yet: compare with "
+                          "--config.optim.loss=softmax_cross_entropy or binary_cross_entropy.")
+
+
 class TorchSide:
   """The same recipe in PyTorch: the twin network, torch.optim with the same parameter groups,
   torch's schedulers, nn.CrossEntropyLoss, torch.optim.swa_utils.AveragedModel for the EMA."""
@@ -154,7 +209,7 @@ class TorchSide:
     self.keys = torch_keys(parts.abstract_state.variables(), parts.model)
     self.params = dict(self.model.named_parameters())
     self.frozen = range(parts.model.frozen_stages)
-    self.loss = nn.CrossEntropyLoss(label_smoothing=float(config.optim.label_smoothing))
+    self.loss = torch_loss(config.optim)
     self.num_replicas = jax_side.runner.num_replicas
     self.load(jax_side.initial, step=0)
 
@@ -186,8 +241,11 @@ class TorchSide:
     if optim_config.name == "adamw":
       return torch.optim.AdamW(self._groups(), lr=0.0, eps=float(optim_config.eps),
                                betas=(float(optim_config.b1), float(optim_config.b2)))
+    if optim_config.name == "lamb":
+      return TorchLamb(self._groups(), betas=(float(optim_config.b1), float(optim_config.b2)),
+                       eps=float(optim_config.eps))
     raise InvalidInputError(f"optim.name={optim_config.name!r} has no torch.optim counterpart "
-                            "here; compare sgd or adamw.")
+                            "here; compare sgd, adamw or lamb.")
 
   def _tensor(self, value: Any) -> torch.Tensor:
     """A project array as a torch tensor in torch's layout."""
@@ -358,8 +416,7 @@ def within(curve: list[float], reference: list[float], tolerance: float) -> int:
 
 # Settings the PyTorch twin does not follow yet: (setting, its off value, what it is).
 UNSUPPORTED = (("model.drop_path_rate", 0.0, "stochastic depth"),
-               ("data.mixup_alpha", 0.0, "Mixup"), ("data.cutmix_alpha", 0.0, "CutMix"),
-               ("optim.loss", "softmax_cross_entropy", "other loss"))
+               ("data.mixup_alpha", 0.0, "Mixup"), ("data.cutmix_alpha", 0.0, "CutMix"))
 
 
 def compare(config: Any, *, steps: int, control: str = "") -> dict[str, Any]:
@@ -382,6 +439,7 @@ def compare(config: Any, *, steps: int, control: str = "") -> dict[str, Any]:
     if config[section].get(key, default) != default:
       raise InvalidInputError(f"The PyTorch twin has no {what} yet: compare with "
                               f"--config.{setting}={default!r}.")
+  torch_loss(config.optim)  # a loss the twin has not is refused before anything runs
   if control not in CONTROLS:
     raise InvalidInputError(f"Unknown --control {control!r}; use one of {sorted(CONTROLS)}.")
   shared = setup(config, steps)
