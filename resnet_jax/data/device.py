@@ -26,6 +26,13 @@ from resnet_jax.data.erasing import Erasing, random_erasing
 from resnet_jax.data.mixing import Mixing, mix, sample
 
 
+def mixing_key(rng: jax.Array, step: Any, replica: Any, num_replicas: int,
+               rows: int) -> jax.Array:
+  """The key of replica `replica`'s Mixup/CutMix draws at `step`, from the data stream `rng`: the
+  position after the global batch's last row (examples take the positions before it)."""
+  return jax.random.fold_in(jax.random.fold_in(rng, step), num_replicas * rows + replica)
+
+
 @dataclasses.dataclass(frozen=True)
 class DeviceBatches:
   """Builds the step's batch on the device from what the host sent (`inputs`) and what lives on
@@ -87,9 +94,8 @@ class DeviceBatches:
                               self.erasing)
     if not self.mixing.enabled:
       return {"image": images, "label": labels}
-    # The mixing key: the position after the global batch's last row, one per replica.
-    size = jax.lax.axis_size(self.axis_name)
-    key = jax.random.fold_in(step_rng, size * local + jax.lax.axis_index(self.axis_name))
+    key = mixing_key(rng, step, jax.lax.axis_index(self.axis_name),
+                     jax.lax.axis_size(self.axis_name), local)
     images, mix_labels, weights = mix(images, labels, sample(key, self.mixing, *images.shape[:3]))
     return {"image": images, "label": labels, "mix_label": mix_labels, "mix_weight": weights}
 

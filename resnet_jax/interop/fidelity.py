@@ -1,7 +1,8 @@
 """Training dynamics against PyTorch's: the same initial weights, the same batches, the same recipe
 written with torch.optim (LAMB written in torch as timm's), torch's schedulers and
 nn.CrossEntropyLoss (or timm's binary cross-entropy), BatchNorm in train mode, gradient
-accumulation over micro-batches and torchvision's EMA loop.
+accumulation over micro-batches, torchvision's EMA loop, and Mixup/CutMix mixed as timm's with the
+project's draws.
 
 Two checks that float32 chaos cannot fool:
 
@@ -29,6 +30,8 @@ import torch
 from torch import nn
 
 from resnet_jax import pretrained
+from resnet_jax.data.device import mixing_key
+from resnet_jax.data.mixing import Mixing, sample
 from resnet_jax.errors import InvalidInputError
 from resnet_jax.interop.convert import torch_keys, torch_layout
 from resnet_jax.interop.torch_reference import TorchResNet
@@ -47,10 +50,11 @@ CONTROLS = {"": ("", "", None), "decay_all": ("optim", "decay_all", True),
 
 
 def without_augmentation(config: Any) -> Any:
-  """The config with every augmentation off and the data read on the host (fixed batches)."""
+  """The config with every augmentation off and the data read on the host (fixed batches);
+  Mixup and CutMix stay, with the project's draws given to both sides (`TorchSide.targets`)."""
   config = copy.deepcopy(config)
   config.data.update(crop_padding=0, random_flip=False, random_resized_crop=False,
-                     augmentations=(), device_resident="no", num_workers=0)
+                     augmentations=(), erasing_prob=0.0, device_resident="no", num_workers=0)
   return config
 
 
@@ -179,14 +183,13 @@ def torch_loss(optim_config: Any) -> Any:
   every element)."""
   smoothing = float(optim_config.label_smoothing)
   name, kwargs = losses.parse_loss(optim_config.get("loss", "softmax_cross_entropy"))
-  if name == "softmax_cross_entropy":
+  if name == "softmax_cross_entropy":  # on probability targets, smoothed by torch
     return nn.CrossEntropyLoss(label_smoothing=smoothing)
   if name == "binary_cross_entropy":
     threshold = dict(kwargs).get("target_threshold")
 
-    def bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-      k = logits.shape[1]
-      targets = nn.functional.one_hot(labels, k).to(logits.dtype) * (1 - smoothing) + smoothing / k
+    def bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+      targets = targets * (1 - smoothing) + smoothing / logits.shape[1]
       if threshold is not None:
         targets = (targets > threshold).to(logits.dtype)
       return nn.functional.binary_cross_entropy_with_logits(logits, targets)
@@ -211,6 +214,8 @@ class TorchSide:
     self.frozen = range(parts.model.frozen_stages)
     self.loss = torch_loss(config.optim)
     self.num_replicas = jax_side.runner.num_replicas
+    self.mixing = Mixing.from_config(config.data)
+    self.data_rng = jax.random.fold_in(parts.rng, 0)  # the runner's data stream (parallel.py)
     self.load(jax_side.initial, step=0)
 
   def _groups(self) -> list[dict]:
@@ -291,7 +296,7 @@ class TorchSide:
     info = self.shared.exp.info
     x = (batch["image"].astype(np.float64) - np.asarray(info.mean)) / np.asarray(info.std)
     x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(self.dtype)
-    y = torch.from_numpy(batch["label"].astype(np.int64))
+    x, y = self.targets(x, torch.from_numpy(batch["label"].astype(np.int64)))
     self.model.train()
     for part in self.frozen:  # frozen parts keep BatchNorm in inference mode
       for name in (("conv1", "bn1") if part == 0 else (f"layer{part}",)):
@@ -328,6 +333,38 @@ class TorchSide:
         self.ema.update_parameters(self.model)
     self.step_count += 1
     return loss
+
+  def targets(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, probability targets): one-hot, or each replica's rows mixed with its rows
+    reversed as timm's Mixup does, with the draws the project's step makes at this step."""
+    targets = nn.functional.one_hot(labels, self.shared.exp.info.num_classes).to(x.dtype)
+    if not self.mixing.enabled:
+      return x, targets
+    rows, (h, w) = len(labels) // self.num_replicas, x.shape[2:]
+    x, targets = x.clone(), targets.clone()
+    for r in range(self.num_replicas):
+      part = slice(r * rows, (r + 1) * rows)
+      key = mixing_key(self.data_rng, self.step_count, r, self.num_replicas, rows)
+      draws = jax.tree.map(np.asarray, sample(key, self.mixing, rows, h, w))
+      mine, theirs = x[part].clone(), x[part].flip(0)
+      own = []
+      for i in range(rows):
+        lam = float(draws.weight[i])
+        if draws.cutmix[i]:  # timm's rand_bbox and correct_lam (the cut side in float32)
+          ratio = np.sqrt(np.float32(1.0) - draws.weight[i])
+          cut_h, cut_w = int(np.float32(h) * ratio), int(np.float32(w) * ratio)
+          cy, cx = int(draws.center_y[i]), int(draws.center_x[i])
+          top, bottom = np.clip([cy - cut_h // 2, cy + (cut_h + 1) // 2], 0, h)
+          left, right = np.clip([cx - cut_w // 2, cx + (cut_w + 1) // 2], 0, w)
+          mine[i, :, top:bottom, left:right] = theirs[i, :, top:bottom, left:right]
+          lam = 1.0 - (bottom - top) * (right - left) / (h * w)
+        elif lam != 1.0:
+          mine[i] = x[part][i] * lam + theirs[i] * (1.0 - lam)
+        own.append(lam)
+      weight = torch.tensor(own, dtype=x.dtype)[:, None]
+      x[part] = mine
+      targets[part] = targets[part] * weight + targets[part].flip(0) * (1.0 - weight)
+    return x, targets
 
   def arrays(self) -> dict[str, dict[str, np.ndarray]]:
     """The network's variables, the optimizer's buffers and the EMA, by torch name."""
@@ -415,8 +452,7 @@ def within(curve: list[float], reference: list[float], tolerance: float) -> int:
 
 
 # Settings the PyTorch twin does not follow yet: (setting, its off value, what it is).
-UNSUPPORTED = (("model.drop_path_rate", 0.0, "stochastic depth"),
-               ("data.mixup_alpha", 0.0, "Mixup"), ("data.cutmix_alpha", 0.0, "CutMix"))
+UNSUPPORTED = (("model.drop_path_rate", 0.0, "stochastic depth"),)
 
 
 def compare(config: Any, *, steps: int, control: str = "") -> dict[str, Any]:
