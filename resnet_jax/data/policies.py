@@ -91,6 +91,11 @@ IMAGENET_POLICY = (
 )
 
 
+def _black(image: Image.Image) -> int | tuple[int, ...]:
+  """torchvision's fill 0 for a PIL image of `image`'s mode."""
+  return 0 if image.mode == "L" else (0,) * len(image.getbands())
+
+
 def _affine(image: Image.Image, *, angle: float = 0.0, translate=(0.0, 0.0),
             shear=(0.0, 0.0), center=None) -> Image.Image:
   """torchvision's affine on a PIL image: its inverse matrix, nearest, fill 0."""
@@ -104,8 +109,7 @@ def _affine(image: Image.Image, *, angle: float = 0.0, translate=(0.0, 0.0),
   tx, ty = translate
   m[2] += m[0] * (-cx - tx) + m[1] * (-cy - ty) + cx
   m[5] += m[3] * (-cx - tx) + m[4] * (-cy - ty) + cy
-  fill = 0 if image.mode == "L" else (0,) * len(image.getbands())
-  return image.transform(image.size, Image.AFFINE, m, Image.NEAREST, fillcolor=fill)
+  return image.transform(image.size, Image.AFFINE, m, Image.NEAREST, fillcolor=_black(image))
 
 
 def apply_op(image: np.ndarray, op: str, magnitude: float) -> np.ndarray:
@@ -121,8 +125,7 @@ def apply_op(image: np.ndarray, op: str, magnitude: float) -> np.ndarray:
     shift = float(int(magnitude))
     out = _affine(pil, translate=(shift, 0.0) if op == "TranslateX" else (0.0, shift))
   elif op == "Rotate":
-    fill = 0 if pil.mode == "L" else (0,) * len(pil.getbands())
-    out = pil.rotate(magnitude, Image.NEAREST, False, None, fillcolor=fill)
+    out = pil.rotate(magnitude, Image.NEAREST, False, None, fillcolor=_black(pil))
   elif op in ("Brightness", "Color", "Contrast", "Sharpness"):
     out = getattr(ImageEnhance, op)(pil).enhance(1.0 + magnitude)
   elif op == "Posterize":

@@ -50,10 +50,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
   """Per-example softmax cross-entropy in float32 (float64 for float64 logits), with optional
   label smoothing."""
   dtype = jnp.promote_types(logits.dtype, jnp.float32)
-  targets = jax.nn.one_hot(labels, num_classes, dtype=dtype)
-  if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
-  return optax.softmax_cross_entropy(logits.astype(dtype), targets)
+  targets = losses.soft_targets(labels, num_classes, label_smoothing, dtype=dtype)
+  return losses.softmax_cross_entropy(logits.astype(dtype), targets)
 
 
 def global_norm(tree: Any) -> jax.Array:
