@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 from resnet_jax.interop import fidelity  # noqa: E402
 
 STEPS = 12  # free-running steps; the schedules below end at step 16
+DROP_PATH = {"name": "resnet8", "drop_path_rate": 0.5}  # blocks drop at 0, 0.25 and 0.5
 SMALL_BOTTLENECK = {"name": "resnet50", "stage_sizes": (1, 1, 1, 1), "num_filters": 8}
 
 
@@ -66,10 +67,10 @@ RECIPES = {
                              weight_decay=0.05, warmup_epochs=warmup(3)),
     # An EMA of the weights (and BatchNorm statistics).
     "ema": lambda d: small(default.get_config(), d, ema_decay=0.9, warmup_epochs=warmup(3)),
-    # Today's step: two micro-batches per update, label smoothing, and torchvision's EMA (every
-    # second step, its decay adjusted, copying the weights until the first update after the
-    # warm-up).
-    "modern": lambda d: mixed(small(default.get_config(), d, accumulate_steps=2,
+    # Today's step: stochastic depth, two micro-batches per update, label smoothing, Mixup or
+    # CutMix on the batch, and torchvision's EMA (every second step, its decay adjusted, copying
+    # the weights until the first update after the warm-up).
+    "modern": lambda d: mixed(small(default.get_config(), d, model=DROP_PATH, accumulate_steps=2,
                                     label_smoothing=0.1, ema_decay=0.999, ema_every_steps=2,
                                     ema_adjust=True, warmup_epochs=warmup(3)), "batch"),
     # timm's ResNet-strikes-back optimisation: LAMB (trust ratios on the decayed kernels), binary
@@ -210,7 +211,17 @@ def test_initialisation_has_torchvisions_distributions():
 
 def test_what_the_twin_does_not_follow_is_refused_in_one_line(tfds_dir):
   config = RECIPES["default"](tfds_dir)
-  config.model.drop_path_rate = 0.1
-  with pytest.raises(ValueError, match="^The PyTorch twin has no stochastic depth yet: compare "
-                                       "with --config.model.drop_path_rate=0.0.$"):
+  config.optim.name = "lars"
+  with pytest.raises(ValueError, match="^optim.name='lars' has no torch.optim counterpart here; "
+                                       "compare adamw, lamb, sgd.$"):
     fidelity.compare(config, steps=2)
+
+
+@pytest.mark.slow
+def test_stochastic_depth_with_other_masks_is_detected(tfds_dir, monkeypatch):
+  # The twin must drop exactly the rows the project's blocks drop: masks from other keys fail.
+  same_masks = fidelity.drop_masks
+  monkeypatch.setattr(fidelity, "drop_masks", lambda model, variables, key, shape: same_masks(
+      model, variables, jax.random.fold_in(key, 7), shape))
+  report = fidelity.compare(RECIPES["modern"](tfds_dir), steps=4)
+  assert report["worst_teacher_forced"] > 10 * fidelity.TOLERANCE

@@ -1,8 +1,8 @@
 """Training dynamics against PyTorch's: the same initial weights, the same batches, the same recipe
 written with torch.optim (LAMB written in torch as timm's), torch's schedulers and
 nn.CrossEntropyLoss (or timm's binary cross-entropy), BatchNorm in train mode, gradient
-accumulation over micro-batches, torchvision's EMA loop, and Mixup/CutMix mixed as timm's with the
-project's draws.
+accumulation over micro-batches, torchvision's EMA loop, Mixup/CutMix mixed as timm's and
+stochastic depth as torchvision's, both with the project's draws.
 
 Two checks that float32 chaos cannot fool:
 
@@ -19,12 +19,14 @@ assembled exactly as `experiments.train` assembles it (`train.experiment.assembl
 
 import copy
 import dataclasses
+import functools
 import itertools
 import math
 import warnings
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 from torch import nn
@@ -105,6 +107,15 @@ class JaxSide:
       states.append(state)
       losses.append(loss)
     return states, losses
+
+
+def drop_masks(model: Any, variables: Any, key: jax.Array, shape: tuple) -> dict[str, jax.Array]:
+  """{block name: which rows keep its branch} as `model` draws them in training from `key` (the
+  masks its blocks sow), for images of `shape` (NHWC)."""
+  _, sown = model.clone(axis_name=None).apply(variables, jnp.zeros(shape, jnp.float32), train=True,
+                        rngs={"dropout": key}, mutable=["intermediates", "batch_stats"])
+  return {name: values["drop_path_keep"][0]
+          for name, values in sown.get("intermediates", {}).items() if "drop_path_keep" in values}
 
 
 def at_step(state: Any, step: int) -> Any:
@@ -198,6 +209,22 @@ def torch_loss(optim_config: Any) -> Any:
                           "--config.optim.loss=softmax_cross_entropy or binary_cross_entropy.")
 
 
+def torch_optimizer(optim_config: Any) -> Any:
+  """The torch optimizer of the config's (parameter groups -> optimizer), or a one-line refusal."""
+  c = optim_config
+  factories = {
+      "sgd": lambda groups: torch.optim.SGD(groups, lr=0.0, momentum=float(c.momentum),
+                                            nesterov=bool(c.nesterov)),
+      "adamw": lambda groups: torch.optim.AdamW(groups, lr=0.0, eps=float(c.eps),
+                                                betas=(float(c.b1), float(c.b2))),
+      "lamb": lambda groups: TorchLamb(groups, betas=(float(c.b1), float(c.b2)), eps=float(c.eps)),
+  }
+  if c.name not in factories:
+    raise InvalidInputError(f"optim.name={c.name!r} has no torch.optim counterpart here; compare "
+                            f"{', '.join(sorted(factories))}.")
+  return factories[c.name]
+
+
 class TorchSide:
   """The same recipe in PyTorch: the twin network, torch.optim with the same parameter groups,
   torch's schedulers, nn.CrossEntropyLoss, torch.optim.swa_utils.AveragedModel for the EMA."""
@@ -216,6 +243,12 @@ class TorchSide:
     self.num_replicas = jax_side.runner.num_replicas
     self.mixing = Mixing.from_config(config.data)
     self.data_rng = jax.random.fold_in(parts.rng, 0)  # the runner's data stream (parallel.py)
+    self.step_rng = jax.random.fold_in(parts.rng, 1)  # ... and its step stream
+    self.blocks = {f"layer{i + 1}_{j}": block for i in range(len(parts.model.stage_sizes))
+                   for j, block in enumerate(getattr(self.model, f"layer{i + 1}"))}
+    self.drop_masks = jax.jit(functools.partial(drop_masks, parts.model,
+                                                jax_side.initial.variables()),
+                              static_argnums=1) if parts.model.drop_path_rate else None
     self.load(jax_side.initial, step=0)
 
   def _groups(self) -> list[dict]:
@@ -239,18 +272,7 @@ class TorchSide:
     return [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()]
 
   def _optimizer(self) -> torch.optim.Optimizer:
-    optim_config = self.config.optim
-    if optim_config.name == "sgd":
-      return torch.optim.SGD(self._groups(), lr=0.0, momentum=float(optim_config.momentum),
-                             nesterov=bool(optim_config.nesterov))
-    if optim_config.name == "adamw":
-      return torch.optim.AdamW(self._groups(), lr=0.0, eps=float(optim_config.eps),
-                               betas=(float(optim_config.b1), float(optim_config.b2)))
-    if optim_config.name == "lamb":
-      return TorchLamb(self._groups(), betas=(float(optim_config.b1), float(optim_config.b2)),
-                       eps=float(optim_config.eps))
-    raise InvalidInputError(f"optim.name={optim_config.name!r} has no torch.optim counterpart "
-                            "here; compare sgd, adamw or lamb.")
+    return torch_optimizer(self.config.optim)(self._groups())
 
   def _tensor(self, value: Any) -> torch.Tensor:
     """A project array as a torch tensor in torch's layout."""
@@ -315,6 +337,7 @@ class TorchSide:
       pick = np.concatenate([np.arange(r * rows + i * rows // k, r * rows + (i + 1) * rows // k)
                              for r in range(self.num_replicas)])
       pick = torch.from_numpy(pick)
+      self.set_drop_masks(i, x.shape[1:], rows // k)
       micro_loss = self.loss(self.model(x[pick]), y[pick])
       (micro_loss / k).backward()
       loss += micro_loss.item() / k
@@ -333,6 +356,23 @@ class TorchSide:
         self.ema.update_parameters(self.model)
     self.step_count += 1
     return loss
+
+  def set_drop_masks(self, micro: int, image_shape: tuple, rows: int) -> None:
+    """Gives each block the rows the project's step keeps in micro-batch `micro` of this step:
+    every replica's mask from that replica's own key (train/parallel.py, train/step.py)."""
+    if self.drop_masks is None:
+      return
+    step_key = jax.random.fold_in(self.step_rng, self.step_count)
+    per_replica = []
+    for r in range(self.num_replicas):
+      key = jax.random.fold_in(step_key, r)
+      if int(self.config.optim.get("accumulate_steps", 1)) > 1:
+        key = jax.random.fold_in(key, micro)
+      per_replica.append(self.drop_masks(key, (rows, *image_shape[1:], image_shape[0])))
+    for name, block in self.blocks.items():
+      masks = [m.get(name) for m in per_replica]
+      block.keep = None if masks[0] is None else torch.from_numpy(np.concatenate(
+          [np.asarray(m) for m in masks]))
 
   def targets(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(images, probability targets): one-hot, or each replica's rows mixed with its rows
@@ -451,10 +491,6 @@ def within(curve: list[float], reference: list[float], tolerance: float) -> int:
   return len(curve)
 
 
-# Settings the PyTorch twin does not follow yet: (setting, its off value, what it is).
-UNSUPPORTED = (("model.drop_path_rate", 0.0, "stochastic depth"),)
-
-
 def compare(config: Any, *, steps: int, control: str = "") -> dict[str, Any]:
   """Runs both sides from the same weights on the same batches; see the module docstring.
 
@@ -470,12 +506,8 @@ def compare(config: Any, *, steps: int, control: str = "") -> dict[str, Any]:
      "worst_teacher_forced", "passed_teacher_forced", "passed_free_running", "passed"}.
   """
   validate_config(config)
-  for setting, default, what in UNSUPPORTED:
-    section, key = setting.split(".")
-    if config[section].get(key, default) != default:
-      raise InvalidInputError(f"The PyTorch twin has no {what} yet: compare with "
-                              f"--config.{setting}={default!r}.")
-  torch_loss(config.optim)  # a loss the twin has not is refused before anything runs
+  torch_loss(config.optim)  # a loss or optimizer the twin has not is refused before anything runs
+  torch_optimizer(config.optim)
   if control not in CONTROLS:
     raise InvalidInputError(f"Unknown --control {control!r}; use one of {sorted(CONTROLS)}.")
   shared = setup(config, steps)

@@ -65,6 +65,10 @@ class _Block(nn.Module):
     for i, c in enumerate(norm_channels):
       setattr(self, f"bn{i + 1}", bn(c))
     self.changes_shape = in_channels != self.out_channels or stride != 1
+    # Stochastic depth with a given mask: the rate (set by TorchResNet) and which rows keep the
+    # branch, set before each training forward by whoever draws the masks (the fidelity harness
+    # takes the project's); without a mask the branch is kept.
+    self.drop_rate, self.keep = 0.0, None
     self.downsample = None
     if self.changes_shape and not self.zero_pad:
       layers = [conv(in_channels, self.out_channels, 1, stride)]
@@ -81,6 +85,14 @@ class _Block(nn.Module):
     extra = self.out_channels - x.shape[1]
     return F.pad(x, (0, 0, 0, 0, extra // 2, extra - extra // 2))
 
+  def _drop_path(self, y):
+    """torchvision.ops.stochastic_depth(mode="row") with the mask `self.drop` holds."""
+    if not self.training or self.keep is None or not self.drop_rate:
+      return y
+    if self.drop_rate >= 1.0:
+      return torch.zeros_like(y)
+    return y * (self.keep.to(y.dtype) / (1.0 - self.drop_rate)).view(-1, 1, 1, 1)
+
   def forward(self, x):
     convs = [self.conv1, self.conv2] + ([self.conv3] if self.bottleneck else [])
     norms = [self.bn1, self.bn2] + ([self.bn3] if self.bottleneck else [])
@@ -90,13 +102,13 @@ class _Block(nn.Module):
       y = pre
       for i, c in enumerate(convs):
         y = c(y) if i == 0 else c(F.relu(norms[i](y)))
-      return y + shortcut
+      return self._drop_path(y) + shortcut
     y = x
     for i, (c, n) in enumerate(zip(convs, norms)):
       y = n(c(y))
       if i < len(convs) - 1:
         y = F.relu(y)
-    return F.relu(y + self._shortcut(x))
+    return F.relu(self._drop_path(y) + self._shortcut(x))
 
 
 for _cls, _bottleneck in ((flax_blocks.BasicBlock, False), (flax_blocks.Bottleneck, True),
@@ -155,11 +167,13 @@ class TorchResNet(nn.Module):
       self.bn1 = nn.BatchNorm2d(model.num_filters, eps=model.bn_epsilon,
                                 momentum=1.0 - model.bn_momentum)
     channels = model.num_filters
+    rates = iter(model.drop_path_rates())
     for i, n in enumerate(model.stage_sizes):
       planes = model.num_filters * 2**i
       stage = []
       for j in range(n):
         stage.append(twin(model, channels, planes, 2 if (i > 0 and j == 0) else 1))
+        stage[-1].drop_rate = next(rates)
         channels = stage[-1].out_channels
       setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
     self.num_stages = len(model.stage_sizes)

@@ -12,8 +12,9 @@ Array = jax.Array
 
 
 def keep_rows(key: Array, rate: float, num_rows: int) -> Array:
-  """Which of `num_rows` examples keep their branch: booleans, each True with 1 - rate."""
-  return jax.random.bernoulli(key, 1.0 - rate, (num_rows,))
+  """Which of `num_rows` examples keep their branch: booleans, each True with 1 - rate (drawn in
+  float32 whatever the network's precision, so a float64 run drops the same rows)."""
+  return jax.random.bernoulli(key, jnp.float32(1.0 - rate), (num_rows,))
 
 
 def drop_path(x: Array, rate: float, keep: Array) -> Array:

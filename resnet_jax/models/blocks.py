@@ -107,6 +107,9 @@ class _Block(nn.Module):
     if self.deterministic or not self.drop_path_rate:
       return branch
     keep = keep_rows(self.make_rng("dropout"), self.drop_path_rate, branch.shape[0])
+    # Recorded only when "intermediates" is mutable (the PyTorch twin reads the masks; free in
+    # the train step, which does not ask for them).
+    self.sow("intermediates", "drop_path_keep", keep)
     return drop_path(branch, self.drop_path_rate, keep)
 
   def _last_norm(self, name: str) -> nn.Module:

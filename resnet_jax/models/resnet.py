@@ -1,7 +1,6 @@
 """The generic ResNet: stem, stages of blocks, head, feature outputs, and its named parts."""
 
 import functools
-import itertools
 import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -100,6 +99,11 @@ class ResNet(nn.Module):
   remat: bool = False
   frozen_stages: int = 0
   drop_path_rate: float = 0.0
+
+  def drop_path_rates(self) -> list[float]:
+    """Each block's stochastic-depth rate, in order: linear from 0 to `drop_path_rate`."""
+    total = sum(self.stage_sizes)
+    return [self.drop_path_rate * b / max(total - 1, 1) for b in range(total)]
 
   # The network's named parts, which conversion and fine-tuning read instead of assuming names.
   stem_modules: ClassVar[tuple[str, ...]] = ("conv1", "bn1")  # part 0
@@ -206,15 +210,14 @@ class ResNet(nn.Module):
       raise InvalidInputError("model.drop_path_rate needs model.scan_blocks=false: the blocks of "
                               "a scanned stage share one rate, and stochastic depth gives each "
                               "its own.")
-    total_blocks = sum(self.stage_sizes)
-    block_index = itertools.count()
+    rates = iter(self.drop_path_rates())
 
     def stochastic_depth(part: int) -> dict:
       """The next block's drop-path settings (none when off, so forks' blocks need no field)."""
       if not self.drop_path_rate:
         return {}
-      rate = self.drop_path_rate * next(block_index) / max(total_blocks - 1, 1)
-      return {"drop_path_rate": rate, "deterministic": not train or part < self.frozen_stages}
+      return {"drop_path_rate": next(rates),
+              "deterministic": not train or part < self.frozen_stages}
 
     for i, num_blocks in enumerate(self.stage_sizes):
       block = functools.partial(
