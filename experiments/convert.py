@@ -22,7 +22,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="Crop / resize: 0.875 (resize 256, crop 224) for torchvision V1 weights, "
                       "0.9655 (232 -> 224) for V2 weights.")
   p.add_argument("--labels", default="auto",
-                 help="auto (the ImageNet-1k synsets for a 1000-class head, else none), imagenet, "
+                 help="auto (the ImageNet-1k class names for a 1000-class head, else none), imagenet, "
                       "a text file with one name per line, or none.")
   args = p.parse_args(argv)
   if args.image_size <= 0:

@@ -7,12 +7,14 @@ can be imported without the others.
 import importlib
 
 _EXPORTS = {
-    "ResNet": "resnet_jax.models", "create_model": "resnet_jax.models",
+    "ResNet": "resnet_jax.models", "create_model": "resnet_jax.hub",
     "list_models": "resnet_jax.models", "register_block": "resnet_jax.models",
-    "register_model": "resnet_jax.models",
+    "register_model": "resnet_jax.models", "list_weights": "resnet_jax.hub",
+    "register_weights": "resnet_jax.hub",
 }
 
-__all__ = ["ResNet", "convert", "create_model", "list_models", "register_block", "register_model"]
+__all__ = ["ResNet", "convert", "create_model", "list_models", "list_weights", "register_block",
+           "register_model", "register_weights"]
 
 
 def __getattr__(name: str):

@@ -3,7 +3,6 @@ image files, preprocessed exactly as evaluation preprocesses them."""
 
 import functools
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +18,7 @@ if TYPE_CHECKING:
   from resnet_jax.pretrained import Pretrained
 
 # Classification decodes and preprocesses image files: its data modules (decode, transforms,
-# augment) and tensorflow_datasets (for the ImageNet labels) are imported on use, so that
+# augment) are imported on use, so that
 # `feature_fn` (a backbone inside other JAX code) loads none of them. Weights arrive as a
 # `Pretrained` the caller loaded, so no checkpoint module is imported here.
 
@@ -37,12 +36,20 @@ def feature_fn(model: Any) -> Callable[[dict, jax.Array], dict[str, jax.Array]]:
   return compiler.jit(functools.partial(model.apply, train=False, return_features=True))
 
 
+IMAGENET_CLASSES = os.path.join(os.path.dirname(__file__), "data", "imagenet_classes.txt")
+
+
+def imagenet_classes() -> tuple[tuple[str, str], ...]:
+  """The 1000 ImageNet-1k classes in the order of torchvision's and timm's heads, as (synset id,
+  name): ("n01440764", "tench"), ... ("n02123045", "tabby"), ...; the names are torchvision's
+  (`weights.meta["categories"]`), shipped with the package."""
+  with open(IMAGENET_CLASSES, encoding="utf-8") as f:
+    return tuple(tuple(line.rstrip("\n").split("\t")) for line in f if line.strip())
+
+
 def imagenet_class_names() -> tuple[str, ...]:
-  """The 1000 ImageNet-1k synset ids (n01440764, ...) in the class order of torchvision's
-  weights, as tensorflow-datasets ships them."""
-  import tensorflow_datasets as tfds
-  with tempfile.TemporaryDirectory() as empty:  # the builder reads no data to list its labels
-    return tuple(tfds.builder_cls("imagenet2012")(data_dir=empty).info.features["label"].names)
+  """The 1000 ImageNet-1k class names ("tench", "goldfish", ...), in the heads' order."""
+  return tuple(name for _, name in imagenet_classes())
 
 
 def read_labels(labels: str, num_classes: int, default: Sequence[str] | None) -> list[str]:

@@ -70,16 +70,28 @@ def export(directory: str, pretrained: Pretrained) -> None:
       indent=2))
 
 
-def load(path: str) -> Pretrained:
-  """Reads an exported model (model.json) or a training run folder (its newest checkpoint).
+def load(path: str, *, step: int | None = None, ema: bool = False) -> Pretrained:
+  """Reads an exported model (model.json), a training run folder (its newest checkpoint), or
+  published weights by name ("torchvision:resnet50", "timm:resnet50.a1_in1k": `resnet_jax.hub`).
 
-  Both are verified against the checksums saved with them, as a resumed run verifies its
-  checkpoint.
+  Each is verified against the checksums saved with it, as a resumed run verifies its checkpoint.
+
+  Args:
+    path: the folder, or the weights' name.
+    step, ema: for a run folder, the checkpoint at `step` (default: the newest) and its EMA of
+      the weights instead of the weights.
 
   Raises:
-    FileNotFoundError: `path` is neither.
-    InvalidInputError: it cannot be read, or fails its checksums.
+    FileNotFoundError: `path` is none of these.
+    InvalidInputError: it cannot be read, fails its checksums, or has no such step or EMA.
   """
+  from resnet_jax import hub  # the weights cache imports this module
+  if (step is not None or ema) and (hub.is_name(path) or
+                                    epath.Path(files.resolve(path), MODEL_FILE).exists()):
+    raise InvalidInputError(f"{path} holds one set of weights; a checkpoint step or the EMA "
+                            "can only be chosen in a training run folder.")
+  if hub.is_name(path):
+    return hub.load(path)
   path = files.resolve(path)
   if epath.Path(path, MODEL_FILE).exists():
     try:
@@ -93,11 +105,15 @@ def load(path: str) -> Pretrained:
     return from_description(variables, description)
   checkpoints = os.path.join(path, saved.CHECKPOINTS_DIR)
   if epath.Path(checkpoints).is_dir():
-    state, meta = saved.read_checkpoint(checkpoints)
+    state, meta = saved.read_checkpoint(checkpoints, step)
     if "model" not in meta:
       raise InvalidInputError(f"The checkpoint in {checkpoints} does not describe its model.")
-    return from_description({"params": state["params"], "batch_stats": state["batch_stats"]},
-                            meta["model"])
+    prefix = "ema_" if ema else ""
+    if state.get(prefix + "params") is None:
+      raise InvalidInputError(f"The run in {path} kept no EMA of its weights (optim.ema_decay "
+                              "was 0); export its final or best weights.")
+    return from_description({"params": state[prefix + "params"],
+                             "batch_stats": state[prefix + "batch_stats"]}, meta["model"])
   raise InputNotFoundError(f"{path} is neither an exported model (with {MODEL_FILE}) nor a "
                            "training run folder (with checkpoints/).")
 

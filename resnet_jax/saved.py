@@ -106,6 +106,14 @@ def short(error: BaseException) -> str:
   return text if len(text) < 300 else text[:300] + "..."
 
 
+def checkpoint_steps(directory: str) -> list[int]:
+  """The steps of the finished checkpoints in a run's checkpoints folder, in order."""
+  # Finished saves only: an unfinished one is a temporary folder with a suffix (locally) or has
+  # no commit marker (in a bucket), which orbax's step listing leaves out.
+  folder = epath.Path(files.resolve(directory))
+  return sorted(ocp.utils.checkpoint_steps(folder)) if folder.is_dir() else []
+
+
 def read_checkpoint(directory: str,
                     step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
   """Reads a checkpoint as saved (nested dicts of numpy arrays) and its metadata; no target needed.
@@ -123,10 +131,7 @@ def read_checkpoint(directory: str,
     InvalidInputError: it cannot be read, or fails its checksums.
   """
   directory = files.resolve(directory)
-  # Finished saves only: an unfinished one is a temporary folder with a suffix (locally) or has
-  # no commit marker (in a bucket), which orbax's step listing leaves out.
-  folder = epath.Path(directory)
-  steps = sorted(ocp.utils.checkpoint_steps(folder)) if folder.is_dir() else []
+  steps = checkpoint_steps(directory)
   if not steps or (step is not None and step not in steps):
     which = "checkpoint" if step is None else f"checkpoint {step}"
     raise InputNotFoundError(f"No {which} in {directory}; it has {steps or 'none'}.")

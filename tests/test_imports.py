@@ -25,9 +25,17 @@ LAYERS = {
     "resnet_jax.layers": MODELS_KEEP_OUT,
     # Training: torch only through interop.
     "resnet_jax.train": ("resnet_jax.interop",) + TORCH,
+    # Weights by name and exports: no training, data pipeline or torch until a file needs one
+    # (a .pth to read or write, a TensorFlow or ONNX export).
+    "resnet_jax.hub": ("resnet_jax.train", "optax", "grain", "tensorflow_datasets", "tensorflow")
+                      + TORCH,
+    "resnet_jax.export": ("resnet_jax.train", "optax", "grain", "tensorflow_datasets",
+                          "tensorflow", "onnx") + TORCH,
 }
 # Stricter rules for single modules, added to their layer's; each must name a module that exists.
 RULES = {
+    # Resolving a name loads nothing heavy.
+    "resnet_jax.hub": ("jax", "flax", "optax") + CHECKPOINTS_AND_DATA + TORCH,
     # The public face: names load on first use.
     "resnet_jax": ("jax", "flax", "optax") + CHECKPOINTS_AND_DATA + TORCH,
     # Models: flax only; no optimiser, checkpoint, data or torch library.

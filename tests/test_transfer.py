@@ -63,7 +63,8 @@ def image_folder(tmp_path_factory):
 def test_converted_model_matches_pytorch_and_lists_imagenet_labels(converted):
   weights = pretrained.load(str(converted))
   assert weights.model == "resnet18" and weights.num_classes == 1000
-  assert weights.class_names[0] == "n01440764" and len(weights.class_names) == 1000
+  assert len(weights.class_names) == 1000  # the ImageNet-1k names (test_hub checks the list)
+  assert weights.class_names[0] == "tench" and weights.class_names[281] == "tabby"
   assert weights.preprocessing.image_size == 224 and weights.preprocessing.crop_ratio == 0.875
   torch.manual_seed(0)
   net = TorchResNet(resnet_jax.create_model("resnet18", num_classes=1000)).eval()

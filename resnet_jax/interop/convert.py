@@ -387,7 +387,7 @@ def converted_model(model: str, path: str | os.PathLike, *, image_size: int, cro
     model: the registry name the weights belong to.
     path: a .pth/.pt/.bin or .safetensors file (`load_state_dict`).
     image_size, crop_ratio: the evaluation crop (224 and 0.875: torchvision's V1 weights).
-    labels: "auto" (the ImageNet-1k synsets for a 1000-class head, else none), "imagenet", a
+    labels: "auto" (the ImageNet-1k class names for a 1000-class head, else none), "imagenet", a
       text file with one name per line, or "none".
 
   Returns:
