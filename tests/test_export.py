@@ -22,13 +22,18 @@ BATCHES = (1, 5)
 
 
 def weights_of(name, image_size=32, channels=3, seed=0):
-  """A network with random weights and BatchNorm statistics other than 0 and 1."""
-  model = resnet_jax.create_model(name, num_classes=10)
-  variables = jax.device_get(model.init(jax.random.key(seed),
-                                        jnp.zeros((1, image_size, image_size, channels))))
-  rng = np.random.RandomState(seed)
-  variables = jax.tree.map(lambda x: x + 0.01 * rng.randn(*x.shape).astype(x.dtype), variables)
-  variables["batch_stats"] = jax.tree.map(np.abs, variables["batch_stats"])
+  """A network with random weights, and BatchNorm statistics of a random batch (so that even the
+  1001-layer networks keep their activations' scale in inference mode)."""
+  model = resnet_jax.create_model(name, num_classes=10, bn_momentum=0.0)
+  images = jnp.asarray(np.random.RandomState(seed).randn(8, image_size, image_size, channels),
+                       jnp.float32)
+  variables = model.init(jax.random.key(seed), images[:1])
+  rng = np.random.RandomState(seed)  # no two scales or biases alike either
+  variables["params"] = jax.tree.map(lambda x: x * (1 + 0.1 * rng.randn(*x.shape)).astype(x.dtype)
+                                     + 0.01 * rng.randn(*x.shape).astype(x.dtype),
+                                     variables["params"])
+  _, stats = model.apply(variables, images, train=True, mutable=["batch_stats"])
+  variables = jax.device_get({"params": variables["params"], **stats})
   return pretrained.Pretrained(variables, name, 10, Preprocessing(
       image_size, channels, 1.0, (120.0,) * channels, (60.0,) * channels))
 
@@ -57,6 +62,19 @@ def test_stablehlo_reloads_bitwise_equal(name, with_preprocessing, tmp_path):
       np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     else:
       np.testing.assert_array_equal(got, np.asarray(expected))
+
+
+def test_stablehlo_computes_in_the_chosen_dtype(tmp_path):
+  weights = weights_of("resnet20")
+  program = export.export(weights, "stablehlo", str(tmp_path / "bf16"), dtype="bfloat16")
+  images = program.example(5)
+  got = np.asarray(stablehlo.load(str(tmp_path / "bf16"))(images))
+  model = weights.create_model(dtype=jnp.bfloat16)
+  expected = jax.jit(lambda v, x: model.apply(v, x, train=False))(weights.variables, images)
+  np.testing.assert_array_equal(got, np.asarray(expected, np.float32))
+  assert got.dtype == np.float32  # logits in float32 whatever the compute dtype
+  float32 = np.asarray(export.inference_fn(weights)(images))
+  assert 0 < relative(got, float32) < 0.1  # bfloat16 rounding, not another network
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -138,3 +156,87 @@ def test_torch_refuses_options_torchvision_lacks_and_the_preprocessing(tmp_path)
     export.export(weights_of("resnet18"), "torch", str(tmp_path / "x.pth"),
                   with_preprocessing=True)
   assert not os.listdir(tmp_path)
+
+
+ONNX_CASES = [("resnet20", True), ("preact_resnet18", False), ("resnet18", True)] + [
+    pytest.param(name, False, marks=pytest.mark.slow) for name in sorted(ONE_PER_FAMILY)]
+
+
+@pytest.mark.parametrize("name, with_preprocessing", ONNX_CASES)
+def test_onnx_reloads_in_onnxruntime(name, with_preprocessing, tmp_path):
+  pytest.importorskip("onnx")
+  ort = pytest.importorskip("onnxruntime")
+  weights = weights_of(name)
+  program = export.export(weights, "onnx", str(tmp_path / "model.onnx"),
+                          with_preprocessing=with_preprocessing)
+  session = ort.InferenceSession(str(tmp_path / "model.onnx"))
+  (images_input,) = session.get_inputs()
+  assert images_input.name == "images" and images_input.shape[0] == "batch"
+  for batch in BATCHES:
+    images = program.example(batch, seed=batch)
+    got = session.run(["logits"], {"images": images})[0]
+    expected = np.asarray(program(images))
+    assert got.shape == (batch, 10)
+    # Within 1e-4 of the project's float32 logits; or, where float32 rounding alone is larger
+    # (1001 layers of random weights: the project's own float32 logits are 3e-3 from float64's),
+    # at most twice as far from the float64 logits as the project's own float32 ones are.
+    if relative(got, expected) > 1e-4:
+      exact = float64_logits(program, images)
+      assert relative(got, exact) <= 2 * relative(expected, exact)
+
+
+def relative(a, b):
+  return np.abs(a - b).max() / np.abs(b).max()
+
+
+def float64_logits(program, images):
+  """The program's logits computed in float64 (its PyTorch twin in float64)."""
+  import copy
+
+  import torch
+
+  from resnet_jax.interop.onnx_export import twin
+  net = copy.deepcopy(twin(program)).double()
+  with torch.no_grad():
+    return net(torch.from_numpy(images).double()).numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, with_preprocessing", [("resnet18", True)] + [
+    (name, False) for name in sorted(ONE_PER_FAMILY)])
+def test_savedmodel_reloads_in_tensorflow(name, with_preprocessing, tmp_path):
+  pytest.importorskip("tensorflow")  # the [export] extra
+  from resnet_jax.export import savedmodel
+  weights = weights_of(name)
+  program = export.export(weights, "savedmodel", str(tmp_path / "model"),
+                          with_preprocessing=with_preprocessing)
+  for batch in BATCHES:
+    images = program.example(batch, seed=batch)
+    got = savedmodel.call(str(tmp_path / "model"), images)
+    expected = np.asarray(program(images))
+    assert got.shape == (batch, 10)
+    if relative(got, expected) > 1e-4:  # as for ONNX: float32 rounding through 1001 layers
+      exact = float64_logits(program, images)
+      assert relative(got, exact) <= 2 * relative(expected, exact)
+  assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
+
+
+@pytest.mark.slow
+def test_a_savedmodel_serves_without_jax(tmp_path):
+  pytest.importorskip("tensorflow")
+  import subprocess
+  import sys
+  program = export.export(weights_of("resnet20"), "savedmodel", str(tmp_path / "model"),
+                          with_preprocessing=True)
+  images = program.example(3)
+  np.save(tmp_path / "images.npy", images)
+  code = ("import sys, numpy as np\n"
+          "for name in ('jax', 'jaxlib', 'flax', 'resnet_jax'):\n"
+          "  sys.modules[name] = None  # importing any of them fails\n"
+          "import tensorflow as tf\n"
+          f"serve = tf.saved_model.load({str(tmp_path / 'model')!r}).signatures['serving_default']\n"
+          f"images = np.load({str(tmp_path / 'images.npy')!r})\n"
+          f"np.save({str(tmp_path / 'logits.npy')!r}, serve(images=tf.constant(images))['logits'])\n")
+  subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+  got = np.load(tmp_path / "logits.npy")
+  assert relative(got, np.asarray(program(images))) <= 1e-4

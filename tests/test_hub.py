@@ -4,11 +4,16 @@ names are torchvision's."""
 
 import hashlib
 import http.server
+import json
 import os
 import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 
 import chex
 import jax
@@ -25,11 +30,14 @@ from resnet_jax.interop.convert import to_torchvision
 
 
 class _Server(http.server.ThreadingHTTPServer):
-  """Serves a folder's files at /files/NAME; /hf/NAME redirects there as Hugging Face does, with
-  the file's SHA-256 in X-Linked-Etag (or none at /hf-nodigest/NAME). Counts the GETs."""
+  """Serves a folder's files at /files/NAME (half of them at /cut/NAME and /slow/NAME); /hf/NAME
+  redirects there as Hugging Face does, with the file's SHA-256 in X-Linked-Etag (none at
+  /hf-nodigest/NAME). Counts the GETs."""
+
+  daemon_threads, block_on_close = True, False  # a stalled reply does not hold the teardown
 
   def __init__(self, root):
-    self.root, self.gets = root, []
+    self.root, self.gets, self.stalled = root, [], threading.Event()
     super().__init__(("127.0.0.1", 0), _Handler)
 
 
@@ -53,7 +61,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       self.send_response(200)
       self.send_header("Content-Length", str(len(data)))
       self.end_headers()
-      self.wfile.write(data)
+      # "cut": the connection drops halfway through; "slow": half, then nothing for a minute.
+      self.wfile.write(data if kind == "files" else data[:len(data) // 2])
+      self.wfile.flush()
+      if kind == "slow":
+        self.server.stalled.set()
+        time.sleep(60)
+      self.close_connection = True
 
   def log_message(self, *args):
     pass
@@ -113,6 +127,15 @@ def test_first_load_downloads_then_the_converted_cache_serves(server, published,
   assert len(server.gets) == before + 1  # the converted variables, no download
   chex.assert_trees_all_equal(weights.variables, variables)
   assert weights.preprocessing.mean == (127.5,) * 3 and weights.preprocessing.std == (63.75,) * 3
+  # A damaged converted folder is converted again from the verified download, offline.
+  description = tmp_path / "converted" / "test" / "resnet8.first" / "model.json"
+  damaged = json.loads(description.read_text())
+  damaged["checksums"] = {k: "0" for k in damaged["checksums"]}
+  description.write_text(json.dumps(damaged))
+  chex.assert_trees_all_equal(hub.load("test:resnet8.first", cache_dir=str(tmp_path)).variables,
+                              variables)
+  assert len(server.gets) == before + 1
+  assert json.loads(description.read_text())["checksums"] != damaged["checksums"]
   # Without the converted folder, the verified download is converted again, offline.
   shutil.rmtree(tmp_path / "converted")
   chex.assert_trees_all_equal(hub.load("test:resnet8.first", cache_dir=str(tmp_path)).variables,
@@ -139,6 +162,15 @@ def test_a_download_that_is_not_the_published_file_is_deleted_and_refused(server
                                        rf"{digest[:16]}\.\.\., not the published {wrong[:16]}"
                                        r"\.\.\.; it was deleted\. Download it again"):
     hub.load("test:resnet8.corrupt", cache_dir=str(tmp_path))
+  assert files_under(tmp_path) == []
+
+
+def test_a_download_cut_short_leaves_nothing_and_says_so(server, published, tmp_path):
+  _, file, digest = published
+  weights = entry(server, "cut", file, digest, route="cut")
+  with pytest.raises(FileNotFoundError, match=rf"^Cannot download test:resnet8.cut from "
+                                              rf"{weights.url} \(.*\); without a network, "):
+    hub.load("test:resnet8.cut", cache_dir=str(tmp_path))
   assert files_under(tmp_path) == []
 
 
@@ -295,3 +327,28 @@ def test_fine_tuning_takes_weights_by_name(server, published, small_config, tmp_
                         init={"checkpoint": "test:resnet8.finetune"})
   loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert os.path.exists(tmp_path / "cache" / "converted" / "test" / "resnet8.finetune")
+
+
+@pytest.mark.slow
+def test_a_stop_during_a_download_leaves_no_file(server, published, tmp_path):
+  # The command (predict, with the entry registered first) is stopped mid-download by SIGINT.
+  _, file, digest = published
+  url = f"http://127.0.0.1:{server.server_address[1]}/slow/{file}"
+  script = (
+      "import sys\n"
+      "from resnet_jax import hub\n"
+      f"hub.register_weights(hub.Weights(name='test:resnet8.slow', model='resnet8', url={url!r}, "
+      f"sha256={digest!r}, num_classes=10, image_size=8, crop_ratio=1.0))\n"
+      "from experiments import predict\n"
+      "sys.exit(predict.main(['--checkpoint=test:resnet8.slow', 'x.png']))\n")
+  server.stalled.clear()
+  child = subprocess.Popen([sys.executable, "-c", script], cwd=os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), env={**os.environ, cache.CACHE_ENV: str(tmp_path)},
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  assert server.stalled.wait(120)
+  time.sleep(0.5)
+  assert [f for f in files_under(tmp_path) if ".tmp-" in f]  # the download was under way
+  child.send_signal(signal.SIGINT)
+  child.wait(60)
+  assert child.returncode != 0
+  assert files_under(tmp_path) == []

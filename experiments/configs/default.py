@@ -129,7 +129,7 @@ def get_config() -> ml_collections.ConfigDict:
   ))
 
   config.init = ml_collections.ConfigDict(dict(
-      checkpoint="",              # start from these weights: a converted model or a run folder
+      checkpoint="",              # start from: a converted model, a run folder, torchvision:resnet50
       head="replace",             # replace | keep the checkpoint's classifier
       freeze="none",              # none | stem | stage1 .. stage4 (and all before) | backbone
       backbone_lr_scale=1.0,      # learning-rate multiplier for the (unfrozen) backbone

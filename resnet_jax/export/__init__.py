@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from resnet_jax import files, pretrained, saved
 from resnet_jax.errors import InvalidInputError
@@ -125,6 +126,25 @@ def load_weights(path: str, which: str = "final") -> Pretrained:
   return pretrained.load(path, step=best)
 
 
+def new_file(out: str) -> str:
+  """`out` resolved, refused when something is there (the user's files are never replaced)."""
+  out = files.resolve(out)
+  if files.is_link(out) or epath.Path(out).exists():
+    raise InvalidInputError(f"{out} already exists; choose a new --out.")
+  epath.Path(out).parent.mkdir(parents=True, exist_ok=True)
+  return out
+
+
+def new_folder(out: str) -> str:
+  """`out` resolved and made, refused when it holds anything."""
+  out = files.resolve(out)
+  path = epath.Path(out)
+  if files.is_link(out) or (path.exists() and (not path.is_dir() or any(path.iterdir()))):
+    raise InvalidInputError(f"{out} already exists; choose a new --out folder.")
+  path.mkdir(parents=True, exist_ok=True)
+  return out
+
+
 # name -> writer(program, out): writes `out` (a file or folder, as the format has it) atomically.
 FORMATS: Registry[Callable[[Program, str], None]] = Registry("export format", "--format")
 
@@ -144,5 +164,5 @@ def export(weights: Pretrained, fmt: str, out: str, *, with_preprocessing: bool 
 
 
 # The built-in formats register themselves.
-from resnet_jax.export import stablehlo  # noqa: E402,F401
-from resnet_jax.interop import torch_export  # noqa: E402,F401
+from resnet_jax.export import savedmodel, stablehlo  # noqa: E402,F401
+from resnet_jax.interop import onnx_export, torch_export  # noqa: E402,F401

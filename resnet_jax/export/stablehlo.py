@@ -17,19 +17,9 @@ from etils import epath
 
 from resnet_jax import files
 from resnet_jax.errors import InvalidInputError
-from resnet_jax.export import Program, register_format
+from resnet_jax.export import Program, new_folder, register_format
 
 PROGRAM, WEIGHTS, DESCRIPTION = "program.stablehlo", "weights.safetensors", "model.json"
-
-
-def new_folder(out: str) -> str:
-  """`out` resolved, refused when it holds anything (the user's files are never overwritten)."""
-  out = files.resolve(out)
-  path = epath.Path(out)
-  if files.is_link(out) or (path.exists() and (not path.is_dir() or any(path.iterdir()))):
-    raise InvalidInputError(f"{out} already exists; choose a new --out folder.")
-  path.mkdir(parents=True, exist_ok=True)
-  return out
 
 
 def exported(program: Program) -> jax.export.Exported:

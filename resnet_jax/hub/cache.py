@@ -13,6 +13,7 @@ the same way (a temporary folder renamed whole), and its checksums are verified 
 
 import contextlib
 import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -103,12 +104,17 @@ def _download(weights: Weights, path: str) -> None:
       opener = urllib.request.build_opener(redirects)
       with opener.open(weights.url, timeout=TIMEOUT_S) as response, os.fdopen(fd, "wb") as f:
         server_digest = redirects.digest or response.headers.get(DIGEST_HEADER)
+        size, received = response.headers.get("Content-Length"), 0
         for block in iter(lambda: response.read(CHUNK), b""):
           digest.update(block)
           f.write(block)
+          received += len(block)
+        if size is not None and received != int(size):
+          raise ConnectionError(f"the connection closed after {received} of {size} bytes")
         f.flush()
         os.fsync(f.fileno())
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError,
+            ConnectionError) as e:  # unreachable, refused, cut short
       reason = getattr(e, "reason", None) or e
       raise InputNotFoundError(f"Cannot download {weights.name} from {weights.url} ({reason}); "
                                f"{offline_hint}.") from e

@@ -5,11 +5,10 @@ torchvision has, with torchvision's own architecture; weights only (no preproces
 import io
 
 import numpy as np
-from etils import epath
 
 from resnet_jax import files
 from resnet_jax.errors import InvalidInputError, MissingDependencyError
-from resnet_jax.export import Program, register_format
+from resnet_jax.export import Program, new_file, register_format
 from resnet_jax.interop.convert import to_torchvision
 from resnet_jax.models import create_model
 from resnet_jax.models.registry import describe_architecture
@@ -44,15 +43,12 @@ def check_torchvision_architecture(program: Program) -> None:
 @register_format("torch")
 def write(program: Program, out: str) -> None:
   check_torchvision_architecture(program)
-  out = files.resolve(out)
   if not out.endswith(SUFFIXES):
     raise InvalidInputError(f"--out={out} must end with {', '.join(SUFFIXES)} for --format=torch.")
-  if files.is_link(out) or epath.Path(out).exists():
-    raise InvalidInputError(f"{out} already exists; choose a new --out.")
+  out = new_file(out)
   weights = program.weights
   state = {k: np.ascontiguousarray(v) for k, v in
            to_torchvision(program.variables, weights.create_model()).items()}
-  epath.Path(out).parent.mkdir(parents=True, exist_ok=True)
   if out.endswith(".safetensors"):
     import safetensors.numpy
     files.write_atomic(out, safetensors.numpy.save(state))

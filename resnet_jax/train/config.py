@@ -234,7 +234,8 @@ RANGES: dict[str, Range] = {
     "train.progress_bar": _one_of(PROGRESS_BARS),
     "train.elastic": FLAG,
 
-    "init.checkpoint": Range(str, "a converted model or a run folder, or '' for none"),
+    "init.checkpoint": Range(str, "a converted model, a run folder, weights by name "
+                             "(torchvision:resnet50), or '' for none"),
     "init.head": _one_of(HEADS),
     "init.freeze": Range(str, "none | stem | stageK (K up to the model's stage count) | backbone",
                          checker=_check_freeze, bad="stage0"),
