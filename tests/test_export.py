@@ -38,10 +38,10 @@ def weights_of(name, image_size=32, channels=3, seed=0):
       image_size, channels, 1.0, (120.0,) * channels, (60.0,) * channels))
 
 
-# Every family nightly; post- and pre-activation and the preprocessing on every run.
-FAST = ("resnet20", "preact_resnet18")
-CASES = [(name, False) if name in FAST else pytest.param(name, False, marks=pytest.mark.slow)
-         for name in sorted(set(ONE_PER_FAMILY) | set(FAST))] + [("resnet20", True)]
+# Every family nightly; one network, with and without the preprocessing, on every run.
+CASES = [(name, False) if name == "resnet20" else pytest.param(name, False,
+                                                                marks=pytest.mark.slow)
+         for name in sorted(ONE_PER_FAMILY)] + [("resnet20", True)]
 
 
 @pytest.mark.parametrize("name, with_preprocessing", CASES)
@@ -77,7 +77,7 @@ def test_stablehlo_computes_in_the_chosen_dtype(tmp_path):
   assert 0 < relative(got, float32) < 0.1  # bfloat16 rounding, not another network
 
 
-@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+@pytest.mark.parametrize("suffix", [".pth", pytest.param(".safetensors", marks=pytest.mark.slow)])
 def test_a_torch_export_loads_into_torchvision(suffix, tmp_path):
   tv = references.torchvision()
   import torch
@@ -158,7 +158,7 @@ def test_torch_refuses_options_torchvision_lacks_and_the_preprocessing(tmp_path)
   assert not os.listdir(tmp_path)
 
 
-ONNX_CASES = [("resnet20", True), ("preact_resnet18", False), ("resnet18", True)] + [
+ONNX_CASES = [("resnet18", True)] + [  # the ImageNet stem and the preprocessing on every run
     pytest.param(name, False, marks=pytest.mark.slow) for name in sorted(ONE_PER_FAMILY)]
 
 

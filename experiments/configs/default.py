@@ -126,6 +126,12 @@ def get_config() -> ml_collections.ConfigDict:
       # the interrupted epoch from the example it stopped at, the schedule at the same epoch; the
       # length must be in epochs (num_steps=0). Another device count needs no flag.
       elastic=False,
+      profile_steps="",           # "START,END": a trace of steps START..END-1 in WORKDIR/profile
+  ))
+
+  config.log = ml_collections.ConfigDict(dict(
+      wandb="",                   # also log to this Weights & Biases project ("": only
+                                  # metrics.jsonl and TensorBoard); pip install -e ".[wandb]"
   ))
 
   config.init = ml_collections.ConfigDict(dict(

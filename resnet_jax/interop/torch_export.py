@@ -59,5 +59,5 @@ def write(program: Program, out: str) -> None:
     raise MissingDependencyError("A .pth file is written with torch: pip install torch, or "
                                  "choose --out=....safetensors (no torch needed).") from e
   buffer = io.BytesIO()
-  torch.save({k: torch.from_numpy(v) for k, v in state.items()}, buffer)
+  torch.save({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, buffer)
   files.write_atomic(out, buffer.getvalue())

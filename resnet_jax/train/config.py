@@ -15,6 +15,7 @@ from resnet_jax.models import BLOCKS, MODELS
 from resnet_jax.models.blocks import SHORTCUTS
 from resnet_jax.models.resnet import STEMS
 from resnet_jax.train import losses, optim, parallel, step
+from resnet_jax.train.profiling import parse_steps
 
 # float64 (parameters too) needs 64-bit JAX (JAX_ENABLE_X64=1): for checking numerics, not speed.
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
@@ -54,6 +55,17 @@ class Range:
                               else f"{key} must be {self.text}, got {value!r}.")
     if self.checker is not None:
       self.checker(section)
+
+
+def _valid(parse: Callable[[Any], Any]) -> Callable[[Any], bool]:
+  """Whether `parse` accepts a value (raises no ValueError)."""
+  def ok(value: Any) -> bool:
+    try:
+      parse(value)
+    except ValueError:
+      return False
+    return True
+  return ok
 
 
 def _positive(kind: type = int, note: str = "") -> Range:
@@ -233,6 +245,9 @@ RANGES: dict[str, Range] = {
     "train.loss_scale_period": _positive(int, " (steps between loss-scale increases)"),
     "train.progress_bar": _one_of(PROGRESS_BARS),
     "train.elastic": FLAG,
+    "log.wandb": Range(str, "a Weights & Biases project name, or '' for none"),
+    "train.profile_steps": Range(str, '"START,END" with 0 <= START < END, or "" for no trace',
+                                 _valid(parse_steps), bad="5,5"),
 
     "init.checkpoint": Range(str, "a converted model, a run folder, weights by name "
                              "(torchvision:resnet50), or '' for none"),

@@ -22,6 +22,7 @@ from resnet_jax.train.evaluate import evaluate
 from resnet_jax.train.experiment import Experiment, assemble, model_architecture
 from resnet_jax.train.metrics import MetricsWriter, Progress, read_metrics, window_means
 from resnet_jax.train.preemption import Preempted, PreemptionWatcher
+from resnet_jax.train.profiling import StepProfiler
 from resnet_jax.train.step import NONFINITE_LOSS, metric_names
 from resnet_jax.train.workdir import Workdir, default_workdir, run_identity
 
@@ -73,6 +74,7 @@ def _train_and_evaluate(config: Any, workdir: str | None) -> dict[str, Any]:
     with Workdir(path, config, is_main=jax.process_index() == 0) as run_dir:
       exp = assemble(config, weights=weights)
       run, feed, failed = Run.start(exp, run_dir), None, True
+      profiler = StepProfiler(config.train.profile_steps, run_dir.path)
       try:
         if run.finished is not None:  # a finished run is reported again, not retrained
           failed = False
@@ -93,8 +95,10 @@ def _train_and_evaluate(config: Any, workdir: str | None) -> dict[str, Any]:
             if jax.process_count() == 1:  # the other processes, not failing, could not join in
               run.save(step, device_state)
             raise
+          profiler.before(step)
           device_state, _ = exp.steps.train(device_state, inputs, rng, arrays)
           done = step + 1
+          profiler.after(done, device_state)
           is_last = done == run.last_step
           stop = watcher.should_stop(done) and not is_last  # the last step finishes the run
           if done % config.train.log_every_steps == 0 or is_last:
@@ -112,6 +116,7 @@ def _train_and_evaluate(config: Any, workdir: str | None) -> dict[str, Any]:
         failed = False
         return final
       finally:
+        profiler.close()  # a run stopped inside the window keeps the trace so far
         if feed is not None:
           feed.close()  # stops the decoding workers before anything else closes
         run.close(after_failure=failed)
@@ -175,7 +180,8 @@ class Run:
       if resumed is None:
         self.state, self.rng = exp.parts.state, exp.parts.rng
       is_main = jax.process_index() == 0
-      self.writer = MetricsWriter(self.workdir, enabled=is_main, resume_step=self.start_step)
+      self.writer = MetricsWriter(self.workdir, enabled=is_main, resume_step=self.start_step,
+                                  config=exp.config.to_dict(), wandb_project=exp.config.log.wandb)
       self.progress = Progress(self.last_step, self.start_step,
                                mode=exp.config.train.progress_bar, enabled=is_main)
       logging.info("%s on %s: %d steps (%d per epoch), batch %d over %d %s device(s), runner "

@@ -9,6 +9,7 @@ import math
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -17,8 +18,8 @@ import tqdm
 from etils import epath
 
 from resnet_jax import files
-from resnet_jax.errors import InvalidInputError
-from resnet_jax.train.workdir import METRICS_FILE, TENSORBOARD_DIR
+from resnet_jax.errors import InvalidInputError, MissingDependencyError
+from resnet_jax.train.workdir import METRICS_FILE, TENSORBOARD_DIR, WANDB_DIR
 
 
 def summed_over_windows(step_fn: Callable, log_every_steps: int) -> Callable:
@@ -99,10 +100,20 @@ class MetricsWriter:
   replaces the old one in one rename.
   """
 
-  def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int = 0):
+  def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int = 0,
+               config: dict[str, Any] | None = None, wandb_project: str = ""):
+    """Opens the records of the run in `workdir`.
+
+    Args:
+      workdir: the run folder.
+      enabled: whether this process writes (process 0).
+      resume_step: the step the run resumes from (0: a new run).
+      config: the run's config, logged as TensorBoard hyperparameters and to Weights & Biases.
+      wandb_project: also log to this Weights & Biases project ("": not), resuming the same run.
+    """
     self.enabled = enabled
     self.workdir, self.path = workdir, os.path.join(workdir, METRICS_FILE)
-    self._tb = None
+    self._tb = self._wandb = None
     if not enabled:
       return
     records, _, cut_short = _parse(self.path)
@@ -114,20 +125,64 @@ class MetricsWriter:
       record_writer.register_writer_factory(workdir.split("://")[0], _BucketEventsFactory())
     self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR),
                              purge_step=resume_step + 1 if resume_step else None)
+    if config is not None:
+      from tensorboardX.summary import hparams  # in this run's own event file, not a sub-run's
+      for summary in hparams(_hyperparameters(config), {}):
+        self._tb.file_writer.add_summary(summary)
+    if wandb_project:
+      self._wandb = _open_wandb(workdir, wandb_project, config or {})
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self.enabled:
       return
     record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
     files.append_line(self.path, json.dumps(record), root=self.workdir)
-    for key, value in record.items():
-      if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-        self._tb.add_scalar(key, value, step)
+    scalars = {k: v for k, v in record.items()
+               if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)}
+    for key, value in scalars.items():
+      self._tb.add_scalar(key, value, step)
     self._tb.flush()
+    if self._wandb is not None:
+      self._wandb.log(scalars, step=int(step))
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+    if self._wandb is not None:
+      self._wandb.finish()
+      self._wandb = None
+
+
+WANDB_RUN_ID = "resnet_jax_run_id"  # in WORKDIR/wandb: the Weights & Biases run to resume
+
+
+def _hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
+  """The config as flat "section.key" values TensorBoard's hparams take (sequences as text)."""
+  flat = {}
+  for section, values in config.items():
+    for key, value in (values.items() if isinstance(values, dict) else [("", values)]):
+      name = f"{section}.{key}" if key else section
+      flat[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+  return flat
+
+
+def _open_wandb(workdir: str, project: str, config: dict[str, Any]) -> Any:
+  """A Weights & Biases run for this run folder: the same run again when the run resumes (its id
+  is kept in WORKDIR/wandb/). WANDB_MODE=offline works without an account or a network."""
+  try:
+    import wandb
+  except ImportError as e:
+    raise MissingDependencyError("log.wandb needs the wandb package: pip install -e "
+                                 "'.[wandb]' (or pip install wandb).") from e
+  folder = os.path.join(workdir, WANDB_DIR)
+  epath.Path(folder).mkdir(parents=True, exist_ok=True)
+  id_file = epath.Path(folder, WANDB_RUN_ID)
+  run_id = id_file.read_text().strip() if id_file.exists() else None
+  if run_id is None:
+    run_id = uuid.uuid4().hex[:8]  # the form Weights & Biases gives its own ids
+    files.write_atomic(os.fspath(id_file), run_id + "\n", root=workdir)
+  return wandb.init(project=project, id=run_id, resume="allow", dir=workdir, config=config,
+                    name=os.path.basename(workdir.rstrip("/")))
 
 
 class _BucketEvents:

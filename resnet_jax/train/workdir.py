@@ -28,10 +28,12 @@ from resnet_jax import files
 from resnet_jax.saved import CHECKPOINTS_DIR
 from resnet_jax.data import identity_name
 from resnet_jax.errors import InvalidInputError, StorageError
+from resnet_jax.train.profiling import PROFILE_DIR
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+WANDB_DIR = "wandb"  # Weights & Biases' own files for the run, and the run's id
 LOCK_FILE = ".lock"
 RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR, TENSORBOARD_DIR, LOCK_FILE)
 CORRUPT_SUFFIX = ".corrupt"
@@ -157,7 +159,8 @@ def foreign_entries(workdir: str, *, has_config: bool) -> list[str]:
       else:
         foreign.append(os.path.join(CHECKPOINTS_DIR, entry.name))
   if not has_config:
-    allowed = {LOCK_FILE, CHECKPOINTS_DIR} | ({METRICS_FILE, TENSORBOARD_DIR} if steps else set())
+    records = {METRICS_FILE, TENSORBOARD_DIR, PROFILE_DIR, WANDB_DIR}
+    allowed = {LOCK_FILE, CHECKPOINTS_DIR} | (records if steps else set())
     foreign += [n for n in sorted(e.name for e in epath.Path(workdir).iterdir())
                 if n not in allowed and not n.startswith(_CUT_WRITES)]
   return foreign
