@@ -577,7 +577,7 @@ class Options:
 
 
 def benchmark_config(options: Options, base: Any, jpeg_folder: str) -> Any:
-  """The run config the benchmark times: `base` (a full config, e.g. experiments/configs'
+  """The run config the benchmark times: `base` (a full config, e.g. resnet_jax/configs'
   default) with SGD, momentum and weight decay at a constant rate, for as many steps as it runs,
   reading `options.data` (or its default) for `input`."""
   config = copy.deepcopy(base)
@@ -601,7 +601,7 @@ def benchmark_config(options: Options, base: Any, jpeg_folder: str) -> Any:
     if section not in config or not isinstance(config[section], ml_collections.ConfigDict) or \
         name not in config[section]:
       raise InvalidInputError(f"--set {key}=...: no such config key; give section.key as in "
-                              "experiments/configs/default.py, e.g. --set data.mixup_alpha=0.2.")
+                              "resnet_jax/configs/default.py, e.g. --set data.mixup_alpha=0.2.")
     config[section][name] = value
   if options.settings:
     validate_config(config)
@@ -613,7 +613,7 @@ def run(options: Options, base_config: Any) -> dict[str, Any]:
 
   Args:
     options: what to time.
-    base_config: a full run config that `benchmark_config` adapts (experiments/configs/default).
+    base_config: a full run config that `benchmark_config` adapts (resnet_jax/configs/default).
   """
   model = create_model(options.model, num_classes=options.num_classes)  # an unknown name fails
   results = {"model": options.model, "batch_size": options.batch_size,

@@ -37,7 +37,7 @@ def _eight_devices():
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
   """A tfds data_dir holding the prepared digits dataset, shared by the session."""
-  from experiments.configs import default
+  from resnet_jax.configs import default
   from resnet_jax import data
   path = str(tmp_path_factory.mktemp("tfds"))
   config = default.get_config().data
@@ -49,7 +49,7 @@ def tfds_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_config(tfds_dir):
   """A factory of quick configs: resnet8 on the digits at 8x8, batch 64, a few steps."""
-  from experiments.configs import default
+  from resnet_jax.configs import default
 
   def make(num_steps=6, **sections):
     config = default.get_config()

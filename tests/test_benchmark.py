@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments import benchmark as command
+from resnet_jax.commands import benchmark as command
 from resnet_jax import benchmark
 from resnet_jax.layers import conv
 from resnet_jax.models import create_model

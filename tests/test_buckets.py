@@ -68,7 +68,7 @@ def test_a_bucket_run_stopped_and_resumed_equals_the_uninterrupted_run(bucket, i
 
 
 def test_evaluate_predict_and_export_read_and_write_the_bucket(bucket, images, straight, capsys):
-  from experiments import evaluate, predict
+  from resnet_jax.commands import evaluate, predict
   from resnet_jax import pretrained
   model = pretrained.load(straight)  # what init.checkpoint and predict --checkpoint read
   pretrained.export(f"{bucket}/exported", model)  # what convert --out writes

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import resnet_jax
-from experiments import benchmark, convert, predict
+from resnet_jax.commands import benchmark, convert, predict
 from resnet_jax.data.transforms import Preprocessing
 from resnet_jax import pretrained
 
@@ -197,3 +197,4 @@ def test_benchmark_refuses_counts_that_measure_nothing(flag, capsys):
 def test_benchmark_refuses_what_this_machine_cannot_lower_or_run(flags, message, capsys):
   assert exit_code(benchmark.main, ["--model=resnet8", *flags]) == 2
   assert message in capsys.readouterr().err
+

@@ -10,8 +10,8 @@ import sys
 import jax
 import pytest
 
-from experiments import configs
-from experiments.configs import default
+from resnet_jax import configs
+from resnet_jax.configs import default
 from resnet_jax.errors import InvalidInputError
 from resnet_jax.train.config import RANGES, flatten, validate_config
 
@@ -42,7 +42,7 @@ def refusal(config) -> str:
 def test_every_default_key_has_a_documented_range():
   keys = set(flatten(default.get_config()))
   assert not keys - set(RANGES), "document these keys in RANGES (resnet_jax/train/config.py)"
-  assert not set(RANGES) - keys, "these RANGES keys are not in experiments/configs/default.py"
+  assert not set(RANGES) - keys, "these RANGES keys are not in resnet_jax/configs/default.py"
 
 
 @pytest.mark.parametrize("key", EXAMPLES)
@@ -59,7 +59,7 @@ def test_the_values_of_the_issue_are_refused_with_their_range(key, value):
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_config_is_in_range(name):
-  config = importlib.import_module(f"experiments.configs.{name}").get_config()
+  config = importlib.import_module(f"resnet_jax.configs.{name}").get_config()
   if not config.model.name:  # finetune.py: its command names the checkpoint
     config.init.checkpoint = "/weights"
   validate_config(config)

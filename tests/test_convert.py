@@ -277,7 +277,7 @@ def test_a_stop_while_reading_passes_and_an_os_error_names_the_file(tmp_path, mo
 
 
 def test_convert_command_reports_a_torchscript_file_in_one_line(tmp_path, capsys):
-  from experiments import convert as convert_command
+  from resnet_jax.commands import convert as convert_command
   path = _torchscript(tmp_path)
   with pytest.raises(SystemExit) as info:
     convert_command.main(["--model=resnet8", f"--from={path}", f"--out={tmp_path / 'out'}"])

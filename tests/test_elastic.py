@@ -20,7 +20,7 @@ import numpy as np
 import optax
 import pytest
 
-from experiments.configs import default
+from resnet_jax.configs import default
 from resnet_jax import data, saved
 from resnet_jax.data import Splits, register_source
 from resnet_jax.errors import InvalidInputError

@@ -12,7 +12,7 @@ import pytest
 
 import references
 import resnet_jax
-from experiments import export as export_command
+from resnet_jax.commands import export as export_command
 from resnet_jax import export, pretrained
 from resnet_jax.data.transforms import Preprocessing
 from resnet_jax.export import stablehlo

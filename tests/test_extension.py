@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import resnet_jax
-from experiments.configs import default
+from resnet_jax.configs import default
 from resnet_jax.data import Splits, device_augmentation, register_source
 from resnet_jax.models import blocks
 from resnet_jax import saved

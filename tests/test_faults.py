@@ -350,7 +350,7 @@ def tamper_classifier(workdir, step=4):
 
 def test_every_reader_refuses_a_checkpoint_that_fails_its_checksums(
     small_config, finished_runs, tmp_path, capsys):
-  from experiments import evaluate as evaluate_command, predict
+  from resnet_jax.commands import evaluate as evaluate_command, predict
   workdir = copy_run(finished_runs[0], tmp_path)
   tamper_classifier(workdir)
   damaged = r"Checkpoint 4 in .*checkpoints is damaged: checksum mismatch in params/fc/kernel"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import resnet_jax
-from experiments.configs import (cifar10_resnet20, cifar10_resnet110, default,
+from resnet_jax.configs import (cifar10_resnet20, cifar10_resnet110, default,
                                  fashion_mnist_resnet18, finetune, imagenet_resnet50)
 from resnet_jax.data.transforms import Preprocessing
 from resnet_jax import pretrained

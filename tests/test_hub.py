@@ -302,7 +302,7 @@ def test_the_imagenet_class_names_are_torchvision_s_in_the_heads_order():
 def test_predict_takes_weights_by_name(server, published, tmp_path, monkeypatch, capsys):
   from PIL import Image
 
-  from experiments import predict
+  from resnet_jax.commands import predict
   _, file, digest = published
   entry(server, "predict", file, digest)
   monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
@@ -339,7 +339,7 @@ def test_a_stop_during_a_download_leaves_no_file(server, published, tmp_path):
       "from resnet_jax import hub\n"
       f"hub.register_weights(hub.Weights(name='test:resnet8.slow', model='resnet8', url={url!r}, "
       f"sha256={digest!r}, num_classes=10, image_size=8, crop_ratio=1.0))\n"
-      "from experiments import predict\n"
+      "from resnet_jax.commands import predict\n"
       "sys.exit(predict.main(['--checkpoint=test:resnet8.slow', 'x.png']))\n")
   server.stalled.clear()
   child = subprocess.Popen([sys.executable, "-c", script], cwd=os.path.dirname(os.path.dirname(

@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 
-from experiments.configs import default
+from resnet_jax.configs import default
 from resnet_jax import saved
 from resnet_jax.train import loop, metrics, parallel
 

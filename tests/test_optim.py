@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from experiments.configs import default
+from resnet_jax.configs import default
 from resnet_jax.errors import InvalidInputError
 from resnet_jax.train import optim
 

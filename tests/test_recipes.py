@@ -13,7 +13,7 @@ import optax
 import pytest
 from scipy import stats
 
-from experiments.configs import default
+from resnet_jax.configs import default
 from resnet_jax.data.mixing import MixParams, Mixing, mix, sample
 from resnet_jax.errors import InvalidInputError
 from resnet_jax.layers.drop_path import drop_path

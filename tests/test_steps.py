@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.configs import default
+from resnet_jax.configs import default
 from resnet_jax import benchmark, data
 from resnet_jax.data.augment import normalize
 from resnet_jax.train import parallel, state as state_lib, step as steps

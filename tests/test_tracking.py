@@ -109,7 +109,7 @@ def test_tensorboard_gets_the_config_as_hyperparameters(finished_run):
 def test_plot_draws_each_runs_curves_in_every_panel(finished_run, tmp_path, capsys):
   from PIL import Image
 
-  from experiments import plot
+  from resnet_jax.commands import plot
   import shutil
   other = tmp_path / "other"
   shutil.copytree(finished_run, other)
@@ -126,7 +126,7 @@ def test_plot_draws_each_runs_curves_in_every_panel(finished_run, tmp_path, caps
 
 
 def test_plot_refuses_a_folder_without_records(tmp_path, capsys):
-  from experiments import plot
+  from resnet_jax.commands import plot
   with pytest.raises(SystemExit) as exit_info:
     plot.main([str(tmp_path), f"--out={tmp_path / 'x.png'}"])
   assert exit_info.value.code == 2

@@ -8,7 +8,7 @@ import sys
 import pytest
 import tensorflow_datasets as tfds
 
-from experiments.configs import default
+from resnet_jax.configs import default
 from resnet_jax import data
 from resnet_jax.models import create_model
 from resnet_jax.train import loop, metrics

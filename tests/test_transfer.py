@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 import resnet_jax
-from experiments import convert as convert_command, evaluate as evaluate_command
-from experiments import predict as predict_command
+from resnet_jax.commands import convert as convert_command, evaluate as evaluate_command
+from resnet_jax.commands import predict as predict_command
 from resnet_jax import inference, pretrained, saved
 from resnet_jax.train import loop, metrics
 
@@ -76,7 +76,7 @@ def test_converted_model_matches_pytorch_and_lists_imagenet_labels(converted):
 
 
 def finetune_config(tfds_dir, checkpoint_dir, folder, **init):
-  from experiments.configs import finetune
+  from resnet_jax.configs import finetune
   config = finetune.get_config()
   config.init.update(checkpoint=str(checkpoint_dir), **init)
   config.data.update(name=f"folder:{folder}", data_dir=tfds_dir, image_size=32, num_workers=0,

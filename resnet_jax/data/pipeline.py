@@ -241,7 +241,7 @@ def _explain_unparsed_flags(iterator: Iterator[dict]) -> Iterator[dict]:
       raise
     raise MissingSetupError("data.num_workers > 0 starts grain worker processes, which read absl "
                             "flags that no one has parsed: run inside absl.app.run (as "
-                            "experiments/* do), call absl.flags.FLAGS.mark_as_parsed() first, or "
+                            "the commands do), call absl.flags.FLAGS.mark_as_parsed() first, or "
                             "set data.num_workers=0.") from e
   yield first
   yield from iterator

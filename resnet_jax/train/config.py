@@ -116,7 +116,7 @@ def _ascending_positive(numbers: Any) -> bool:
 
 FLAG = Range(bool, "True or False")
 
-# Every key of experiments/configs/default.py, its documented range and its check (a fork adds
+# Every key of resnet_jax/configs/default.py, its documented range and its check (a fork adds
 # the keys of its own sections here). Choices come from the registries and constants that the
 # code using them reads.
 RANGES: dict[str, Range] = {
@@ -284,7 +284,7 @@ def validate_config(config: Any) -> None:
   """Refuses, in one line, a value out of its range (RANGES) or a mismatch between keys.
 
   Args:
-    config: a run config (experiments/configs); keys not in RANGES are not checked.
+    config: a run config (resnet_jax/configs); keys not in RANGES are not checked.
 
   Raises:
     InvalidInputError: naming the key, the value given and what it may be.

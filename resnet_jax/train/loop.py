@@ -35,7 +35,7 @@ def train_and_evaluate(config: Any, workdir: str | None = None) -> dict[str, Any
   """Trains and evaluates as `config` says, resuming from `workdir` when it holds a checkpoint.
 
   Args:
-    config: a config from experiments/configs (see default.py for every key).
+    config: a config from resnet_jax/configs (see default.py for every key).
     workdir: the run folder (checkpoints, metrics.jsonl, TensorBoard, config.json); None makes
       a new one under ./runs.
 

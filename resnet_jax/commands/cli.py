@@ -17,7 +17,7 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "default.py")
 
 
 def _quiet_libraries(record: logging.LogRecord) -> bool:

@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from experiments.configs import default
+from resnet_jax.configs import default
 
 
 def get_config(model: str) -> ml_collections.ConfigDict:
