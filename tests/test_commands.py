@@ -198,3 +198,26 @@ def test_benchmark_refuses_what_this_machine_cannot_lower_or_run(flags, message,
   assert exit_code(benchmark.main, ["--model=resnet8", *flags]) == 2
   assert message in capsys.readouterr().err
 
+
+def test_console_scripts_are_the_commands_and_configs_resolve_by_name_from_anywhere(tmp_path):
+  import importlib
+  import tomllib
+  with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+    scripts = tomllib.load(f)["project"]["scripts"]
+  assert sorted(scripts) == sorted(f"resnet-jax-{name.replace('_', '-')}" for name in (
+      "train", "evaluate", "predict", "convert", "export", "benchmark", "compare_torch", "plot"))
+  for target in scripts.values():
+    module, function = target.split(":")
+    assert callable(getattr(importlib.import_module(module), function))
+  # From a folder outside the repository: a config by name, read before anything compiles (the
+  # model it is given is refused by name), and the repository's experiments package is not there.
+  run = lambda *args: subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True,
+                                     text=True, timeout=300)
+  done = run("-m", "resnet_jax.commands.train", "--config=imagenet_resnet50",
+             "--config.model.name=resnet5")
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines()[-1].startswith("error: Unknown model.name 'resnet5'")
+  done = run("-m", "resnet_jax.commands.train", "--config=imagenet_resnet51")
+  assert done.returncode == 2 and "error: unknown config 'imagenet_resnet51'; name one of " \
+      "cifar10_resnet110," in done.stderr
+  assert run("-c", "import experiments").returncode != 0

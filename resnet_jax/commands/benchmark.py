@@ -81,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
   args = parse_args(argv)
   with cli.command():
-    from experiments.configs import default
+    from resnet_jax.configs import default
     from resnet_jax import benchmark
     options = {**vars(args), "torch_compile": {"auto": None, "yes": True, "no": False}[
         args.torch_compile]}
@@ -96,5 +96,10 @@ def main(argv=None) -> int:
   return 0
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """The console script resnet-jax-benchmark."""
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  console()

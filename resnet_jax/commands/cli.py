@@ -17,7 +17,9 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "default.py")
+from resnet_jax import configs
+
+DEFAULT_CONFIG = configs.path_of("default")
 
 
 def _quiet_libraries(record: logging.LogRecord) -> bool:
@@ -95,7 +97,7 @@ def flag_error(error: BaseException, argv: list[str]) -> str:
     hint = re.search(r'Did you mean "([^"]+)"', raw)
     return (f"unknown config key {given[0] if given else names[0] if names else raw}"
             + (f" (did you mean {hint.group(1)}?)" if hint else "")
-            + "; experiments/configs/default.py lists every key.")
+            + "; resnet_jax/configs/default.py lists every key.")
   if "Failed loading config file" in raw:
     path = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
     reason = raw.strip().splitlines()[-1].strip()
@@ -103,11 +105,29 @@ def flag_error(error: BaseException, argv: list[str]) -> str:
   return " ".join(raw.split())
 
 
+def configs_by_name(argv: list[str]) -> list[str]:
+  """`argv` with `--config=NAME` (a config's name, not a path) replaced by that config's file."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if not arg.startswith("--config="):
+      continue
+    value = arg.split("=", 1)[1]
+    if value.endswith(".py") or os.sep in value or ":" in value:
+      continue  # a file (ml_collections reads "FILE:ARGS" too)
+    path = configs.path_of(value)
+    if path is None:
+      fail(f"unknown config {value!r}; name one of {', '.join(configs.names())}, or give a "
+           "path to a .py config file.")
+    out[i] = f"--config={path}"
+  return out
+
+
 def define_config_flag() -> None:
   """`--config=FILE` (default: configs/default.py) and its `--config.section.key=value` overrides,
   locked: a mistyped key is refused."""
   # ml_collections reads sys.argv here (to register the overrides), so a mistyped key fails here,
   # before absl parses anything: `run` reports it in one line.
+  sys.argv[:] = configs_by_name(sys.argv)
   config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file.",
                                   lock_config=True)
 

@@ -41,5 +41,10 @@ def main(argv):
   sys.exit(0 if report["passed"] else 1)
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """The console script resnet-jax-compare-torch."""
   cli.run(main, define_flags)
+
+
+if __name__ == "__main__":
+  console()

@@ -31,5 +31,10 @@ def main(argv=None) -> int:
   return 0
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """The console script resnet-jax-evaluate."""
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  console()

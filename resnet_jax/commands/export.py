@@ -46,5 +46,10 @@ def main(argv=None) -> int:
   return 0
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """The console script resnet-jax-export."""
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  console()

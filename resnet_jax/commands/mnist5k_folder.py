@@ -36,7 +36,12 @@ def write(directory: str) -> None:
         f"{min(seen.values()) - TRAIN_PER_CLASS} per class in test/")
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """python -m experiments.mnist5k_folder DIR."""
   if len(sys.argv) != 2:
     sys.exit("usage: python -m experiments.mnist5k_folder DIR")
   write(sys.argv[1])
+
+
+if __name__ == "__main__":
+  console()

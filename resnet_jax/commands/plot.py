@@ -33,5 +33,10 @@ def main(argv=None) -> int:
   return 0
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """The console script resnet-jax-plot."""
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  console()

@@ -45,5 +45,10 @@ def main(argv=None) -> int:
   return 0 if not errors else (1 if results else 2)
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """The console script resnet-jax-predict."""
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  console()

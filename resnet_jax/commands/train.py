@@ -47,7 +47,12 @@ def stop_while_starting(signum, frame) -> None:
   os._exit(128 + signum)
 
 
-if __name__ == "__main__":
+def console() -> None:
+  """The console script resnet-jax-train."""
   for signum in (signal.SIGTERM, signal.SIGINT):
     signal.signal(signum, stop_while_starting)
   cli.run(main, define_flags)
+
+
+if __name__ == "__main__":
+  console()

@@ -1,6 +1,6 @@
 """ResNet-18 with the CIFAR stem (3x3/1 conv, no max-pool) on CIFAR-10, cosine schedule.
 
-Command:  python -m experiments.train --config=experiments/configs/cifar10_resnet18.py --workdir=runs/cifar10_resnet18
+Command:  python -m experiments.train --config=cifar10_resnet18 --workdir=runs/cifar10_resnet18
 Target:   >= 95% test accuracy (200 epochs; bfloat16 on accelerators).
 Measured: not yet in this repository (CIFAR-10 cannot be downloaded on the development machines);
           preparing cifar10 with tfds needs TensorFlow: pip install -e ".[prepare]".

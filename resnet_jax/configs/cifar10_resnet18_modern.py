@@ -3,7 +3,7 @@ and flip, random erasing 0.25, Mixup 0.2 or CutMix 1.0 on half of the batches, l
 0.1, stochastic depth 0.1, an EMA of the weights every 4 steps (torchvision's adjusted decay),
 SGD Nesterov lr 0.1 cosine over 200 epochs, weight decay 5e-4 on kernels only.
 
-Command:  python -m experiments.train --config=experiments/configs/cifar10_resnet18_modern.py --workdir=runs/cifar10_resnet18_modern
+Command:  python -m experiments.train --config=cifar10_resnet18_modern --workdir=runs/cifar10_resnet18_modern
 Target:   >= 96% test accuracy (200 epochs; bfloat16 on accelerators).
 Measured: not yet in this repository (CIFAR-10 cannot be downloaded on the development machines);
           preparing cifar10 with tfds needs TensorFlow: pip install -e ".[prepare]".

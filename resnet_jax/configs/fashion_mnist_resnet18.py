@@ -3,7 +3,7 @@
 The d2l recipe: 1-channel input resized to 96, SGD lr 0.05, batch 256, 10 epochs. This config keeps
 those and adds momentum 0.9, weight decay on the kernels, a cosine schedule and flip augmentation.
 
-Command:  python -m experiments.train --config=experiments/configs/fashion_mnist_resnet18.py --workdir=runs/fashion_mnist_resnet18
+Command:  python -m experiments.train --config=fashion_mnist_resnet18 --workdir=runs/fashion_mnist_resnet18
 Target:   > 90.3% test accuracy (beat the published d2l baseline).
 Measured: not yet in this repository (Fashion-MNIST cannot be downloaded on the development
           machines); preparing it with tfds needs TensorFlow: pip install -e ".[prepare]".

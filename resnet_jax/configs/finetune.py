@@ -1,7 +1,7 @@
 """Fine-tunes a pretrained ResNet (converted torchvision weights or a run of this project) on a
 folder of your own images, replacing the classifier for its classes.
 
-Command:  python -m experiments.train --config=experiments/configs/finetune.py \\
+Command:  python -m experiments.train --config=finetune \\
             --config.init.checkpoint=DIR --config.data.name=folder:PATH [--workdir=RUN]
 Options:  --config.init.freeze=backbone|stem|stage1..stage4 (frozen parts get no updates and keep
           BatchNorm in inference mode), --config.init.backbone_lr_scale=0.1 (the default: the

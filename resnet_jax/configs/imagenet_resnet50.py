@@ -6,7 +6,7 @@ label smoothing 0.1, bfloat16 compute, Inception crop + flip, 224 train / 256->2
 BatchNorm statistics per device, not synchronised (train.sync_batchnorm=false), as Goyal et al.
 (32 images per GPU) and MLPerf's reference do; running averages are averaged over devices.
 
-Command:  python -m experiments.train --config=experiments/configs/imagenet_resnet50.py --workdir=runs/imagenet_resnet50
+Command:  python -m experiments.train --config=imagenet_resnet50 --workdir=runs/imagenet_resnet50
           (imagenet2012 needs a manual download: the error message says where to put the files).
 Target:   >= 76.5% top-1.
 Measured: not yet in this repository (no ImageNet on the development machines).

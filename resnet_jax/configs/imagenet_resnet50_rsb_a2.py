@@ -10,7 +10,7 @@ RandAugment: timm's rand-m7-mstd0.5-inc1 is approximated by torchvision's RandAu
 operations) at magnitude bin 21 of 31 (0.7 of the range, as m7 of 10 is); timm's magnitude noise
 (mstd0.5) and its increasing variants of the operations are not reproduced.
 
-Command:  python -m experiments.train --config=experiments/configs/imagenet_resnet50_rsb_a2.py --workdir=runs/imagenet_resnet50_rsb_a2
+Command:  python -m experiments.train --config=imagenet_resnet50_rsb_a2 --workdir=runs/imagenet_resnet50_rsb_a2
           (imagenet2012 needs a manual download: the error message says where to put the files).
 Target:   >= 79.8% top-1.
 Measured: not yet in this repository (no ImageNet on the development machines).

@@ -13,7 +13,7 @@ rolls it by one), repeated augmentation x4, EMA every 32 steps with decay 0.9999
 torchvision adjusts it, evaluation of the 224 centre crop of 232. bfloat16 compute (torchvision
 trained in float32).
 
-Command:  python -m experiments.train --config=experiments/configs/imagenet_resnet50_tv2.py --workdir=runs/imagenet_resnet50_tv2
+Command:  python -m experiments.train --config=imagenet_resnet50_tv2 --workdir=runs/imagenet_resnet50_tv2
           (imagenet2012 needs a manual download: the error message says where to put the files).
 Target:   >= 80.858% top-1 (the EMA weights, as torchvision reports them).
 Measured: not yet in this repository (no ImageNet on the development machines).

@@ -1,6 +1,6 @@
 """ResNet-50 from scratch on Imagenette (10 ImageNet classes, 320px version), 160x160 crops.
 
-Command:  python -m experiments.train --config=experiments/configs/imagenette_resnet50.py --workdir=runs/imagenette_resnet50
+Command:  python -m experiments.train --config=imagenette_resnet50 --workdir=runs/imagenette_resnet50
 Target:   >= 90% top-1 on the validation split (80 epochs).
 Measured: not yet in this repository (Imagenette cannot be downloaded on the development machines).
 """

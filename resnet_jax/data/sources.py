@@ -42,7 +42,7 @@ _IMAGENET_INSTRUCTIONS = (
     "ILSVRC2012_img_val.tar from https://image-net.org/download-images.php (after accepting its "
     "terms) and put both files in {manual_dir}/ (missing now: {missing}). Preparing them once "
     "needs TensorFlow: pip install -e \".[prepare]\"; then run the same command again, e.g. "
-    "python -m experiments.train --config=experiments/configs/imagenet_resnet50.py "
+    "python -m experiments.train --config=imagenet_resnet50 "
     "--config.data.data_dir={data_dir} (the first run converts the archives to array_record, "
     "which takes hours; later runs read them without TensorFlow).")
 
