@@ -33,11 +33,13 @@ def exported(program: Program) -> jax.export.Exported:
 @register_format("stablehlo")
 def write(program: Program, out: str) -> None:
   import safetensors.numpy
-  out = new_folder(out)
+  out = new_folder(out)  # refused before any work; a stop while exporting leaves it empty, and
+  # an empty folder is taken again
+  serialized = bytes(exported(program).serialize())
   flat = flax.traverse_util.flatten_dict(program.variables, sep="/")
-  files.write_atomic(os.path.join(out, WEIGHTS), safetensors.numpy.save(
-      {k: np.ascontiguousarray(v) for k, v in flat.items()}))
-  files.write_atomic(os.path.join(out, PROGRAM), bytes(exported(program).serialize()))
+  weights = safetensors.numpy.save({k: np.ascontiguousarray(v) for k, v in flat.items()})
+  files.write_atomic(os.path.join(out, WEIGHTS), weights)
+  files.write_atomic(os.path.join(out, PROGRAM), serialized)
   files.write_atomic(os.path.join(out, DESCRIPTION),  # last: a folder with it is complete
                      json.dumps({"format": "stablehlo", **program.describe()}, indent=2))
 
