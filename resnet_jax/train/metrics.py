@@ -125,7 +125,7 @@ class MetricsWriter:
       record_writer.register_writer_factory(workdir.split("://")[0], _BucketEventsFactory())
     self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR),
                              purge_step=resume_step + 1 if resume_step else None)
-    if config is not None:
+    if config is not None and not resume_step:  # once: TensorBoard reads a run's event files
       from tensorboardX.summary import hparams  # in this run's own event file, not a sub-run's
       for summary in hparams(_hyperparameters(config), {}):
         self._tb.file_writer.add_summary(summary)
