@@ -280,6 +280,7 @@ def test_the_timm_entries_are_timm_s_pretrained_configs():
         assert f"timm:{tag}" in tables
 
 
+@pytest.mark.slow  # builds four torch networks
 def test_timm_and_torchvision_networks_have_the_same_state_dict_layout():
   # So the one converter reads both sources' files.
   tv, timm = references.torchvision(), references.timm()

@@ -19,6 +19,7 @@ def numbers(workdir):
   return [{k: r[k] for k in NUMBERS if k in r} for r in read_metrics(workdir)]
 
 
+@pytest.mark.slow  # a run of its own: the default tier's budget
 def test_profile_steps_write_a_trace_and_change_no_number(small_config, finished_run, tmp_path):
   # finished_run is the same 4-step run without a trace.
   workdir = str(tmp_path / "run")
