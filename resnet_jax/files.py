@@ -11,13 +11,14 @@ import contextlib
 import importlib.util
 import io
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import IO
 
 from etils import epath
 
-from resnet_jax.errors import InvalidInputError, StorageError
+from resnet_jax.errors import InputError, InvalidInputError, StorageError
 
 TEMP_PREFIX = ".tmp-"
 # The bucket schemes epath reads and writes, and the fsspec package each needs (without
@@ -112,10 +113,29 @@ def atomic_writer(path: str, mode: str = "w", *, root: str | None = None) -> Ite
   except BaseException as e:
     with contextlib.suppress(OSError):
       os.remove(temp)
-    if isinstance(e, OSError) and not isinstance(e, StorageError):
+    if isinstance(e, OSError) and not isinstance(e, InputError):  # the block's own errors stay
       raise _write_error(path, e) from e
     raise
   _fsync_folder(folder)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str) -> Iterator[str]:
+  """A temporary local folder beside `path`, renamed to `path` (new, or an empty folder) when the
+  block ends without error, and removed otherwise: a reader never sees half of it.
+
+  Raises:
+    OSError: `path` is a folder that is not empty (another writer finished first).
+  """
+  parent = os.path.dirname(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  temp = tempfile.mkdtemp(prefix=TEMP_PREFIX + os.path.basename(path) + ".", dir=parent)
+  try:
+    yield temp
+    os.rename(temp, path)
+  finally:
+    shutil.rmtree(temp, ignore_errors=True)
+  _fsync_folder(parent)
 
 
 def write_atomic(path: str, content: str | bytes, *, root: str | None = None) -> None:

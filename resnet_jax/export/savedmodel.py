@@ -5,15 +5,13 @@ lowered for CPU and CUDA), the weights as tf.Variables, the batch dimension symb
 
 import json
 import os
-import shutil
-import tempfile
 
 import jax
 import numpy as np
 
 from resnet_jax import files
 from resnet_jax.errors import InvalidInputError, MissingDependencyError
-from resnet_jax.export import Program, register_format
+from resnet_jax.export import Program, new_folder, register_format
 from resnet_jax.export.stablehlo import DESCRIPTION
 
 PLATFORMS = ("cpu", "cuda")
@@ -27,12 +25,10 @@ def write(program: Program, out: str) -> None:
   except ImportError as e:
     raise MissingDependencyError("--format=savedmodel needs TensorFlow: pip install -e "
                                  "'.[export]' (or pip install tensorflow-cpu).") from e
-  out = files.resolve(out)
   if files.is_remote(out):
     raise InvalidInputError("--format=savedmodel writes a local folder; copy it to the bucket "
                             "afterwards.")
-  if os.path.lexists(out):
-    raise InvalidInputError(f"{out} already exists; choose a new --out folder.")
+  out = new_folder(out)
   height, width, channels = program.image_shape
   convert = jax2tf.convert(program.fn, with_gradient=False,
                            polymorphic_shapes=[None, f"(b, {height}, {width}, {channels})"],
@@ -43,17 +39,10 @@ def write(program: Program, out: str) -> None:
                        name="images")
   module.serve = tf.function(lambda images: {"logits": convert(module.weights, images)},
                              input_signature=[spec], autograph=False)
-  parent = os.path.dirname(out)
-  os.makedirs(parent, exist_ok=True)
-  # Written whole into a temporary folder beside `out`, then renamed: a stop leaves no half model.
-  temp = tempfile.mkdtemp(prefix=files.TEMP_PREFIX + os.path.basename(out) + ".", dir=parent)
-  try:
+  with files.atomic_folder(out) as temp:  # a stop leaves no half model
     tf.saved_model.save(module, temp, signatures={"serving_default": module.serve})
     files.write_atomic(os.path.join(temp, DESCRIPTION),
                        json.dumps({"format": "savedmodel", **program.describe()}, indent=2))
-    os.rename(temp, out)
-  finally:
-    shutil.rmtree(temp, ignore_errors=True)
 
 
 def call(folder: str, images: np.ndarray) -> np.ndarray:

@@ -11,21 +11,18 @@ two processes downloading at once each rename a complete file. The converted fol
 the same way (a temporary folder renamed whole), and its checksums are verified on every load.
 """
 
-import contextlib
 import hashlib
 import http.client
 import logging
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 
-from resnet_jax import pretrained
+from resnet_jax import files, pretrained
 from resnet_jax.data.transforms import Preprocessing
 from resnet_jax.errors import InputNotFoundError, InvalidInputError, StorageError
-from resnet_jax.files import TEMP_PREFIX
 from resnet_jax.hub import Weights
 from resnet_jax.interop import convert
 
@@ -79,30 +76,18 @@ def _published_digest(weights: Weights, server_digest: str | None) -> str | None
   return server_digest.strip('"').lower() if server_digest else None
 
 
-def _check_digest(weights: Weights, actual: str, expected: str, what: str) -> None:
-  if not actual.startswith(expected):
-    raise InvalidInputError(f"{what} of {weights.name} has SHA-256 {actual[:16]}..., not the "
-                            f"published {expected[:16]}...; it was deleted. Download it again "
-                            f"(from {weights.url}).")
-
-
 def _download(weights: Weights, path: str) -> None:
-  """Downloads the file of `weights` to `path`, verified, or leaves nothing there."""
-  folder = os.path.dirname(path)
-  offline_hint = (f"without a network, download {weights.url} elsewhere and place it at {path}, "
-                  "then run the same command again")
+  """Downloads the file of `weights` to `path`, verified, or leaves nothing there (the file is
+  written atomically, and an error inside the block removes it)."""
   try:
-    os.makedirs(folder, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX + os.path.basename(path) + ".", dir=folder)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
   except OSError as e:
-    raise StorageError(f"Cannot write the weights cache {folder}: {e.strerror}; set "
-                       f"{CACHE_ENV} to a writable folder.") from e
-  redirects = _DigestOnRedirect()
-  try:
-    digest = hashlib.sha256()
+    raise StorageError(f"Cannot write the weights cache {os.path.dirname(path)}: {e.strerror}; "
+                       f"set {CACHE_ENV} to a writable folder.") from e
+  redirects, digest = _DigestOnRedirect(), hashlib.sha256()
+  with files.atomic_writer(path, "wb") as f:
     try:
-      opener = urllib.request.build_opener(redirects)
-      with opener.open(weights.url, timeout=TIMEOUT_S) as response, os.fdopen(fd, "wb") as f:
+      with urllib.request.build_opener(redirects).open(weights.url, timeout=TIMEOUT_S) as response:
         server_digest = redirects.digest or response.headers.get(DIGEST_HEADER)
         size, received = response.headers.get("Content-Length"), 0
         for block in iter(lambda: response.read(CHUNK), b""):
@@ -111,26 +96,21 @@ def _download(weights: Weights, path: str) -> None:
           received += len(block)
         if size is not None and received != int(size):
           raise ConnectionError(f"the connection closed after {received} of {size} bytes")
-        f.flush()
-        os.fsync(f.fileno())
     except (urllib.error.URLError, http.client.HTTPException, TimeoutError,
             ConnectionError) as e:  # unreachable, refused, cut short
       reason = getattr(e, "reason", None) or e
-      raise InputNotFoundError(f"Cannot download {weights.name} from {weights.url} ({reason}); "
-                               f"{offline_hint}.") from e
-    except OSError as e:
-      raise StorageError(f"Cannot write {path}: {e.strerror}; free space there or set "
-                         f"{CACHE_ENV} to another folder.") from e
+      raise InputNotFoundError(
+          f"Cannot download {weights.name} from {weights.url} ({reason}); without a network, "
+          f"download {weights.url} elsewhere and place it at {path}, then run the same command "
+          "again.") from e
     expected = _published_digest(weights, server_digest)
     if expected is None:
       raise InvalidInputError(f"{weights.url} came without a published SHA-256, so it cannot be "
                               f"verified; check the file yourself and place it at {path}.")
-    _check_digest(weights, digest.hexdigest(), expected, "The download")
-    os.replace(temp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.remove(temp)
-    raise
+    if not digest.hexdigest().startswith(expected):
+      raise InvalidInputError(f"The download of {weights.name} has SHA-256 "
+                              f"{digest.hexdigest()[:16]}..., not the published {expected[:16]}...; "
+                              f"it was deleted. Download it again (from {weights.url}).")
 
 
 def fetch(weights: Weights, root: str) -> str:
@@ -179,17 +159,10 @@ def load(weights: Weights, cache_dir: str | None = None) -> pretrained.Pretraine
                       weights.name, done, e)
       shutil.rmtree(done, ignore_errors=True)
   model = _converted(weights, fetch(weights, root))
-  parent = os.path.dirname(done)
-  os.makedirs(parent, exist_ok=True)
-  temp = tempfile.mkdtemp(prefix=TEMP_PREFIX + os.path.basename(done) + ".", dir=parent)
   try:
-    pretrained.export(temp, model)
-    try:
-      os.rename(temp, done)
-    except OSError:  # another process converted it first (or a damaged leftover is in the way)
-      if not os.path.exists(os.path.join(done, pretrained.MODEL_FILE)):
-        shutil.rmtree(done, ignore_errors=True)
-        os.rename(temp, done)
-  finally:
-    shutil.rmtree(temp, ignore_errors=True)
+    with files.atomic_folder(done) as temp:
+      pretrained.export(temp, model)
+  except OSError:  # another process converted it first: its folder is as good
+    if not os.path.exists(os.path.join(done, pretrained.MODEL_FILE)):
+      raise
   return model
